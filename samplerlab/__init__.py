@@ -1,0 +1,31 @@
+"""samplerlab: train diffusion models, distil IIA coefficients, and race every sampler.
+
+Python API::
+
+    import samplerlab as sl
+    den = sl.denoisers.from_eps(eps_fn, alphas_cumprod)
+    res = sl.sample(den, "dpmpp_2m", steps=10, shape=(16, 3, 32, 32), seeds=range(16))
+    res.x, res.nfe, res.rounds, res.seconds
+    sl.list_samplers()
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import denoisers
+from .samplers import SAMPLERS, SamplerError, SampleResult, get_sampler, list_samplers, sample
+
+try:
+    __version__ = version("samplerlab")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "SAMPLERS",
+    "SampleResult",
+    "SamplerError",
+    "__version__",
+    "denoisers",
+    "get_sampler",
+    "list_samplers",
+    "sample",
+]

@@ -1,0 +1,1 @@
+"""Subcommands of the ``samplerlab`` CLI (see :mod:`samplerlab.cli`)."""

@@ -1,0 +1,128 @@
+"""Denoiser wrappers (re-exported from :mod:`samplerlab.samplers.denoisers`) plus loaders
+that need third-party packages: a diffusers ``UNet2DModel`` with its scheduler config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .samplers.core import SamplerError
+from .samplers.denoisers import (
+    ChunkedDenoiser,
+    ClippedDenoiser,
+    CountingDenoiser,
+    EDMDenoiser,
+    FiniteCheckDenoiser,
+    NonFiniteError,
+    VPDenoiser,
+    chunked,
+    from_eps,
+    from_v,
+    from_x0,
+)
+from .samplers.schedules import ContinuousVP, DiscreteVP
+
+__all__ = [
+    "ChunkedDenoiser",
+    "ClippedDenoiser",
+    "ContinuousVP",
+    "CountingDenoiser",
+    "DiscreteVP",
+    "EDMDenoiser",
+    "FiniteCheckDenoiser",
+    "NonFiniteError",
+    "VPDenoiser",
+    "chunked",
+    "from_diffusers",
+    "from_eps",
+    "from_v",
+    "from_x0",
+    "load_scheduler_config",
+]
+
+
+def load_scheduler_config(path: str | Path) -> dict[str, Any]:
+    """Read a diffusers ``scheduler_config.json`` (a file, or a folder holding one)."""
+    p = Path(path)
+    candidates = (
+        [p]
+        if p.is_file()
+        else [p / "scheduler_config.json", p / "scheduler" / "scheduler_config.json"]
+    )
+    for c in candidates:
+        if c.is_file():
+            try:
+                return json.loads(c.read_text())
+            except json.JSONDecodeError as e:
+                raise SamplerError(f"{c}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    raise SamplerError(
+        f"no scheduler_config.json found at {p} (looked in: "
+        f"{', '.join(str(c) for c in candidates)})"
+    )
+
+
+def from_diffusers(
+    model: str | Path | torch.nn.Module,
+    scheduler: Any = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    clip_denoised: bool | None = None,
+    class_labels: torch.Tensor | None = None,
+) -> VPDenoiser:
+    """A diffusers ``UNet2DModel`` and its noise schedule as ``D(x, sigma)``.
+
+    ``model`` is a loaded UNet or a local folder: a pipeline folder (``unet/`` and
+    ``scheduler/``) or a UNet folder with ``scheduler_config.json`` beside its config.
+    ``scheduler`` is a diffusers scheduler, a config dict or a path; by default it is
+    looked up in the folder. Nothing is downloaded: ``from_pretrained`` reads the folder.
+    The prediction type and ``clip_sample`` come from the scheduler config.
+    """
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    if isinstance(model, (str, Path)):
+        root = Path(model)
+        if not root.exists():
+            raise SamplerError(f"model folder {root} does not exist")
+        sub = "unet" if (root / "unet" / "config.json").is_file() else None
+        if sub is None and not (root / "config.json").is_file():
+            raise SamplerError(f"{root} holds neither config.json nor unet/config.json")
+        try:
+            unet = UNet2DModel.from_pretrained(root, subfolder=sub, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise SamplerError(f"cannot load a UNet2DModel from {root}: {e}") from None
+        if scheduler is None:
+            scheduler = load_scheduler_config(root)
+    else:
+        unet = model
+        if scheduler is None:
+            raise SamplerError("pass the scheduler (object, dict or path) with a loaded UNet")
+    if isinstance(scheduler, (str, Path)):
+        scheduler = load_scheduler_config(scheduler)
+    config = dict(scheduler) if isinstance(scheduler, dict) else dict(scheduler.config)
+    ddpm = DDPMScheduler.from_config(config)
+    unet = unet.eval()
+    if device is not None or dtype is not None:
+        unet = unet.to(device=device, dtype=dtype)
+    size = unet.config.sample_size
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+
+    def model_fn(x_vp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        labels = class_labels
+        if labels is not None and labels.shape[0] != x_vp.shape[0]:
+            labels = labels.repeat(x_vp.shape[0] // labels.shape[0])
+        return unet(x_vp.to(unet.dtype), t, class_labels=labels).sample
+
+    return VPDenoiser(
+        model_fn,
+        DiscreteVP(ddpm.alphas_cumprod.double()),
+        prediction_type=config.get("prediction_type", "epsilon"),
+        clip_denoised=bool(config.get("clip_sample", False))
+        if clip_denoised is None
+        else clip_denoised,
+        data_shape=(unet.config.in_channels, *hw),
+    )

@@ -1,0 +1,55 @@
+"""Pure-torch samplers over the one denoiser interface ``D(x, sigma) -> x0_hat``.
+
+This package imports only torch (a test enforces it): no lightning, wandb or omegaconf.
+"""
+
+from . import denoisers, noise, schedules
+from .api import SampleResult, build_sigmas, sample
+from .core import Denoiser, SamplerError, append_dims, to_d
+from .ddim import sample_ddim, sample_euler, step_ddim, step_euler
+from .ddpm import ddpm_coefficients, sample_ddpm, step_ddpm
+from .denoisers import NonFiniteError
+from .dpm_solver import dpm_solver_fast_orders, sample_dpm_solver, sample_dpmpp_2m, step_dpm_solver
+from .edm import sample_edm_heun, step_heun
+from .noise import GlobalNoise, NoiseSource, PerSampleNoise, ReplayNoise
+from .registry import SAMPLERS, SamplerSpec, get_sampler, list_samplers
+from .schedules import SCHEDULES, ContinuousVP, DiscreteVP, get_sigmas
+
+__all__ = [
+    "SAMPLERS",
+    "SCHEDULES",
+    "ContinuousVP",
+    "Denoiser",
+    "DiscreteVP",
+    "GlobalNoise",
+    "NoiseSource",
+    "NonFiniteError",
+    "PerSampleNoise",
+    "ReplayNoise",
+    "SampleResult",
+    "SamplerError",
+    "SamplerSpec",
+    "append_dims",
+    "build_sigmas",
+    "ddpm_coefficients",
+    "denoisers",
+    "dpm_solver_fast_orders",
+    "get_sampler",
+    "get_sigmas",
+    "list_samplers",
+    "noise",
+    "sample",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_dpm_solver",
+    "sample_dpmpp_2m",
+    "sample_edm_heun",
+    "sample_euler",
+    "schedules",
+    "step_ddim",
+    "step_ddpm",
+    "step_dpm_solver",
+    "step_euler",
+    "step_heun",
+    "to_d",
+]

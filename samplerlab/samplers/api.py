@@ -1,0 +1,144 @@
+"""``sample()``: build the grid, draw per-sample noise, run a registered sampler, count."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .core import Denoiser, SamplerError
+from .denoisers import CountingDenoiser, FiniteCheckDenoiser, NonFiniteError
+from .noise import PerSampleNoise
+from .registry import SamplerSpec, get_sampler
+from .schedules import get_sigmas
+
+
+@dataclass
+class SampleResult:
+    """Samples and what they cost."""
+
+    x: Tensor  # samples [n, ...] in data space
+    nfe: float  # mean network evaluations per sample (realised)
+    rounds: int  # sequential network rounds (latency)
+    seconds: float
+    sigmas: Tensor  # the grid that was used (float64, CPU)
+    name: str = ""
+    steps: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def model_sigma_range(denoiser: Any) -> tuple[float, float]:
+    return float(getattr(denoiser, "sigma_min", 0.002)), float(getattr(denoiser, "sigma_max", 80.0))
+
+
+def build_sigmas(
+    denoiser: Any,
+    spec: SamplerSpec,
+    grid_steps: int,
+    schedule: str | None = None,
+    schedule_options: Mapping[str, Any] | None = None,
+) -> Tensor:
+    """The sigma grid of ``spec`` for this denoiser (its own default schedule if none given)."""
+    vp = getattr(denoiser, "vp", None)
+    name = schedule or spec.schedule_for(vp is not None)
+    sigma_min, sigma_max = model_sigma_range(denoiser)
+    opts = dict(schedule_options or {})
+    sigma_min = float(opts.pop("sigma_min", sigma_min))
+    sigma_max = float(opts.pop("sigma_max", sigma_max))
+    return get_sigmas(name, grid_steps, sigma_min=sigma_min, sigma_max=sigma_max, vp=vp, **opts)
+
+
+def _check_shape(denoiser: Any, shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2 or shape[0] < 1 or any(s < 1 for s in shape):
+        raise SamplerError(f"shape must be (n, *dims) with positive sizes, got {shape}")
+    want = getattr(denoiser, "data_shape", None)
+    if want is not None and tuple(shape[1:]) != tuple(want):
+        raise SamplerError(
+            f"shape {shape} does not match the model: samples must be "
+            f"(n, {', '.join(map(str, want))})"
+        )
+    return shape
+
+
+def sample(
+    denoiser: Denoiser,
+    name: str,
+    *,
+    steps: int,
+    shape: Sequence[int],
+    seeds: Iterable[int] | None = None,
+    noise: Tensor | None = None,
+    schedule: str | None = None,
+    schedule_options: Mapping[str, Any] | None = None,
+    sigmas: Tensor | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    noise_device: torch.device | str = "cpu",
+    **options: Any,
+) -> SampleResult:
+    """Draw ``shape[0]`` samples with the registered sampler ``name``.
+
+    Sample ``k`` depends only on ``seeds[k]`` (default ``range(n)``). ``noise`` is optional
+    standard-normal initial noise ``[n, ...]`` used instead of the seeded draw (later
+    random draws of stochastic samplers still come from the seeds). ``steps`` means what
+    the sampler's registry entry says (``samplerlab samplers``); ``sigmas`` overrides the
+    schedule. Raises :class:`NonFiniteError` naming the round if a sample is NaN/Inf.
+    """
+    spec = get_sampler(name)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise SamplerError(f"steps must be an integer >= 1, got {steps!r}")
+    shape = _check_shape(denoiser, shape)
+    n = shape[0]
+    spec.check_options(options)
+    seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != n:
+        raise SamplerError(f"got {len(seeds)} seeds for {n} samples")
+    if device is None:
+        device = noise.device if noise is not None else "cpu"
+    device = torch.device(device)
+
+    grid_steps, planned = spec.plan(steps)
+    if sigmas is None:
+        sigmas = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
+    run_options = {**planned, **options}
+
+    def run(den: Any) -> Tensor:
+        source = PerSampleNoise(seeds, noise_device)
+        if noise is None:
+            z = source.randn(shape, device=device, dtype=dtype)
+        else:
+            if tuple(noise.shape) != shape:
+                raise SamplerError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
+            z = noise.to(device, dtype)
+        sigma0 = float(sigmas.reshape(sigmas.shape[0], -1)[0].max())
+        x = z * math.sqrt(sigma0**2 + float(getattr(denoiser, "prior_std", 0.0)) ** 2)
+        return spec(den, x, sigmas, noise=source, **run_options)
+
+    counter = CountingDenoiser(denoiser)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    x = run(counter)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if not bool(torch.isfinite(x).all()):
+        # Re-run with a checking wrapper (same seeds, same result) to name the round.
+        run(FiniteCheckDenoiser(denoiser, label=f"sampler '{name}'"))
+        raise NonFiniteError(f"sampler '{name}': the final samples are not finite")
+    return SampleResult(
+        x=x,
+        nfe=counter.nfe(n),
+        rounds=counter.rounds,
+        seconds=seconds,
+        sigmas=torch.as_tensor(sigmas).detach().cpu(),
+        name=name,
+        steps=steps,
+        options=dict(options),
+    )

@@ -1,0 +1,90 @@
+"""The one model interface and the small helpers every sampler shares.
+
+A denoiser is any callable ``D(x, sigma) -> x0_hat`` in EDM (variance-exploding)
+coordinates: ``x = x0 + sigma * n``, ``x: [B, ...]``, ``sigma: [B]`` (one noise level per
+row). Samplers are pure functions ``(denoiser, x, sigmas, *, noise, **options) -> x0``
+where ``x`` is already at ``sigmas[0]`` and ``sigmas`` is a decreasing grid of shape
+``[N+1]`` (shared by all rows) or ``[N+1, B]`` (one grid per row, used by the parallel
+samplers). Grids usually end in 0; a step to ``sigma_next = 0`` is the first-order
+"denoise" step ``x <- D(x, sigma)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+class Denoiser(Protocol):
+    def __call__(self, x: Tensor, sigma: Tensor, /) -> Tensor: ...
+
+
+class SamplerError(ValueError):
+    """Bad input to a sampler, a schedule or the sampling API (one clear line)."""
+
+
+def append_dims(v: Tensor, ndim: int) -> Tensor:
+    """Append trailing singleton dims so a per-row ``[B]`` vector broadcasts against ``x``."""
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def to_d(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
+    """The PF-ODE derivative ``dx/dsigma = (x - D) / sigma`` (equal to the eps prediction)."""
+    return (x - denoised) / append_dims(sigma, x.ndim)
+
+
+def where_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Per-row select: rows where ``mask`` is true take ``a``, the others ``b``."""
+    return torch.where(append_dims(mask, a.ndim), a, b)
+
+
+def check_grid(sigmas: Tensor) -> Tensor:
+    """Validate a sigma grid (host-side, once per call) and return it as float64 on the CPU."""
+    if not isinstance(sigmas, Tensor):
+        sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    s = sigmas.detach().to("cpu", torch.float64)
+    if s.ndim not in (1, 2) or s.shape[0] < 2:
+        raise SamplerError(
+            f"sigmas must have shape [N+1] or [N+1, B], N >= 1; got {tuple(s.shape)}"
+        )
+    if not bool(torch.isfinite(s).all()):
+        raise SamplerError("sigmas contain NaN or Inf")
+    if bool((s[1:] >= s[:-1]).any()) or bool((s < 0).any()):
+        raise SamplerError("sigmas must be strictly decreasing and non-negative")
+    return s
+
+
+class Grid:
+    """A sigma grid prepared once per sampler call.
+
+    Holds the host copy (for branching on known values without a GPU->CPU sync) and a
+    device copy of shape ``[N+1, B]`` whose rows are sliced per step.
+    """
+
+    def __init__(self, sigmas: Tensor, x: Tensor) -> None:
+        self.host = check_grid(sigmas)
+        batch = x.shape[0]
+        if self.host.ndim == 2 and self.host.shape[1] != batch:
+            raise SamplerError(
+                f"per-row sigmas have {self.host.shape[1]} columns but x has {batch} rows"
+            )
+        dev = self.host.to(x.device, x.dtype)
+        self.dev = dev if dev.ndim == 2 else dev[:, None].expand(-1, batch)
+        self.steps = self.host.shape[0] - 1
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[tuple[int, Tensor, Tensor]]:
+        for i in range(self.steps):
+            yield i, self.dev[i], self.dev[i + 1]
+
+    def all_final(self, i: int) -> bool:
+        """Whether every row's step ``i`` ends at sigma = 0 (known on the host)."""
+        return bool((self.host[i + 1] == 0).all())
+
+    def any_final(self, i: int) -> bool:
+        return bool((self.host[i + 1] == 0).any())

@@ -1,0 +1,261 @@
+"""Wrappers that turn any model into the one interface ``D(x, sigma) -> x0_hat``.
+
+Samplers never branch on the model type: a VP epsilon / v / x0-prediction network on a
+discrete ``alphas_cumprod`` table or a continuous VP schedule, or an EDM-preconditioned
+network, is adapted here once. Wrappers carry ``sigma_min``, ``sigma_max``, ``vp`` (the
+time schedule, or None), ``prior_std`` (the std of the data term of the initial noise:
+1 for VP models, whose initial state is ``x_vp ~ N(0, I)``) and ``data_shape``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .core import SamplerError, append_dims
+from .schedules import ContinuousVP, DiscreteVP, VPSchedule
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+class VPDenoiser:
+    """A VP model ``f(x_vp, t)`` seen in EDM coordinates.
+
+    ``x_vp = x / sqrt(1 + sigma^2)``, ``t = vp.t(sigma)``; the output is converted to
+    ``x0_hat`` by the prediction type (k-diffusion's ``DiscreteEpsDDPMDenoiser``).
+
+    Args:
+        model_fn: ``f(x_vp, t) -> eps | v | x0`` with ``t: [B]`` (float; long if ``quantize``).
+        vp: the model's :class:`DiscreteVP` table or :class:`ContinuousVP` schedule.
+        prediction_type: ``epsilon``, ``v_prediction`` or ``sample``.
+        clip_denoised: clamp ``x0_hat`` to ``[-1, 1]`` (diffusers' ``clip_sample``).
+        quantize: round ``t`` to the nearest table timestep and pass it as ``long``.
+        time_scale: multiply ``t`` by this before calling the model (e.g. 1000 for
+            continuous-time models trained on ``t * 1000``).
+    """
+
+    def __init__(
+        self,
+        model_fn: Callable[[Tensor, Tensor], Tensor],
+        vp: VPSchedule,
+        *,
+        prediction_type: str = "epsilon",
+        clip_denoised: bool = False,
+        quantize: bool = False,
+        time_scale: float = 1.0,
+        data_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise SamplerError(
+                f"unknown prediction_type '{prediction_type}'; valid: {', '.join(PREDICTION_TYPES)}"
+            )
+        if not isinstance(vp, (DiscreteVP, ContinuousVP)):
+            raise SamplerError("vp must be a DiscreteVP table or a ContinuousVP schedule")
+        self.model_fn = model_fn
+        self.vp = vp
+        self.prediction_type = prediction_type
+        self.clip_denoised = clip_denoised
+        self.quantize = quantize
+        self.time_scale = time_scale
+        self.sigma_min = vp.sigma_min
+        self.sigma_max = vp.sigma_max
+        self.prior_std = 1.0
+        self.data_shape = data_shape
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        sigma = sigma.to(x.dtype)
+        alpha = append_dims((1 + sigma**2).rsqrt(), x.ndim)  # VP signal scale
+        t = self.vp.t(sigma)
+        if self.quantize:
+            t = t.round().long()
+        elif self.time_scale != 1.0:
+            t = t * self.time_scale
+        out = self.model_fn(x * alpha, t).to(x.dtype)
+        if self.prediction_type == "epsilon":
+            x0 = x - append_dims(sigma, x.ndim) * out
+        elif self.prediction_type == "v_prediction":
+            # x0 = alpha * x_vp - sigma_vp * v with x_vp = alpha x, sigma_vp = alpha sigma.
+            x0 = alpha * (alpha * x - append_dims(sigma, x.ndim) * out)
+        else:
+            x0 = out
+        return x0.clamp(-1, 1) if self.clip_denoised else x0
+
+
+def from_eps(
+    eps_fn: Callable[[Tensor, Tensor], Tensor],
+    alphas_cumprod: Tensor,
+    *,
+    clip_denoised: bool = False,
+    quantize: bool = False,
+    data_shape: tuple[int, ...] | None = None,
+) -> VPDenoiser:
+    """An epsilon-prediction model on a discrete ``alphas_cumprod`` table."""
+    return VPDenoiser(
+        eps_fn,
+        DiscreteVP(alphas_cumprod),
+        prediction_type="epsilon",
+        clip_denoised=clip_denoised,
+        quantize=quantize,
+        data_shape=data_shape,
+    )
+
+
+def from_v(
+    v_fn: Callable[[Tensor, Tensor], Tensor], alphas_cumprod: Tensor, **kw: Any
+) -> VPDenoiser:
+    """A v-prediction model on a discrete ``alphas_cumprod`` table."""
+    return VPDenoiser(v_fn, DiscreteVP(alphas_cumprod), prediction_type="v_prediction", **kw)
+
+
+def from_x0(
+    x0_fn: Callable[[Tensor, Tensor], Tensor], alphas_cumprod: Tensor, **kw: Any
+) -> VPDenoiser:
+    """An x0 ("sample") prediction model on a discrete ``alphas_cumprod`` table."""
+    return VPDenoiser(x0_fn, DiscreteVP(alphas_cumprod), prediction_type="sample", **kw)
+
+
+class EDMDenoiser:
+    """An EDM-preconditioned network (Karras et al. 2022, Table 1, "Ours").
+
+    ``D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)`` with ``c_skip = sd^2/(sigma^2+sd^2)``,
+    ``c_out = sigma sd / sqrt(sigma^2+sd^2)``, ``c_in = 1/sqrt(sigma^2+sd^2)``,
+    ``c_noise = log(sigma)/4``. Pass ``preconditioned=False`` for a network that already
+    returns ``D`` (then it is called as ``net(x, sigma)``).
+    """
+
+    def __init__(
+        self,
+        net: Callable[[Tensor, Tensor], Tensor],
+        *,
+        sigma_data: float = 0.5,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        preconditioned: bool = True,
+        data_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        self.net = net
+        self.sigma_data = sigma_data
+        self.sigma_min = sigma_min
+        self.sigma_max = sigma_max
+        self.preconditioned = preconditioned
+        self.vp = None
+        self.prior_std = 0.0
+        self.data_shape = data_shape
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        sigma = sigma.to(x.dtype)
+        if not self.preconditioned:
+            return self.net(x, sigma).to(x.dtype)
+        sd = self.sigma_data
+        s = append_dims(sigma, x.ndim)
+        c_skip = sd**2 / (s**2 + sd**2)
+        c_out = s * sd / (s**2 + sd**2).sqrt()
+        c_in = (s**2 + sd**2).rsqrt()
+        c_noise = sigma.log() / 4
+        return c_skip * x + c_out * self.net(c_in * x, c_noise).to(x.dtype)
+
+
+class _Wrapper:
+    """Forwards attribute look-ups (``sigma_min``, ``vp``, ...) to the wrapped denoiser."""
+
+    def __init__(self, inner: Callable[[Tensor, Tensor], Tensor]) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+class CountingDenoiser(_Wrapper):
+    """Counts sequential network rounds and evaluated rows.
+
+    One call is one round (a sequential network call, whatever its batch); NFE per sample
+    is ``rows / batch``. Counters are Python ints: no GPU->CPU sync.
+    """
+
+    def __init__(self, inner: Callable[[Tensor, Tensor], Tensor]) -> None:
+        super().__init__(inner)
+        self.rounds = 0
+        self.rows = 0
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        self.rounds += 1
+        self.rows += x.shape[0]
+        return self.inner(x, sigma)
+
+    def nfe(self, batch: int) -> float:
+        return self.rows / batch
+
+    def reset(self) -> None:
+        self.rounds = 0
+        self.rows = 0
+
+
+class ChunkedDenoiser(_Wrapper):
+    """Evaluates at most ``max_rows`` rows per network call; results are unchanged."""
+
+    def __init__(self, inner: Callable[[Tensor, Tensor], Tensor], max_rows: int) -> None:
+        if not isinstance(max_rows, int) or max_rows < 1:
+            raise SamplerError(f"max_rows must be an integer >= 1, got {max_rows!r}")
+        super().__init__(inner)
+        self.max_rows = max_rows
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        if x.shape[0] <= self.max_rows:
+            return self.inner(x, sigma)
+        return torch.cat(
+            [
+                self.inner(xc, sc)
+                for xc, sc in zip(x.split(self.max_rows), sigma.split(self.max_rows), strict=True)
+            ]
+        )
+
+
+def chunked(
+    denoiser: Callable[[Tensor, Tensor], Tensor], max_rows: int | None
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """Cap the rows per network call (``None``: no cap)."""
+    return denoiser if max_rows is None else ChunkedDenoiser(denoiser, max_rows)
+
+
+class ClippedDenoiser(_Wrapper):
+    """Clamps ``x0_hat`` to ``[lo, hi]`` (pixel models; makes the update non-affine in eps)."""
+
+    def __init__(
+        self, inner: Callable[[Tensor, Tensor], Tensor], lo: float = -1.0, hi: float = 1.0
+    ) -> None:
+        super().__init__(inner)
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.inner(x, sigma).clamp(self.lo, self.hi)
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN or Inf met while sampling; the message names the sampler, round and sigma."""
+
+
+class FiniteCheckDenoiser(_Wrapper):
+    """Raises at the first network round whose input or output is not finite (syncs: debug only)."""
+
+    def __init__(self, inner: Callable[[Tensor, Tensor], Tensor], label: str = "sampler") -> None:
+        super().__init__(inner)
+        self.label = label
+        self.rounds = 0
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        self.rounds += 1
+        where = (
+            f"{self.label}: round {self.rounds} (sigma in [{float(sigma.min()):.4g}, "
+            f"{float(sigma.max()):.4g}])"
+        )
+        if not bool(torch.isfinite(x).all()):
+            raise NonFiniteError(f"{where}: the state entering the network is not finite")
+        out = self.inner(x, sigma)
+        if not bool(torch.isfinite(out).all()):
+            raise NonFiniteError(f"{where}: the network output is not finite")
+        return out

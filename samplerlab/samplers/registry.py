@@ -1,0 +1,188 @@
+"""The literal sampler registry: config name -> :class:`SamplerSpec`.
+
+A new entry is picked up by the parametrised tests, ``samplerlab samplers`` and
+``samplerlab bench`` automatically.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import ddim, ddpm, dpm_solver, edm
+from .core import SamplerError
+
+
+def _same(steps: int) -> tuple[int, dict[str, Any]]:
+    return steps, {}
+
+
+def _dpm_fast(order: int) -> Callable[[int], tuple[int, dict[str, Any]]]:
+    def plan(steps: int) -> tuple[int, dict[str, Any]]:
+        orders = dpm_solver.dpm_solver_fast_orders(steps, order)
+        return len(orders), {"orders": orders}
+
+    return plan
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """What the registry knows about a sampler.
+
+    Attributes:
+        fn: the pure sampler ``fn(denoiser, x, sigmas, *, noise, **options)``.
+        description: one line for ``samplerlab samplers``.
+        deterministic: with its default options (see :meth:`is_deterministic`).
+        nfe: network evaluations per sample as a function of ``steps``.
+        nfe_exact: False when ``nfe`` is an expectation (random NFE, e.g. PMM).
+        order: convergence order of a deterministic solver (tested on the Gaussian).
+        plan: maps the user's ``steps`` to (grid steps, extra options); e.g. DPM-Solver's
+            ``steps`` is its NFE budget, allocated over orders (DPM-Solver-fast).
+        stochastic_options: options that make the sampler stochastic when > 0.
+        defaults: options bound for this registry name (e.g. ``order=3``).
+        needs_coeffs: takes fitted IIA coefficients.
+        multistep: its steps use history (cannot be restarted per step by ParaDiGMS).
+        default_schedule: grid used when the denoiser has a VP time table; ``karras``
+            (or ``logsnr`` for DPM-Solvers) otherwise.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    description: str
+    deterministic: bool
+    nfe: Callable[[int], float]
+    nfe_exact: bool = True
+    order: int | None = None
+    plan: Callable[[int], tuple[int, dict[str, Any]]] = _same
+    stochastic_options: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    needs_coeffs: bool = False
+    multistep: bool = False
+    default_schedule: str = "karras"
+    vp_schedule: str | None = None
+
+    def is_deterministic(self, options: Mapping[str, Any] | None = None) -> bool:
+        opts = {**self.defaults, **(options or {})}
+        return self.deterministic and not any(
+            float(opts.get(k, 0) or 0) > 0 for k in self.stochastic_options
+        )
+
+    def option_names(self) -> list[str]:
+        params = inspect.signature(self.fn).parameters.values()
+        return [
+            p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "noise"
+        ]
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        valid = self.option_names()
+        for key in options:
+            if key not in valid:
+                raise SamplerError(
+                    f"unknown option '{key}' for sampler '{self.name}'; valid: "
+                    f"{', '.join(valid) or '(none)'}"
+                )
+
+    def schedule_for(self, has_vp: bool) -> str:
+        return self.vp_schedule if (has_vp and self.vp_schedule) else self.default_schedule
+
+    def __call__(self, denoiser: Any, x: Any, sigmas: Any, **options: Any) -> Any:
+        return self.fn(denoiser, x, sigmas, **{**self.defaults, **options})
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    "euler": SamplerSpec(
+        "euler",
+        ddim.sample_euler,
+        "Euler on the probability-flow ODE (Karras et al. 2022)",
+        deterministic=True,
+        nfe=lambda n: n,
+        order=1,
+    ),
+    "ddim": SamplerSpec(
+        "ddim",
+        ddim.sample_ddim,
+        "DDIM (Song et al. 2021); eta=0 deterministic, eta>0 stochastic",
+        deterministic=True,
+        nfe=lambda n: n,
+        order=1,
+        stochastic_options=("eta",),
+        vp_schedule="time_uniform",
+    ),
+    "ddpm": SamplerSpec(
+        "ddpm",
+        ddpm.sample_ddpm,
+        "DDPM ancestral (Ho et al. 2020); variant=posterior|fixed_large|sde",
+        deterministic=False,
+        nfe=lambda n: n,
+        vp_schedule="time_uniform",
+    ),
+    "edm_heun": SamplerSpec(
+        "edm_heun",
+        edm.sample_edm_heun,
+        "EDM Heun, 2nd order (Karras et al. 2022, Alg. 2); s_churn>0 stochastic",
+        deterministic=True,
+        nfe=lambda n: 2 * n - 1,
+        order=2,
+        stochastic_options=("s_churn",),
+    ),
+    "dpm_solver_1": SamplerSpec(
+        "dpm_solver_1",
+        dpm_solver.sample_dpm_solver,
+        "DPM-Solver-1 singlestep (Lu et al. 2022); steps = NFE",
+        deterministic=True,
+        nfe=lambda n: n,
+        order=1,
+        plan=_dpm_fast(1),
+        defaults={"order": 1},
+        default_schedule="logsnr",
+    ),
+    "dpm_solver_2": SamplerSpec(
+        "dpm_solver_2",
+        dpm_solver.sample_dpm_solver,
+        "DPM-Solver-2 singlestep (Lu et al. 2022); steps = NFE (DPM-Solver-fast orders)",
+        deterministic=True,
+        nfe=lambda n: n,
+        order=2,
+        plan=_dpm_fast(2),
+        defaults={"order": 2},
+        default_schedule="logsnr",
+    ),
+    "dpm_solver_3": SamplerSpec(
+        "dpm_solver_3",
+        dpm_solver.sample_dpm_solver,
+        "DPM-Solver-3 singlestep (Lu et al. 2022); steps = NFE (DPM-Solver-fast orders)",
+        deterministic=True,
+        nfe=lambda n: n,
+        order=3,
+        plan=_dpm_fast(3),
+        defaults={"order": 3},
+        default_schedule="logsnr",
+    ),
+    "dpmpp_2m": SamplerSpec(
+        "dpmpp_2m",
+        dpm_solver.sample_dpmpp_2m,
+        "DPM-Solver++(2M) multistep on the data prediction (Lu et al. 2022b)",
+        deterministic=True,
+        nfe=lambda n: n,
+        order=2,
+        multistep=True,
+        default_schedule="logsnr",
+    ),
+    # --- new samplers: Poisson midpoint, randomized midpoints (issue 3) ---
+    # --- parallel-in-time samplers: SRDS, ParaDiGMS (issue 3) ---
+    # --- IIA samplers (issue 4) ---
+}
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    """The registry entry of ``name``, or one clear error listing the valid names."""
+    if name not in SAMPLERS:
+        raise SamplerError(f"unknown sampler '{name}'; valid: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def list_samplers() -> dict[str, str]:
+    """Sampler names with their one-line descriptions."""
+    return {name: spec.description for name, spec in SAMPLERS.items()}
