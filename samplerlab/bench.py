@@ -1,0 +1,398 @@
+"""Quality and cost of every registered sampler versus NFE on an analytic model.
+
+For each sampler x NFE budget, :func:`run_bench` picks the number of steps whose registry
+NFE (``spec.nfe(steps)``) is the largest that fits the budget, so samplers with 2 or 3
+evaluations per step and samplers whose ``steps`` already is the NFE (DPM-Solver) are
+compared at equal cost. Every sampler draws from the same seeds (a paired comparison) and
+is scored by
+
+* ``sw``: the sliced 2-Wasserstein distance of its samples to an independent exact sample
+  of the same size (``sw_floor`` is the same distance between two exact samples: the
+  Monte-Carlo noise level below which differences mean nothing);
+* ``rms`` (deterministic samplers only): the RMS error to the exact probability-flow ODE
+  endpoint from the same initial noise. For the Gaussian the endpoint is the closed form;
+  for the mixture it is a fine DPM-Solver-3 solve in float64 whose convergence is checked
+  by halving its resolution (``ref_residual``, the RMS change between the two solves).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .analytic import Gaussian, GaussianMixture, sliced_wasserstein
+from .errors import USER_ERRORS, ConfigError
+from .samplers.core import SamplerError
+from .samplers.dpm_solver import sample_dpm_solver
+from .samplers.noise import PerSampleNoise
+from .samplers.registry import SAMPLERS, SamplerSpec, get_sampler
+from .samplers.schedules import logsnr
+
+MODELS = ("gmm", "gaussian")
+DEFAULT_BUDGETS = (10, 20, 50, 100)
+DEFAULT_DDPM_BUDGETS = (1000,)
+# Seeds of the two exact reference samples (far from any sampling seed range).
+_EXACT_SEED_A, _EXACT_SEED_B = 1_000_003, 2_000_003
+
+
+# --------------------------------------------------------------------------------------
+# Models.
+# --------------------------------------------------------------------------------------
+
+
+def default_gaussian(dim: int = 8, seed: int = 0) -> Gaussian:
+    """An anisotropic Gaussian whose stds span 0.05 to 1 (stiff and curved enough to rank)."""
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(dim, generator=g, dtype=torch.float64)
+    log_s = torch.empty(dim, dtype=torch.float64).uniform_(math.log(0.05), 0.0, generator=g)
+    return Gaussian(mu, log_s.exp())
+
+
+def make_model(name: str, dim: int = 8, seed: int = 0) -> Gaussian | GaussianMixture:
+    """The analytic benchmark model ``name`` (``gmm`` or ``gaussian``) in ``dim`` dimensions."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ConfigError(f"--dim must be an integer >= 1, got {dim!r}")
+    if name == "gmm":
+        return GaussianMixture.default(dim=dim, seed=seed)
+    if name == "gaussian":
+        return default_gaussian(dim=dim, seed=seed)
+    if Path(name).exists():
+        raise ConfigError(
+            f"--model '{name}': benchmarking a checkpoint is not supported yet; "
+            f"valid models: {', '.join(MODELS)}"
+        )
+    raise ConfigError(f"unknown --model '{name}'; valid: {', '.join(MODELS)}")
+
+
+# --------------------------------------------------------------------------------------
+# Equal-NFE step counts.
+# --------------------------------------------------------------------------------------
+
+
+def steps_for_budget(spec: SamplerSpec, budget: int, max_steps: int | None = None) -> int | None:
+    """The ``steps`` whose ``spec.nfe(steps)`` is the largest value ``<= budget``.
+
+    A generic inversion of the registry's NFE function (ties go to more steps); step counts
+    the sampler rejects (``SamplerError``) are skipped. ``None`` if no step count fits.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise SamplerError(f"NFE budgets must be integers >= 1, got {budget!r}")
+    best: tuple[float, int] | None = None
+    for steps in range(1, (max_steps or 4 * budget + 16) + 1):
+        try:
+            nfe = float(spec.nfe(steps))
+        except SamplerError:
+            continue
+        if nfe <= budget + 1e-9 and (best is None or (nfe, steps) >= best):
+            best = (nfe, steps)
+    return None if best is None else best[1]
+
+
+# --------------------------------------------------------------------------------------
+# Reference ODE endpoints.
+# --------------------------------------------------------------------------------------
+
+
+def _rms(a: Tensor, b: Tensor) -> float:
+    return float((a.double() - b.double()).pow(2).mean().sqrt())
+
+
+def fine_solve(
+    denoiser: Any, x: Tensor, sigma0: float, steps: int, sigma_end: float = 3e-5
+) -> Tensor:
+    """The PF-ODE from ``(x, sigma0)`` to 0: DPM-Solver-3 on ``steps`` log-SNR steps down to
+    ``sigma_end``, then the denoise step (whose error is ``O(sigma_end^2)``), in float64."""
+    grid = logsnr(steps + 1, sigma_min=sigma_end, sigma_max=sigma0)  # steps steps, then 0
+    return sample_dpm_solver(denoiser, x.double(), grid, orders=[3] * steps + [1])
+
+
+def reference_endpoint(
+    model: Any, x: Tensor, sigma0: float, steps: int = 400
+) -> tuple[Tensor, float]:
+    """The exact PF-ODE endpoint from ``(x, sigma0)`` and the reference's residual.
+
+    Closed form where the model has ``ode_solution`` (residual 0); otherwise a fine
+    :func:`fine_solve` with ``steps`` order-3 steps, checked against ``steps // 2``.
+    """
+    x = x.double()
+    if hasattr(model, "ode_solution"):
+        return model.ode_solution(x, sigma0, 0.0), 0.0
+    fine = fine_solve(model, x, sigma0, steps)
+    coarse = fine_solve(model, x, sigma0, max(steps // 2, 1))
+    return fine, _rms(fine, coarse)
+
+
+# --------------------------------------------------------------------------------------
+# The benchmark.
+# --------------------------------------------------------------------------------------
+
+
+def _check_samplers(samplers: Iterable[str] | None) -> list[str]:
+    names = list(SAMPLERS) if samplers is None else list(samplers)
+    if not names:
+        raise SamplerError(f"no samplers selected; valid: {', '.join(SAMPLERS)}")
+    unknown = [n for n in names if n not in SAMPLERS]
+    if unknown:
+        raise SamplerError(
+            f"unknown sampler{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"valid: {', '.join(SAMPLERS)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def _check_budgets(budgets: Iterable[int], what: str) -> list[int]:
+    out = []
+    for b in budgets:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise SamplerError(f"{what} must be integers >= 1, got {b!r}")
+        out.append(b)
+    return sorted(set(out))
+
+
+def run_bench(
+    model: Any,
+    samplers: Sequence[str] | None = None,
+    nfe_budgets: Iterable[int] = DEFAULT_BUDGETS,
+    *,
+    n_samples: int = 4000,
+    seed: int = 0,
+    ddpm_budgets: Iterable[int] = DEFAULT_DDPM_BUDGETS,
+    sampler_options: Mapping[str, Mapping[str, Any]] | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float64,
+    reference_steps: int = 400,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every sampler at every NFE budget on ``model`` and score it.
+
+    Args:
+        model: an analytic model (``Gaussian``, ``GaussianMixture``): a denoiser with
+            ``sample(n, generator)`` (for the distribution distance) and, optionally,
+            ``ode_solution`` (exact endpoints; otherwise a fine reference solve).
+        samplers: registry names (default: every registered sampler).
+        nfe_budgets: NFE budgets every sampler is run at.
+        ddpm_budgets: extra budgets for stochastic samplers (DDPM-like chains).
+        sampler_options: per-sampler options, e.g. ``{"ddim": {"eta": 1.0},
+            "iia_ddim": {"coeffs": "c.safetensors"}}`` (samplers that need fitted
+            coefficients run with their defaults unless given here).
+        reference_steps: order-3 steps of the fine reference solve (mixture only).
+
+    Returns:
+        One dict per (sampler, budget): ``sampler, budget, steps, nfe, rounds, seconds, sw,
+        sw_floor, rms, ref_residual, deterministic, options`` (and ``error`` where the
+        sampler refused or diverged; budgets a sampler cannot reach are left out).
+    """
+    names = _check_samplers(samplers)
+    budgets = _check_budgets(nfe_budgets, "NFE budgets")
+    extra = _check_budgets(ddpm_budgets, "DDPM budgets")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
+        raise SamplerError(f"n_samples must be an integer >= 2, got {n_samples!r}")
+    options = {k: dict(v) for k, v in (sampler_options or {}).items()}
+    for name, opts in options.items():
+        if name not in names:
+            raise SamplerError(
+                f"options given for sampler '{name}', which is not benchmarked; "
+                f"benchmarked: {', '.join(names)}"
+            )
+        get_sampler(name).check_options(opts)
+
+    dim_shape = tuple(getattr(model, "data_shape", None) or (model.dim,))
+    shape = (n_samples, *dim_shape)
+    seeds = range(seed, seed + n_samples)
+    device = torch.device(device)
+    # The initial noise every sampler sees (sample() draws the same from the same seeds).
+    z = PerSampleNoise(seeds).randn(shape, device=device, dtype=dtype)
+
+    sw_floor = None
+    exact = None
+    if hasattr(model, "sample"):
+        exact = model.sample(n_samples, torch.Generator().manual_seed(seed + _EXACT_SEED_A))
+        other = model.sample(n_samples, torch.Generator().manual_seed(seed + _EXACT_SEED_B))
+        sw_floor = sliced_wasserstein(other.reshape(shape), exact.reshape(shape))
+
+    references: dict[str, tuple[Tensor, float]] = {}
+
+    def reference(sigma0: float) -> tuple[Tensor, float]:
+        # One reference per starting sigma (grids may differ from it in the last bits).
+        key = f"{sigma0:.12g}"
+        if key not in references:
+            prior_std = float(getattr(model, "prior_std", 0.0))
+            x0 = z.double().cpu() * math.sqrt(sigma0**2 + prior_std**2)
+            references[key] = reference_endpoint(model, x0, sigma0, reference_steps)
+        return references[key]
+
+    jobs: list[tuple[str, int, int | None]] = []
+    for name in names:
+        spec = get_sampler(name)
+        deterministic = spec.is_deterministic(options.get(name))
+        for budget in budgets + ([] if deterministic else [b for b in extra if b not in budgets]):
+            jobs.append((name, budget, steps_for_budget(spec, budget)))
+
+    from tqdm.auto import tqdm
+
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(jobs, desc="bench", file=sys.stderr, disable=not progress, leave=False)
+    for name, budget, steps in bar:
+        bar.set_postfix_str(f"{name}@{budget}")
+        if steps is None:
+            continue
+        spec = get_sampler(name)
+        opts = options.get(name, {})
+        deterministic = spec.is_deterministic(opts)
+        row: dict[str, Any] = {
+            "sampler": name,
+            "budget": budget,
+            "steps": steps,
+            "expected_nfe": float(spec.nfe(steps)),
+            "deterministic": deterministic,
+            "options": {k: _jsonable(v) for k, v in opts.items()},
+        }
+        # sample() draws the initial noise from the seeds; deterministic samplers also get
+        # it explicitly (stochastic ones must not: their later draws come from the seeds).
+        kwargs = {"noise": z} if deterministic else {}
+        try:
+            res = _sample(model, name, steps, shape, seeds, device, dtype, opts, kwargs)
+        except USER_ERRORS as e:
+            row["error"] = str(e)
+            print(f"bench: {name} at NFE {budget}: {e}", file=sys.stderr)
+            rows.append(row)
+            continue
+        x = res.x.detach().double().cpu()
+        row.update(nfe=res.nfe, rounds=res.rounds, seconds=res.seconds)
+        row["sw"] = None if exact is None else sliced_wasserstein(x, exact.reshape(shape))
+        row["sw_floor"] = sw_floor
+        row["rms"] = row["ref_residual"] = None
+        if deterministic:
+            sigma0 = float(res.sigmas.reshape(res.sigmas.shape[0], -1)[0].max())
+            ref, residual = reference(sigma0)
+            row["rms"] = _rms(x, ref)
+            row["ref_residual"] = residual
+            row["sigma0"] = sigma0
+        rows.append(row)
+    bar.close()
+    return rows
+
+
+def _sample(model, name, steps, shape, seeds, device, dtype, opts, kwargs):
+    from .samplers.api import sample
+
+    return sample(
+        model, name, steps=steps, shape=shape, seeds=seeds, device=device, dtype=dtype,
+        **kwargs, **opts,
+    )  # fmt: skip
+
+
+def _jsonable(v: Any) -> Any:
+    return v if isinstance(v, (bool, int, float, str, type(None))) else str(v)
+
+
+# --------------------------------------------------------------------------------------
+# Reports.
+# --------------------------------------------------------------------------------------
+
+
+def _fmt(v: Any, spec: str = ".3g") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The markdown table of :func:`run_bench` rows (one line per sampler x budget)."""
+    head = (
+        "| sampler | NFE budget | steps | NFE | rounds | seconds | SW2 to exact | "
+        "RMS to ODE endpoint |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for r in rows:
+        if "error" in r:
+            lines.append(
+                f"| {r['sampler']} | {r['budget']} | {r['steps']} | error: "
+                f"{r['error'].replace('|', '/')} | | | | |"
+            )
+            continue
+        lines.append(
+            f"| {r['sampler']} | {r['budget']} | {r['steps']} | {_fmt(r['nfe'], 'g')} | "
+            f"{r['rounds']} | {_fmt(r['seconds'], '.2f')} | {_fmt(r['sw'], '.4f')} | "
+            f"{_fmt(r['rms'], '.2e')} |"
+        )
+    return "\n".join(lines)
+
+
+def format_notes(meta: Mapping[str, Any]) -> str:
+    floor = meta.get("sw_floor")
+    residual = meta.get("ref_residual")
+    parts = [
+        f"Model `{meta.get('model')}` (dim {meta.get('dim')}), {meta.get('n_samples')} samples "
+        f"per sampler from seeds {meta.get('seed')}.., {meta.get('dtype')}, {meta.get('device')}.",
+        f"SW2 floor (exact vs exact sample of the same size): {_fmt(floor, '.4f')}.",
+    ]
+    if meta.get("reference") == "closed form":
+        parts.append("ODE endpoints: closed form.")
+    else:
+        parts.append(
+            f"ODE endpoints: {meta.get('reference')}; residual between this reference and the "
+            f"same solve at half the steps (RMS): {_fmt(residual, '.1e')}."
+        )
+    return " ".join(parts)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder + os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def bench_meta(
+    model: Any,
+    model_name: str,
+    rows: Sequence[Mapping[str, Any]],
+    reference_steps: int = 400,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Run-level facts (floor, reference and its residual) gathered from the rows."""
+    residuals = [r["ref_residual"] for r in rows if r.get("ref_residual") is not None]
+    floors = [r["sw_floor"] for r in rows if r.get("sw_floor") is not None]
+    exact = hasattr(model, "ode_solution")
+    return {
+        "model": model_name,
+        "dim": int(getattr(model, "dim", 0)),
+        "sw_floor": floors[0] if floors else None,
+        "reference": "closed form"
+        if exact
+        else f"DPM-Solver-3, {reference_steps} log-SNR steps to sigma 3e-5 then 0, float64",
+        "ref_residual": max(residuals) if residuals else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra,
+    }
+
+
+def write_report(
+    rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike[str], meta: Mapping[str, Any]
+) -> tuple[Path, Path]:
+    """Write ``bench.json`` and ``bench.md`` into ``out_dir`` (atomically)."""
+    out = Path(out_dir)
+    json_path, md_path = out / "bench.json", out / "bench.md"
+    atomic_write_text(json_path, json.dumps({"meta": meta, "rows": list(rows)}, indent=2) + "\n")
+    atomic_write_text(md_path, format_table(rows) + "\n\n" + format_notes(meta) + "\n")
+    return json_path, md_path

@@ -1,0 +1,192 @@
+"""The benchmark: equal-NFE step inversion, paired scoring, reference endpoints, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import samplerlab as sl
+from samplerlab.analytic import sliced_wasserstein
+from samplerlab.bench import (
+    fine_solve,
+    format_table,
+    make_model,
+    reference_endpoint,
+    run_bench,
+    steps_for_budget,
+)
+from samplerlab.cli import main
+from samplerlab.errors import ConfigError
+from samplerlab.samplers import SamplerError, SamplerSpec, get_sampler, get_sigmas
+from samplerlab.samplers.ddim import sample_euler
+from samplerlab.samplers.edm import sample_edm_heun
+from samplerlab.samplers.noise import PerSampleNoise
+
+
+def _spec(nfe) -> SamplerSpec:
+    return SamplerSpec("toy", sample_euler, "toy", deterministic=True, nfe=nfe)
+
+
+def test_steps_for_budget_inverts_the_registry_nfe():
+    assert steps_for_budget(get_sampler("euler"), 10) == 10
+    assert steps_for_budget(get_sampler("dpm_solver_3"), 50) == 50  # steps = NFE
+    heun = get_sampler("edm_heun")  # NFE = 2 steps - 1
+    assert [steps_for_budget(heun, b) for b in (1, 2, 10, 20, 100)] == [1, 1, 5, 10, 50]
+    assert steps_for_budget(_spec(lambda n: 3 * n), 10) == 3
+    assert steps_for_budget(_spec(lambda n: 3 * n), 2) is None  # cannot reach the budget
+    assert steps_for_budget(_spec(lambda n: 2 * n + 0.5), 10) == 4  # expected (float) NFE
+
+    def even_only(n: int) -> int:
+        if n % 2:
+            raise SamplerError("steps must be even")
+        return n
+
+    assert steps_for_budget(_spec(even_only), 9) == 8
+    with pytest.raises(SamplerError, match="budgets"):
+        steps_for_budget(heun, 0)
+
+
+def test_run_bench_rows_equal_nfe_and_paired_scores(gaussian):
+    n, seed = 48, 5
+    rows = run_bench(
+        gaussian,
+        ["euler", "edm_heun", "ddpm"],
+        (4, 9),
+        n_samples=n,
+        seed=seed,
+        ddpm_budgets=(15,),
+        progress=False,
+    )
+    got = {(r["sampler"], r["budget"]): r for r in rows}
+    assert set(got) == {
+        ("euler", 4),
+        ("euler", 9),
+        ("edm_heun", 4),
+        ("edm_heun", 9),
+        ("ddpm", 4),
+        ("ddpm", 9),
+        ("ddpm", 15),  # the extra budget only for the stochastic sampler
+    }
+    for r in rows:
+        assert "error" not in r
+        assert r["nfe"] <= r["budget"]
+        assert r["rounds"] >= 1 and r["seconds"] >= 0
+        assert r["sw"] > 0 and r["sw_floor"] > 0
+    assert got[("edm_heun", 9)]["steps"] == 5 and got[("edm_heun", 9)]["nfe"] == 9
+    assert got[("edm_heun", 4)]["steps"] == 2 and got[("edm_heun", 4)]["nfe"] == 3
+    assert got[("ddpm", 15)]["rms"] is None and not got[("ddpm", 15)]["deterministic"]
+
+    # The RMS is to the exact ODE endpoint of the same seeds' initial noise.
+    res = sl.sample(
+        gaussian, "euler", steps=9, shape=(n, 4), seeds=range(seed, seed + n), dtype=torch.float64
+    )
+    sigma0 = float(res.sigmas[0])
+    z = PerSampleNoise(range(seed, seed + n)).randn((n, 4), device="cpu", dtype=torch.float64)
+    exact = gaussian.ode_solution(z * math.sqrt(sigma0**2 + 1), sigma0, 0.0)
+    rms = float((res.x - exact).pow(2).mean().sqrt())
+    assert got[("euler", 9)]["rms"] == pytest.approx(rms, rel=1e-9)
+    assert got[("euler", 9)]["ref_residual"] == 0.0
+    # More NFE, smaller error; the distance is to an exact sample of the same size.
+    assert got[("edm_heun", 9)]["rms"] < got[("edm_heun", 4)]["rms"]
+    exact_sample = gaussian.sample(n, torch.Generator().manual_seed(seed + 1_000_003))
+    assert got[("euler", 9)]["sw"] == pytest.approx(sliced_wasserstein(res.x, exact_sample))
+
+
+def test_stochastic_options_change_the_budgets_and_scores(gaussian):
+    rows = run_bench(
+        gaussian,
+        ["ddim"],
+        (5,),
+        n_samples=16,
+        ddpm_budgets=(7,),
+        sampler_options={"ddim": {"eta": 1.0}},
+        progress=False,
+    )
+    assert [(r["budget"], r["rms"], r["options"]) for r in rows] == [
+        (5, None, {"eta": 1.0}),
+        (7, None, {"eta": 1.0}),
+    ]
+
+
+def test_reference_endpoint_matches_closed_form_and_an_independent_solver(gaussian, gmm):
+    g = torch.Generator().manual_seed(0)
+    sigma0 = gaussian.sigma_max
+    x = torch.randn(32, 4, generator=g, dtype=torch.float64) * math.sqrt(sigma0**2 + 1)
+    exact = gaussian.ode_solution(x, sigma0, 0.0)
+    err = [float((fine_solve(gaussian, x, sigma0, k) - exact).abs().max()) for k in (100, 200)]
+    assert err[1] < 1e-5 and err[1] < err[0] / 4  # converging at (about) third order
+
+    ref, residual = reference_endpoint(gmm, x, sigma0, steps=200)
+    assert 0 < residual < 1e-3
+    # EDM Heun (a different step function and grid) converges to the same endpoint.
+    grid = get_sigmas("karras", 400, sigma_min=1e-4, sigma_max=sigma0)
+    heun = sample_edm_heun(gmm, x, grid)
+    assert float((heun - ref).pow(2).mean().sqrt()) < 1e-3
+
+
+def test_bad_input_is_one_clear_error(gaussian):
+    with pytest.raises(SamplerError, match=r"unknown sampler 'nope'; valid: euler, ddim"):
+        run_bench(gaussian, ["euler", "nope"], (4,), n_samples=8, progress=False)
+    with pytest.raises(SamplerError, match="unknown option 'etaa' for sampler 'ddim'"):
+        run_bench(gaussian, ["ddim"], (4,), n_samples=8, sampler_options={"ddim": {"etaa": 1}})
+    with pytest.raises(SamplerError, match="not benchmarked"):
+        run_bench(gaussian, ["euler"], (4,), n_samples=8, sampler_options={"ddim": {"eta": 1}})
+    with pytest.raises(SamplerError, match="budgets"):
+        run_bench(gaussian, ["euler"], (0,), n_samples=8)
+    with pytest.raises(ConfigError, match="unknown --model 'cifar'; valid: gmm, gaussian"):
+        make_model("cifar")
+
+
+def test_sampler_refusing_a_step_count_gives_an_error_row(gaussian):
+    rows = run_bench(
+        gaussian, ["ddim"], (3,), n_samples=8, sampler_options={"ddim": {"eta": -1.0}},
+        ddpm_budgets=(), progress=False,
+    )  # fmt: skip
+    assert rows[0]["error"].startswith("eta must be >= 0")
+    assert "error: eta must be >= 0" in format_table(rows)
+
+
+def test_cli_writes_table_and_reports(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", "--model", "gmm", "--dim", "3", "--samplers", "euler,edm_heun,dpm_solver_3"]
+    argv += ["--nfe", "4,8", "--ddpm-nfe", "", "--n", "24", "--out", str(out), "--no-progress"]
+    argv += ["--reference-steps", "60"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    for name in ("euler", "edm_heun", "dpm_solver_3"):
+        assert f"| {name} | 4 |" in table and f"| {name} | 8 |" in table
+    data = json.loads((out / "bench.json").read_text())
+    assert data["meta"]["model"] == "gmm" and data["meta"]["ref_residual"] > 0
+    assert len(data["rows"]) == 6
+    assert all(r["nfe"] <= r["budget"] and r["rms"] > 0 for r in data["rows"])
+    md = (out / "bench.md").read_text()
+    assert md.startswith("| sampler | NFE budget |") and "SW2 floor" in md
+    assert not list(out.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--samplers", "euler,bogus"], "unknown sampler 'bogus'; valid:"),
+        (["--model", "cifar10"], "unknown --model 'cifar10'; valid: gmm, gaussian"),
+        (["--nfe", "10,x"], "--nfe must be comma-separated integers"),
+        (["--option", "ddim-eta=1"], "--option must look like SAMPLER.KEY=VALUE"),
+        (["--option", "ddim.etaa=1", "--samplers", "ddim"], "unknown option 'etaa'"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
+    argv = ["bench", "--n", "4", "--nfe", "2", "--out", str(tmp_path), "--no-progress", *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("samplerlab bench: error:") and message in err
+    assert "\n" not in err
+
+
+def test_cli_rejects_a_checkpoint_path_for_now(tmp_path, capsys):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"")
+    assert main(["bench", "--model", str(ckpt), "--out", str(tmp_path)]) == 2
+    assert "checkpoint is not supported yet" in capsys.readouterr().err
