@@ -41,6 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SAMPLER.KEY=VALUE",
         help="a sampler option, e.g. ddim.eta=1 or iia_ddim.coeffs=c.safetensors (repeatable)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the analytic models are tiny, more threads only "
+        "contend)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -91,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n must be >= 2, got {args.n}")
     if args.reference_steps < 2:
         raise ConfigError(f"--reference-steps must be >= 2, got {args.reference_steps}")
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
     try:
         device = torch.device(args.device)
