@@ -39,11 +39,12 @@ from .samplers.core import SamplerError
 from .samplers.dpm_solver import sample_dpm_solver
 from .samplers.noise import PerSampleNoise
 from .samplers.registry import SAMPLERS, SamplerSpec, get_sampler
-from .samplers.schedules import logsnr
+from .samplers.schedules import SCHEDULES, logsnr
 
 MODELS = ("gmm", "gaussian")
 DEFAULT_BUDGETS = (10, 20, 50, 100)
 DEFAULT_DDPM_BUDGETS = (1000,)
+DEFAULT_FLOOR_REPEATS = 8
 # Seeds of the two exact reference samples (far from any sampling seed range).
 _EXACT_SEED_A, _EXACT_SEED_B = 1_000_003, 2_000_003
 
@@ -179,6 +180,8 @@ def run_bench(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float64,
     reference_steps: int = 400,
+    schedules: Mapping[str, str] | None = None,
+    floor_repeats: int = DEFAULT_FLOOR_REPEATS,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every sampler at every NFE budget on ``model`` and score it.
@@ -194,10 +197,15 @@ def run_bench(
             "iia_ddim": {"coeffs": "c.safetensors"}}`` (samplers that need fitted
             coefficients run with their defaults unless given here).
         reference_steps: order-3 steps of the fine reference solve (mixture only).
+        schedules: per-sampler sigma schedule (a name in ``SCHEDULES``) replacing the
+            sampler's default grid, e.g. ``{"dpmpp_2m": "time_quadratic"}``.
+        floor_repeats: independent exact samples whose distance to the exact sample gives
+            ``sw_floor`` (mean) and ``sw_floor_std``.
 
     Returns:
         One dict per (sampler, budget): ``sampler, budget, steps, nfe, rounds, seconds, sw,
-        sw_floor, rms, ref_residual, deterministic, options`` (and ``error`` where the
+        sw_floor, sw_floor_std, rms, err_median, ref_residual, deterministic, schedule,
+        options`` (and ``error`` where the
         sampler refused or diverged; budgets a sampler cannot reach are left out).
     """
     names = _check_samplers(samplers)
@@ -213,6 +221,19 @@ def run_bench(
                 f"benchmarked: {', '.join(names)}"
             )
         get_sampler(name).check_options(opts)
+    schedules = dict(schedules or {})
+    for name, schedule in schedules.items():
+        if name not in names:
+            raise SamplerError(
+                f"schedule given for sampler '{name}', which is not benchmarked; "
+                f"benchmarked: {', '.join(names)}"
+            )
+        if schedule not in SCHEDULES:
+            raise SamplerError(
+                f"unknown schedule '{schedule}' for sampler '{name}'; valid: {', '.join(SCHEDULES)}"
+            )
+    if isinstance(floor_repeats, bool) or not isinstance(floor_repeats, int) or floor_repeats < 1:
+        raise SamplerError(f"floor_repeats must be an integer >= 1, got {floor_repeats!r}")
 
     dim_shape = tuple(getattr(model, "data_shape", None) or (model.dim,))
     shape = (n_samples, *dim_shape)
@@ -221,12 +242,22 @@ def run_bench(
     # The initial noise every sampler sees (sample() draws the same from the same seeds).
     z = PerSampleNoise(seeds).randn(shape, device=device, dtype=dtype)
 
-    sw_floor = None
+    sw_floor = sw_floor_std = None
     exact = None
     if hasattr(model, "sample"):
         exact = model.sample(n_samples, torch.Generator().manual_seed(seed + _EXACT_SEED_A))
-        other = model.sample(n_samples, torch.Generator().manual_seed(seed + _EXACT_SEED_B))
-        sw_floor = sliced_wasserstein(other.reshape(shape), exact.reshape(shape))
+        # The floor: the same distance for independent exact samples (mean, std over a few).
+        floors = torch.tensor(
+            [
+                sliced_wasserstein(
+                    model.sample(n_samples, torch.Generator().manual_seed(seed + s)).reshape(shape),
+                    exact.reshape(shape),
+                )
+                for s in range(_EXACT_SEED_B, _EXACT_SEED_B + floor_repeats)
+            ]
+        )
+        sw_floor = float(floors.mean())
+        sw_floor_std = float(floors.std()) if floor_repeats > 1 else 0.0
 
     references: dict[str, tuple[Tensor, float]] = {}
 
@@ -257,17 +288,20 @@ def run_bench(
         spec = get_sampler(name)
         opts = options.get(name, {})
         deterministic = spec.is_deterministic(opts)
+        # sample() draws the initial noise from the seeds; deterministic samplers also get
+        # it explicitly (stochastic ones must not: their later draws come from the seeds).
+        kwargs: dict[str, Any] = {"noise": z} if deterministic else {}
         row: dict[str, Any] = {
             "sampler": name,
             "budget": budget,
             "steps": steps,
             "expected_nfe": float(spec.nfe(steps)),
             "deterministic": deterministic,
+            "schedule": schedules.get(name, "default"),
             "options": {k: _jsonable(v) for k, v in opts.items()},
         }
-        # sample() draws the initial noise from the seeds; deterministic samplers also get
-        # it explicitly (stochastic ones must not: their later draws come from the seeds).
-        kwargs = {"noise": z} if deterministic else {}
+        if name in schedules:
+            kwargs["schedule"] = schedules[name]
         try:
             res = _sample(model, name, steps, shape, seeds, device, dtype, opts, kwargs)
         except USER_ERRORS as e:
@@ -278,7 +312,7 @@ def run_bench(
         x = res.x.detach().double().cpu()
         row.update(nfe=res.nfe, rounds=res.rounds, seconds=res.seconds)
         row["sw"] = None if exact is None else sliced_wasserstein(x, exact.reshape(shape))
-        row["sw_floor"] = sw_floor
+        row["sw_floor"], row["sw_floor_std"] = sw_floor, sw_floor_std
         row["rms"] = row["err_median"] = row["ref_residual"] = None
         if deterministic:
             sigma0 = float(res.sigmas.reshape(res.sigmas.shape[0], -1)[0].max())
@@ -326,14 +360,20 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     )
     lines = [head]
     for r in rows:
+        label = r["sampler"]
+        extras = [f"{k}={v}" for k, v in r.get("options", {}).items()]
+        if r.get("schedule", "default") != "default":
+            extras.insert(0, r["schedule"])
+        if extras:
+            label += f" ({', '.join(extras)})"
         if "error" in r:
             lines.append(
-                f"| {r['sampler']} | {r['budget']} | {r['steps']} | error: "
+                f"| {label} | {r['budget']} | {r['steps']} | error: "
                 f"{r['error'].replace('|', '/')} | | | | | |"
             )
             continue
         lines.append(
-            f"| {r['sampler']} | {r['budget']} | {r['steps']} | {_fmt(r['nfe'], 'g')} | "
+            f"| {label} | {r['budget']} | {r['steps']} | {_fmt(r['nfe'], 'g')} | "
             f"{r['rounds']} | {_fmt(r['seconds'], '.2f')} | {_fmt(r['sw'], '.4f')} | "
             f"{_fmt(r['rms'], '.2e')} | {_fmt(r['err_median'], '.2e')} |"
         )
@@ -346,7 +386,10 @@ def format_notes(meta: Mapping[str, Any]) -> str:
     parts = [
         f"Model `{meta.get('model')}` (dim {meta.get('dim')}), {meta.get('n_samples')} samples "
         f"per sampler from seeds {meta.get('seed')}.., {meta.get('dtype')}, {meta.get('device')}.",
-        f"SW2 floor (exact vs exact sample of the same size): {_fmt(floor, '.4f')}.",
+        f"SW2 floor (independent exact samples of the same size vs the exact sample, mean ± std "
+        f"over {meta.get('floor_repeats', 1)}): {_fmt(floor, '.4f')} ± "
+        f"{_fmt(meta.get('sw_floor_std'), '.4f')}; SW2 differences within this spread are "
+        "sampling noise.",
     ]
     if meta.get("reference") == "closed form":
         parts.append("ODE endpoints: closed form.")
@@ -377,6 +420,7 @@ def bench_meta(
     model_name: str,
     rows: Sequence[Mapping[str, Any]],
     reference_steps: int = 400,
+    floor_repeats: int = DEFAULT_FLOOR_REPEATS,
     **extra: Any,
 ) -> dict[str, Any]:
     """Run-level facts (floor, reference and its residual) gathered from the rows."""
@@ -387,6 +431,8 @@ def bench_meta(
         "model": model_name,
         "dim": int(getattr(model, "dim", 0)),
         "sw_floor": floors[0] if floors else None,
+        "floor_repeats": floor_repeats,
+        "sw_floor_std": next((r["sw_floor_std"] for r in rows if "sw_floor_std" in r), None),
         "reference": "closed form"
         if exact
         else f"DPM-Solver-3, {reference_steps} log-SNR steps to sigma 3e-5 then 0, float64",

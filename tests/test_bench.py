@@ -120,6 +120,25 @@ def test_stochastic_options_change_the_budgets_and_scores(gaussian):
     ]
 
 
+def test_per_sampler_schedule_replaces_the_default_grid(gaussian):
+    n = 24
+    rows = run_bench(
+        gaussian, ["dpmpp_2m"], (6,), n_samples=n, schedules={"dpmpp_2m": "time_quadratic"},
+        progress=False,
+    )  # fmt: skip
+    res = sl.sample(gaussian, "dpmpp_2m", steps=6, shape=(n, 4), dtype=torch.float64,
+                    schedule="time_quadratic")  # fmt: skip
+    z = PerSampleNoise(range(n)).randn((n, 4), device="cpu", dtype=torch.float64)
+    s0 = float(res.sigmas[0])
+    exact = gaussian.ode_solution(z * math.sqrt(s0**2 + 1), s0, 0.0)
+    assert rows[0]["schedule"] == "time_quadratic"
+    assert rows[0]["rms"] == pytest.approx(float((res.x - exact).pow(2).mean().sqrt()), rel=1e-9)
+    assert "| dpmpp_2m (time_quadratic) | 6 |" in format_table(rows)
+    assert rows[0]["sw_floor_std"] > 0
+    with pytest.raises(SamplerError, match="unknown schedule 'nope' for sampler 'dpmpp_2m'"):
+        run_bench(gaussian, ["dpmpp_2m"], (6,), n_samples=8, schedules={"dpmpp_2m": "nope"})
+
+
 def test_reference_endpoint_matches_closed_form_and_an_independent_solver(gaussian, gmm):
     g = torch.Generator().manual_seed(0)
     sigma0 = gaussian.sigma_max
@@ -184,6 +203,7 @@ def test_cli_writes_table_and_reports(tmp_path, capsys):
         (["--nfe", "10,x"], "--nfe must be comma-separated integers"),
         (["--option", "ddim-eta=1"], "--option must look like SAMPLER.KEY=VALUE"),
         (["--option", "ddim.etaa=1", "--samplers", "ddim"], "unknown option 'etaa'"),
+        (["--schedule", "dpmpp_2m"], "--schedule must look like SAMPLER=SCHEDULE"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, capsys, args, message):

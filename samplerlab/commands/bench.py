@@ -42,6 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a sampler option, e.g. ddim.eta=1 or iia_ddim.coeffs=c.safetensors (repeatable)",
     )
     p.add_argument(
+        "--schedule",
+        action="append",
+        default=[],
+        metavar="SAMPLER=SCHEDULE",
+        help="replace a sampler's default grid, e.g. dpmpp_2m=time_quadratic (repeatable)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -78,6 +85,17 @@ def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
         if not (sep and dot and sampler and name):
             raise ConfigError(f"--option must look like SAMPLER.KEY=VALUE, got '{item}'")
         out.setdefault(sampler, {})[name] = _value(value.strip())
+    return out
+
+
+def parse_schedules(items: list[str]) -> dict[str, str]:
+    """``["dpmpp_2m=time_quadratic"]`` -> ``{"dpmpp_2m": "time_quadratic"}``."""
+    out = {}
+    for item in items:
+        sampler, sep, schedule = item.partition("=")
+        if not (sep and sampler.strip() and schedule.strip()):
+            raise ConfigError(f"--schedule must look like SAMPLER=SCHEDULE, got '{item}'")
+        out[sampler.strip()] = schedule.strip()
     return out
 
 
@@ -120,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         dtype=dtype,
         reference_steps=args.reference_steps,
+        schedules=parse_schedules(args.schedule),
         progress=not args.no_progress,
     )
     meta = bench_meta(
