@@ -165,7 +165,7 @@ def _run_plain(pr: _Parareal, stopper: _Stopper, record: list[Tensor] | None) ->
         live = list(range(p - 1, B))
         f = pr.F(live, [X[i] for i in live])
         # x_i^p = x_i^{p-1} is exact for i < p; x_p^p = F(x_{p-1}^{p-1}) is exact too.
-        Xn = X[:p] + [f[p - 1]]
+        Xn = [*X[:p], f[p - 1]]
         # Sequential coarse sweep with the parareal correction (lines 9-11).
         for i in range(p, B):
             g_new = pr.G(i, Xn[i])
@@ -280,8 +280,8 @@ def _prepare(
     tol = check_tol("srds", tol)
     if pipelined and inner in MULTISTEP_INNER:
         raise SamplerError(
-            f"srds: pipelined=True needs a single-step inner solver (its fine solves advance "
-            f"one step per wave), not the multistep '{inner}'; valid: {', '.join(SINGLE_STEP_INNER)}"
+            f"srds: pipelined=True needs a single-step inner solver (fine solves advance one "
+            f"step per wave), not the multistep '{inner}'; valid: {', '.join(SINGLE_STEP_INNER)}"
         )
     spec = resolve_inner("srds", inner, inner_options, allow_multistep=True)
     if max_rows is not None:
