@@ -276,7 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("bench_parallel_gpu: CUDA is not available (use --smoke on CPU)", file=sys.stderr)
         return 2
-    text = "\n".join(run(args))
+    threads = torch.get_num_threads()
+    if smoke:
+        torch.set_num_threads(1)  # tiny CPU model: threads only add contention
+    try:
+        text = "\n".join(run(args))
+    finally:
+        torch.set_num_threads(threads)
     print(text)
     if args.out:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)) or ".")

@@ -204,16 +204,21 @@ class ShardedDenoiser:
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         n = len(self.replicas)
-        if n == 1 or x.shape[0] < 2:
-            return self._run_shard(0, x, sigma).to(x.device)
         if x.is_cuda:
             # The shards' streams must see the caller's finished inputs.
             torch.cuda.current_stream(x.device).synchronize()
-        xs, ss = x.tensor_split(n), sigma.tensor_split(n)
-        jobs = [(k, xc, sc) for k, (xc, sc) in enumerate(zip(xs, ss, strict=True)) if len(xc)]
-        with self._lock:
-            futures = [self._pool.submit(self._run_shard, k, xc, sc) for k, xc, sc in jobs]
-            outs = [f.result() for f in futures]
+        if n == 1 or x.shape[0] < 2:
+            outs = [self._run_shard(0, x, sigma)]
+        else:
+            xs, ss = x.tensor_split(n), sigma.tensor_split(n)
+            jobs = [(k, xc, sc) for k, (xc, sc) in enumerate(zip(xs, ss, strict=True)) if len(xc)]
+            with self._lock:
+                futures = [self._pool.submit(self._run_shard, k, xc, sc) for k, xc, sc in jobs]
+                outs = [f.result() for f in futures]
+        for o in outs:
+            if o.is_cuda:
+                # Made on a side stream, read on the caller's: tell the caching allocator.
+                o.record_stream(torch.cuda.current_stream(o.device))
         return torch.cat([o.to(x.device) for o in outs])
 
     def close(self) -> None:
