@@ -172,3 +172,9 @@ def test_bad_input(gmm, opts, msg):
     with pytest.raises(ss.SamplerError) as e:
         sample_srds(gmm, x, sig, **opts)
     assert msg in str(e.value)
+
+
+def test_default_blocks():
+    from samplerlab.samplers.srds import default_blocks
+
+    assert [default_blocks(n) for n in (4, 10, 16, 100, 1024, 7)] == [2, 2, 4, 10, 32, 1]

@@ -316,7 +316,8 @@ def sample_srds(
     divide N; default: the divisor of N nearest sqrt(N)). Iterates until the RMS change of
     a sample's final state between two iterations is below ``tol`` (per sample; its output
     is then frozen; ``tol=0`` disables early stopping) or ``max_iters`` (default and at
-    most B, where the result is exact) iterations are done. ``pipelined`` runs the
+    most B, where the result is exact) iterations are done; the stop is a host decision
+    once per iteration (one GPU->CPU sync per iteration when ``tol > 0``). ``pipelined`` runs the
     pipelined schedule (§5.3): same result, fewer sequential rounds.
 
     Stochastic inner solvers (ddpm, ddim with eta > 0) run on noise pre-drawn in the serial
