@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import ddim, ddpm, dpm_solver, edm
+from . import paradigms, parallel, srds
 from .core import SamplerError
 
 
@@ -172,6 +173,28 @@ SAMPLERS: dict[str, SamplerSpec] = {
     ),
     # --- new samplers: Poisson midpoint, randomized midpoints (issue 3) ---
     # --- parallel-in-time samplers: SRDS, ParaDiGMS (issue 3) ---
+    "srds": parallel.inner_sampler_spec(
+        SamplerSpec,
+        "srds",
+        srds.sample_srds,
+        "SRDS parareal over an inner solver (Selvam et al. 2024); converges to the serial "
+        "solve; nfe/rounds are realised (see SampleResult)",
+        deterministic=True,
+        nfe=lambda n: n,
+        nfe_exact=False,
+        vp_schedule="time_uniform",
+    ),
+    "paradigms": parallel.inner_sampler_spec(
+        SamplerSpec,
+        "paradigms",
+        paradigms.sample_paradigms,
+        "ParaDiGMS Picard iteration with a sliding window over a single-step inner solver "
+        "(Shih et al. 2023); nfe/rounds are realised",
+        deterministic=True,
+        nfe=lambda n: n,
+        nfe_exact=False,
+        vp_schedule="time_uniform",
+    ),
     # --- IIA samplers (issue 4) ---
 }
 

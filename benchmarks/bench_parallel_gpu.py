@@ -1,0 +1,296 @@
+"""Wall-clock of SRDS and ParaDiGMS vs the serial sampler on a CIFAR-sized UNet (GPU).
+
+The model is a diffusers ``UNet2DModel`` with the google/ddpm-cifar10-32 architecture
+(35.7M parameters) built from its config with random weights (nothing is downloaded);
+speed does not depend on the weights, convergence does (reported as iterations and the
+distance to the serial result). For each N and batch size, in one run: serial, SRDS,
+pipelined SRDS and ParaDiGMS, eager and compiled (``torch.compile(mode="reduce-overhead")``,
+CUDA graphs; rows are padded to a few bucket sizes so the graphs are reused), reported
+as speed-ups over the serial sampler in the same mode, and over the compiled serial
+sampler (the honest baseline). Every cell is guarded: a failure (OOM, compile error) is
+reported in the table and the run goes on.
+
+    python benchmarks/bench_parallel_gpu.py                      # H100: N 100 1024, batch 1 16
+    python benchmarks/bench_parallel_gpu.py --smoke              # CPU, tiny UNet, tiny N
+    python benchmarks/bench_parallel_gpu.py --out bench_gpu.md --shard   # rows over all GPUs
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import samplerlab as sl
+from samplerlab.samplers import build_sigmas, get_sampler
+from samplerlab.samplers.denoisers import from_eps
+from samplerlab.samplers.parallel import ShardedDenoiser
+from samplerlab.samplers.schedules import betas_for
+
+CIFAR_UNET = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=2,
+    block_out_channels=(128, 256, 256, 256),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    freq_shift=1,
+    flip_sin_to_cos=False,
+    norm_eps=1e-6,
+    downsample_padding=0,
+    dropout=0.1,
+)
+TINY_UNET = dict(
+    sample_size=8,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=1,
+    block_out_channels=(16, 32),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=8,
+)
+
+# name, registry sampler, options (tolerances as in benchmarks/bench_parallel.py).
+METHODS: list[tuple[str, str, dict[str, Any]]] = [
+    ("serial", "ddim", {}),
+    ("srds", "srds", {"tol": 3e-3}),
+    ("srds_pipelined", "srds", {"tol": 3e-3, "pipelined": True}),
+    ("paradigms", "paradigms", {"tol": 0.01, "window": 32}),
+]
+
+
+def build_unet(config: dict[str, Any], device: torch.device, dtype: torch.dtype, seed: int = 0):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(**config).to(device, dtype).eval()
+
+
+class Bucketed:
+    """Pads the rows of every call up to a bucket size (powers of two times ``base``) so a
+    CUDA-graph-compiled model sees few shapes; padded rows are dropped from the output."""
+
+    def __init__(self, inner: Callable[[Tensor, Tensor], Tensor], base: int) -> None:
+        self.inner, self.base = inner, base
+        self.vp = inner.vp
+        self.sigma_min, self.sigma_max = inner.sigma_min, inner.sigma_max
+        self.prior_std, self.data_shape = inner.prior_std, inner.data_shape
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        rows, size = x.shape[0], self.base
+        while size < rows:
+            size *= 2
+        if size == rows:
+            return self.inner(x, sigma)
+        pad = size - rows
+        xp = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
+        sp = torch.cat([sigma, sigma[-1:].expand(pad)])
+        return self.inner(xp, sp)[:rows]
+
+
+def make_denoiser(unet, dtype: torch.dtype, compiled: bool, shard_devices: list[str] | None):
+    alphas_cumprod = torch.cumprod(1 - betas_for("linear", 1000), 0)
+
+    if compiled:
+        # Every bucket size is its own graph: allow more than the default 8 recompiles.
+        for key in ("cache_size_limit", "recompile_limit"):
+            if hasattr(torch._dynamo.config, key):
+                setattr(torch._dynamo.config, key, 64)
+
+    def wrap(model):
+        net = torch.compile(model, mode="reduce-overhead", dynamic=False) if compiled else model
+
+        def eps_fn(x: Tensor, t: Tensor) -> Tensor:
+            if compiled:
+                # Each call is a new step: CUDA-graph outputs of the last one may be reused.
+                torch.compiler.cudagraph_mark_step_begin()
+            # Timesteps stay float32 (bf16 cannot hold 0..999 exactly).
+            return net(x.to(dtype), t.float()).sample.to(x.dtype)
+
+        size = unet.config.sample_size
+        return from_eps(eps_fn, alphas_cumprod, data_shape=(3, size, size))
+
+    if shard_devices:
+        replicas = [
+            wrap(copy.deepcopy(unet).to(d)) if i else wrap(unet)
+            for i, d in enumerate(shard_devices)
+        ]
+        den = ShardedDenoiser(replicas, shard_devices)
+    else:
+        den = wrap(unet)
+    return den
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_method(
+    den,
+    name: str,
+    opts: dict[str, Any],
+    *,
+    steps: int,
+    batch: int,
+    sigmas: Tensor,
+    device: torch.device,
+    reps: int,
+    warmup: bool,
+    shape: tuple[int, ...],
+) -> dict[str, Any]:
+    kw = dict(
+        steps=steps,
+        shape=(batch, *shape),
+        sigmas=sigmas,
+        device=device,
+        dtype=torch.float32,
+        **opts,
+    )
+    if warmup:
+        sl.sample(den, name, **kw)  # compilation, CUDA graph recording, cuDNN autotuning
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        res = sl.sample(den, name, **kw)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return {"seconds": statistics.median(times), "rounds": res.rounds, "nfe": res.nfe, "x": res.x}
+
+
+def run(args: argparse.Namespace) -> list[str]:
+    device = torch.device(args.device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    config = TINY_UNET if args.smoke else CIFAR_UNET
+    unet = build_unet(config, device, dtype)
+    params = sum(p.numel() for p in unet.parameters()) / 1e6
+    shape = (3, config["sample_size"], config["sample_size"])
+    shard = None
+    if args.shard:
+        n_gpu = torch.cuda.device_count() if device.type == "cuda" else 0
+        shard = [f"cuda:{i}" for i in range(n_gpu)] if n_gpu > 1 else [str(device)] * 2
+    lines = [
+        f"UNet2DModel ({'tiny smoke' if args.smoke else 'google/ddpm-cifar10-32 architecture'}, "
+        f"{params:.1f}M params, random weights), {args.dtype}, device {device}"
+        + (f", rows sharded over {shard}" if shard else "")
+        + f"; DDIM inner, time_uniform grid; median of {args.reps} timed runs "
+        "(after a warm-up on GPU or when compiled).",
+        "",
+        "| N | batch | mode | method | seconds | speed-up vs serial (same mode) "
+        "| speed-up vs compiled serial | rounds | NFE | max abs diff to serial |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for steps in args.steps:
+        for batch in args.batch:
+            results: dict[tuple[str, str], dict[str, Any]] = {}
+            for mode in args.modes:
+                compiled = mode == "compiled"
+                try:
+                    den = make_denoiser(unet, dtype, compiled, shard)
+                    if compiled:
+                        den = Bucketed(den, base=batch)
+                except Exception as e:  # reported in the table
+                    lines.append(f"| {steps} | {batch} | {mode} | (setup) | error: {e!s:.80} |")
+                    continue
+                sigmas = build_sigmas(den, get_sampler("ddim"), steps)
+                for label, name, opts in METHODS:
+                    try:
+                        results[(mode, label)] = time_method(
+                            den,
+                            name,
+                            opts,
+                            steps=steps,
+                            batch=batch,
+                            sigmas=sigmas,
+                            device=device,
+                            reps=args.reps,
+                            warmup=compiled or device.type == "cuda",
+                            shape=shape,
+                        )
+                    except Exception as e:  # reported in the table
+                        traceback.print_exc(file=sys.stderr)
+                        results[(mode, label)] = {"error": f"{type(e).__name__}: {e!s:.80}"}
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+            for mode in args.modes:
+                ser = results.get((mode, "serial"), {})
+                cser = results.get(("compiled", "serial"), {})
+                for label, _, _ in METHODS:
+                    r = results.get((mode, label))
+                    if r is None:
+                        continue
+                    if "error" in r:
+                        lines.append(f"| {steps} | {batch} | {mode} | {label} | {r['error']} |")
+                        continue
+
+                    def ratio(base: dict[str, Any], r: dict[str, Any] = r) -> str:
+                        if "seconds" not in base:
+                            return "-"
+                        return f"{base['seconds'] / r['seconds']:.2f}x"
+
+                    diff = (r["x"] - ser["x"]).abs().max().item() if "x" in ser else float("nan")
+                    lines.append(
+                        f"| {steps} | {batch} | {mode} | {label} | {r['seconds']:.3f} "
+                        f"| {ratio(ser)} | {ratio(cser)} | {r['rounds']} | {r['nfe']:.0f} "
+                        f"| {diff:.1e} |"
+                    )
+            print("\n".join(lines[-len(args.modes) * len(METHODS) :]), file=sys.stderr, flush=True)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny UNet, N=8, batch 1 2, eager")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--steps", type=int, nargs="+", default=None)
+    p.add_argument("--batch", type=int, nargs="+", default=None)
+    p.add_argument("--modes", nargs="+", default=None, choices=["eager", "compiled"])
+    p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--shard", action="store_true", help="split rows over the node's GPUs")
+    p.add_argument("--out", help="write the markdown table here (atomically)")
+    args = p.parse_args(argv)
+    smoke = args.smoke
+    args.device = args.device or ("cpu" if smoke or not torch.cuda.is_available() else "cuda")
+    args.dtype = args.dtype or ("fp32" if args.device == "cpu" else "bf16")
+    args.steps = args.steps or ([8] if smoke else [100, 1024])
+    args.batch = args.batch or ([1, 2] if smoke else [1, 16])
+    args.modes = args.modes or (["eager"] if smoke else ["eager", "compiled"])
+    args.reps = args.reps or (1 if smoke else 3)
+    if args.reps < 1 or any(n < 1 for n in args.steps + args.batch):
+        print("bench_parallel_gpu: --reps, --steps and --batch must be >= 1", file=sys.stderr)
+        return 2
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("bench_parallel_gpu: CUDA is not available (use --smoke on CPU)", file=sys.stderr)
+        return 2
+    threads = torch.get_num_threads()
+    if smoke:
+        torch.set_num_threads(1)  # tiny CPU model: threads only add contention
+    try:
+        text = "\n".join(run(args))
+    finally:
+        torch.set_num_threads(threads)
+    print(text)
+    if args.out:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)) or ".")
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
