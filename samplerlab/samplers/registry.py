@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import ddim, ddpm, dpm_solver, edm
+from . import iia
 from .core import SamplerError
 
 
@@ -173,6 +174,48 @@ SAMPLERS: dict[str, SamplerSpec] = {
     # --- new samplers: Poisson midpoint, randomized midpoints (issue 3) ---
     # --- parallel-in-time samplers: SRDS, ParaDiGMS (issue 3) ---
     # --- IIA samplers (issue 4) ---
+    "iia_ddim": SamplerSpec(
+        "iia_ddim",
+        iia.sample_iia_ddim,
+        "IIA-DDIM (Zhang et al. 2024, eq. 6/8); coeffs= fitted file, else plain DDIM",
+        deterministic=True,
+        nfe=lambda n: n,
+        order=1,
+        needs_coeffs=True,
+        multistep=True,
+        vp_schedule="time_uniform",
+    ),
+    "iia_dpmpp_2m": SamplerSpec(
+        "iia_dpmpp_2m",
+        iia.sample_iia_dpmpp_2m,
+        "IIA-DPM-Solver++(2M) (Zhang et al. 2024, eq. 23); coeffs= fitted file",
+        deterministic=True,
+        nfe=lambda n: n,
+        order=2,
+        needs_coeffs=True,
+        multistep=True,
+        default_schedule="logsnr",
+    ),
+    "iia_edm": SamplerSpec(
+        "iia_edm",
+        iia.sample_iia_edm,
+        "IIA-EDM Heun (Zhang et al. 2024, eqs. 17-19); coeffs= fitted file",
+        deterministic=True,
+        nfe=lambda n: 2 * n - 1,
+        order=2,
+        needs_coeffs=True,
+        multistep=True,
+    ),
+    "biia_edm": SamplerSpec(
+        "biia_edm",
+        iia.sample_biia_edm,
+        "BIIA-EDM Heun (Zhang et al. 2024, eq. 13, Alg. 2); coeffs= fitted file",
+        deterministic=True,
+        nfe=lambda n: 2 * n - 1,
+        order=2,
+        needs_coeffs=True,
+        multistep=True,
+    ),
 }
 
 
