@@ -8,6 +8,7 @@ scale and library version.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,16 +39,12 @@ def _find_module(obj: Any, depth: int = 0) -> torch.nn.Module | None:
     candidates: list[Any] = []
     for name in ("net", "model", "unet", "module", "inner", "model_fn", "denoiser"):
         if hasattr(type(obj), name) or name in getattr(obj, "__dict__", {}):
-            try:
+            with contextlib.suppress(AttributeError):
                 candidates.append(getattr(obj, name))
-            except AttributeError:
-                pass
     candidates.append(getattr(obj, "__self__", None))  # bound methods
     for cell in getattr(obj, "__closure__", None) or ():  # closures (from_diffusers' model_fn)
-        try:
+        with contextlib.suppress(ValueError):  # empty cell
             candidates.append(cell.cell_contents)
-        except ValueError:
-            pass
     for c in candidates:
         found = _find_module(c, depth + 1)
         if found is not None:
@@ -105,7 +102,10 @@ def _refit_hint(meta: dict[str, Any], path: str | Path) -> str:
     sampler = meta.get("sampler", "SAMPLER")
     steps = meta.get("steps", "N")
     M = meta.get("M", 3)
-    return f"refit with `samplerlab iia-fit --model MODEL --sampler {sampler} --steps {steps} --M {M} --out {path}`"
+    return (
+        f"refit with `samplerlab iia-fit --model MODEL --sampler {sampler} --steps {steps} "
+        f"--M {M} --out {path}`"
+    )
 
 
 def save(coeffs: IIACoefficients, path: str | Path) -> Path:
@@ -171,7 +171,7 @@ def load(
             r=int(meta.get("r", 1)),
             metadata=meta,
         )
-    except Exception as e:  # noqa: BLE001 - any parse failure is "corrupt"
+    except Exception as e:  # any parse failure means "corrupt"
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise IIAFileError(
             f"IIA coefficient file {path} is corrupt or not a samplerlab coefficient file "

@@ -236,7 +236,7 @@ def step_terms(
     ``final`` (host) says that every row ends at sigma = 0 (EDM's plain Euler step).
     """
     n = x.ndim
-    a = lambda v: append_dims(v, n)  # noqa: E731
+    a = lambda v: append_dims(v, n)
     if name == "iia_ddim":
         # DDIM step in EDM coordinates: x_{i+1} = D_i + sigma_{i+1} e_i.
         D = denoiser(x, sigma)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import ddim, ddpm, dpm_solver, edm
-from . import iia
 from .core import SamplerError
+from .iia import sample_biia_edm, sample_iia_ddim, sample_iia_dpmpp_2m, sample_iia_edm
 
 
 def _same(steps: int) -> tuple[int, dict[str, Any]]:
@@ -176,7 +176,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
     # --- IIA samplers (issue 4) ---
     "iia_ddim": SamplerSpec(
         "iia_ddim",
-        iia.sample_iia_ddim,
+        sample_iia_ddim,
         "IIA-DDIM (Zhang et al. 2024, eq. 6/8); coeffs= fitted file, else plain DDIM",
         deterministic=True,
         nfe=lambda n: n,
@@ -187,7 +187,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
     ),
     "iia_dpmpp_2m": SamplerSpec(
         "iia_dpmpp_2m",
-        iia.sample_iia_dpmpp_2m,
+        sample_iia_dpmpp_2m,
         "IIA-DPM-Solver++(2M) (Zhang et al. 2024, eq. 23); coeffs= fitted file",
         deterministic=True,
         nfe=lambda n: n,
@@ -198,7 +198,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
     ),
     "iia_edm": SamplerSpec(
         "iia_edm",
-        iia.sample_iia_edm,
+        sample_iia_edm,
         "IIA-EDM Heun (Zhang et al. 2024, eqs. 17-19); coeffs= fitted file",
         deterministic=True,
         nfe=lambda n: 2 * n - 1,
@@ -208,7 +208,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
     ),
     "biia_edm": SamplerSpec(
         "biia_edm",
-        iia.sample_biia_edm,
+        sample_biia_edm,
         "BIIA-EDM Heun (Zhang et al. 2024, eq. 13, Alg. 2); coeffs= fitted file",
         deterministic=True,
         nfe=lambda n: 2 * n - 1,
