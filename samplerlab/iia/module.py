@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -368,7 +369,10 @@ def fit(
     }
     trainer = L.Trainer(**kwargs)
     start = time.perf_counter()
-    trainer.fit(module)
+    with warnings.catch_warnings():
+        # Running without an optimiser is the point of this stage.
+        warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned `None`")
+        trainer.fit(module)
     seconds = time.perf_counter() - start
     fitted = module.fitted.detach().cpu()
     n_fitted = int(fitted.sum())
