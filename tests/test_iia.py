@@ -119,7 +119,7 @@ def test_least_squares_recovers_known_coefficients():
     g = torch.Generator().manual_seed(0)
     Q = [torch.randn(32, 3, 4, dtype=F64, generator=g) for _ in range(4)]
     c_star = torch.tensor([0.3, -1.2, 2.5, 0.01], dtype=F64)
-    target = sum(c * q for c, q in zip(c_star, Q))
+    target = sum(c * q for c, q in zip(c_star, Q, strict=True))
     G, rhs = iia.gram(Q, target)
     torch.testing.assert_close(iia.solve(G, rhs, [True] * 4, ridge=0.0), c_star)
     torch.testing.assert_close(iia.solve(G, rhs, [True] * 4), c_star, rtol=1e-6, atol=1e-8)
@@ -191,18 +191,18 @@ def test_file_round_trip_and_sampling_from_path(gmm, tmp_path):
 def test_file_errors(gmm, tmp_path):
     c = _fitted_like(gmm)
     path = save(c, tmp_path / "c.safetensors")
-    with pytest.raises(IIAFileError, match="does not exist.*samplerlab iia-fit"):
+    with pytest.raises(IIAFileError, match=r"does not exist.*samplerlab iia-fit"):
         load(tmp_path / "missing.safetensors")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(IIAFileError, match="corrupt.*samplerlab iia-fit"):
+    with pytest.raises(IIAFileError, match=r"corrupt.*samplerlab iia-fit"):
         load(bad)
     trunc = tmp_path / "trunc.safetensors"
     trunc.write_bytes(path.read_bytes()[:-20])
     with pytest.raises(IIAFileError, match="corrupt"):
         load(trunc)
     other_grid = build_sigmas(gmm, get_sampler("iia_edm"), 7)
-    with pytest.raises(IIAFileError, match="another grid.*--steps 6"):
+    with pytest.raises(IIAFileError, match=r"another grid.*--steps 6"):
         load(path, sigmas=other_grid)
     other = GaussianMixture.default(dim=gmm.dim, components=3, seed=2)
     with pytest.raises(IIAFileError, match="another model"):

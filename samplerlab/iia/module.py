@@ -44,7 +44,7 @@ from ..samplers.iia import (
     fine_nfe,
     fine_reference,
     fitted_steps,
-    gram,
+    gram_rows,
     num_coefficients,
     resolve_spacing,
     solve,
@@ -111,6 +111,7 @@ class IIAFitModule(L.LightningModule):
         form: str = "default",
         spacing: str = "auto",
         dtype: torch.dtype = torch.float64,
+        warm_start: bool = True,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -124,6 +125,7 @@ class IIAFitModule(L.LightningModule):
         self.M, self.num_samples, self.r, self.seed = M, num_samples, r, seed
         self.batch_size = batch_size or num_samples
         self.ridge, self.form, self.fit_dtype = ridge, form, dtype
+        self.warm_start = warm_start
         self.spacing = resolve_spacing(sampler, spacing, getattr(denoiser, "vp", None))
         self.p = num_coefficients(sampler, form, r)
         self.c0 = default_coefficients(sampler, self.host, form, r)
@@ -135,7 +137,9 @@ class IIAFitModule(L.LightningModule):
         self._state: dict[int, Tensor] = {}
         self._history: dict[int, Any] = {}
         self._pending: list[tuple[list[int], StepTerms]] = []
-        self._sums = torch.zeros(self.p * self.p + self.p + 1, dtype=torch.float64)
+        # Per-sample Gram rows [num_samples, p*p + p + 1]; each rank fills its own rows, so
+        # the all-reduce adds zeros only and the ordered sum is the same on any world size.
+        self._rows = torch.zeros(num_samples, self.p * self.p + self.p + 1, dtype=torch.float64)
 
     @property
     def steps(self) -> int:
@@ -159,7 +163,7 @@ class IIAFitModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._pending = []
-        self._sums = torch.zeros_like(self._sums, device=self.device)
+        self._rows = torch.zeros_like(self._rows, device=self.device)
 
     def _initial(self, idx: list[int]) -> Tensor:
         noise = PerSampleNoise(fit_seeds(self.seed, idx))
@@ -201,12 +205,13 @@ class IIAFitModule(L.LightningModule):
                     self.spacing,
                     getattr(self.denoiser, "vp", None),
                 )
-                ref = fine_reference(self.sampler, self.denoiser, x, sub)
+                ref = fine_reference(
+                    self.sampler, self.denoiser, x, sub, history, warm_start=self.warm_start
+                )
                 # Target: what the coefficients must add on top of the default update.
                 target = ref - terms.combine(self.c0[i].tolist())
-                G, g = gram(terms.quantities, target)
-                yy = target.reshape(-1).to(torch.float64).square().sum()
-                self._sums += torch.cat([G.reshape(-1), g, yy[None]]).to(self._sums.device)
+                rows = gram_rows(terms.quantities, target).to(self._rows.device)
+                self._rows[torch.tensor(idx, device=self._rows.device)] = rows
             self._pending.append((idx, terms))
         return None
 
@@ -219,7 +224,7 @@ class IIAFitModule(L.LightningModule):
         i, p = self.current_epoch, self.p
         c = self.c0[i]
         if bool(self.fitted[i]):
-            sums = self._all_reduce(self._sums.clone()).cpu()
+            sums = self._all_reduce(self._rows.clone()).cpu().sum(0)
             G, g, yy = sums[: p * p].reshape(p, p), sums[p * p : p * p + p], sums[-1]
             delta = solve(G, g, available_columns(self.sampler, i, self.form, self.r), self.ridge)
             c = self.c0[i] + delta
@@ -282,6 +287,7 @@ def fit(
     spacing: str = "auto",
     shape: Sequence[int] | None = None,
     dtype: torch.dtype = torch.float64,
+    warm_start: bool = True,
     guidance_scale: float | None = None,
     devices: int = 1,
     strategy: Any = "auto",
@@ -300,6 +306,8 @@ def fit(
         r: past terms of the EDM forms; ``ridge``: relative ridge of the solve;
         form: ``default`` or ``guided`` (iia_ddim with a guided denoiser, eq. 8);
         spacing: fine grid ``auto`` (the solver's time), ``sigma``, ``time``, ``logsnr``.
+        warm_start: DPM-Solver++ only: the first fine sub-step uses the coarse previous
+            data prediction (second order) instead of a first-order start.
         shape: one sample's shape (default: the denoiser's ``data_shape``).
         devices, strategy, accelerator: Lightning's; several devices use DDP
             (``ddp_spawn`` by default, ``ddp`` for scripts/CLI and cluster launchers).
@@ -348,6 +356,7 @@ def fit(
         form=form,
         spacing=spacing,
         dtype=dtype,
+        warm_start=warm_start,
     )
     device = _device_of(denoiser)
     if accelerator is None:
@@ -387,6 +396,7 @@ def fit(
         "form": form,
         "spacing": module.spacing,
         "ridge": ridge,
+        "warm_start": warm_start,
         "seed": seed,
         "fingerprint": fingerprint(denoiser),
         "guidance_scale": guidance_scale,

@@ -465,19 +465,54 @@ def fine_grid(sigma: float, sigma_next: float, M: int, spacing: str, vp: Any = N
     return g
 
 
-def fine_reference(name: str, denoiser: Denoiser, x: Tensor, sub_grid: Tensor) -> Tensor:
-    """``M`` steps of the SAME base solver from ``x`` over ``sub_grid`` (own history)."""
+def fine_reference(
+    name: str,
+    denoiser: Denoiser,
+    x: Tensor,
+    sub_grid: Tensor,
+    history: Any = None,
+    *,
+    warm_start: bool = False,
+) -> Tensor:
+    """``M`` steps of the SAME base solver from ``x`` over ``sub_grid``.
+
+    DPM-Solver++(2M) uses its own fine-step history inside the sub-interval (§3.9.2); its
+    first sub-step is first order, or, with ``warm_start``, second order using the coarse
+    step's previous data prediction ``history`` (the only history outside the interval).
+    """
     base = BASES[check_sampler(name)]
     if base == "ddim":
         return sample_ddim(denoiser, x, sub_grid)
-    if base == "dpmpp_2m":
-        return sample_dpmpp_2m(denoiser, x, sub_grid)
-    return sample_edm_heun(denoiser, x, sub_grid)
+    if base == "edm_heun":
+        return sample_edm_heun(denoiser, x, sub_grid)
+    grid = Grid(sub_grid, x)
+    hist = history if warm_start else None
+    for i, sigma, sigma_next in grid:
+        terms = step_terms(name, denoiser, x, sigma, sigma_next, hist, final=grid.all_final(i))
+        x, hist = terms.base, terms.history
+    return x
 
 
 def fine_nfe(name: str, M: int) -> int:
     """Extra network evaluations per fitting sample and fitted step."""
     return 2 * M - 1 if BASES[check_sampler(name)] == "edm_heun" else M
+
+
+def gram_rows(quantities: Sequence[Tensor | None], target: Tensor) -> Tensor:
+    """Per-row float64 sums ``[B, p*p + p + 1]``: ``<Q_k, Q_l>``, ``<Q_k, target>``, ``|target|^2``.
+
+    Summing these rows in sample order makes the fit independent of batch size and of
+    the number of processes (bit for bit). Missing quantities give zeros.
+    """
+    B, p = target.shape[0], len(quantities)
+    y = target.reshape(B, -1).to(torch.float64)
+    zero = torch.zeros_like(y)
+    Q = torch.stack(
+        [zero if q is None else q.reshape(B, -1).to(torch.float64) for q in quantities], 1
+    )
+    G = torch.einsum("bkn,bln->bkl", Q, Q)
+    g = torch.einsum("bkn,bn->bk", Q, y)
+    return torch.cat([G.reshape(B, p * p), g, y.square().sum(1, keepdim=True)], 1)
 
 
 def gram(quantities: Sequence[Tensor | None], target: Tensor) -> tuple[Tensor, Tensor]:
