@@ -41,7 +41,6 @@ from torch import Tensor
 
 from .core import Denoiser, Grid, SamplerError, append_dims, to_d, where_rows
 from .ddim import sample_ddim
-from .dpm_solver import sample_dpmpp_2m
 from .edm import sample_edm_heun
 from .noise import NoiseSource
 
