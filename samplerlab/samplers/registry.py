@@ -14,6 +14,7 @@ from typing import Any
 from . import ddim, ddpm, dpm_solver, edm
 from . import paradigms, parallel, srds
 from .core import SamplerError
+from .iia import sample_biia_edm, sample_iia_ddim, sample_iia_dpmpp_2m, sample_iia_edm
 
 
 def _same(steps: int) -> tuple[int, dict[str, Any]]:
@@ -196,6 +197,48 @@ SAMPLERS: dict[str, SamplerSpec] = {
         vp_schedule="time_uniform",
     ),
     # --- IIA samplers (issue 4) ---
+    "iia_ddim": SamplerSpec(
+        "iia_ddim",
+        sample_iia_ddim,
+        "IIA-DDIM (Zhang et al. 2024, eq. 6/8); coeffs= fitted file, else plain DDIM",
+        deterministic=True,
+        nfe=lambda n: n,
+        order=1,
+        needs_coeffs=True,
+        multistep=True,
+        vp_schedule="time_uniform",
+    ),
+    "iia_dpmpp_2m": SamplerSpec(
+        "iia_dpmpp_2m",
+        sample_iia_dpmpp_2m,
+        "IIA-DPM-Solver++(2M) (Zhang et al. 2024, eq. 23); coeffs= fitted file",
+        deterministic=True,
+        nfe=lambda n: n,
+        order=2,
+        needs_coeffs=True,
+        multistep=True,
+        default_schedule="logsnr",
+    ),
+    "iia_edm": SamplerSpec(
+        "iia_edm",
+        sample_iia_edm,
+        "IIA-EDM Heun (Zhang et al. 2024, eqs. 17-19); coeffs= fitted file",
+        deterministic=True,
+        nfe=lambda n: 2 * n - 1,
+        order=2,
+        needs_coeffs=True,
+        multistep=True,
+    ),
+    "biia_edm": SamplerSpec(
+        "biia_edm",
+        sample_biia_edm,
+        "BIIA-EDM Heun (Zhang et al. 2024, eq. 13, Alg. 2); coeffs= fitted file",
+        deterministic=True,
+        nfe=lambda n: 2 * n - 1,
+        order=2,
+        needs_coeffs=True,
+        multistep=True,
+    ),
 }
 
 

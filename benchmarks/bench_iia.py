@@ -1,0 +1,132 @@
+"""IIA vs its base samplers on the analytic Gaussian mixture, at equal NFE.
+
+Error = RMS distance (over held-out samples) to the reference ODE endpoint from the same
+initial noise (EDM Heun, 400 steps down to sigma_min = 1e-4, then the final denoise).
+Coefficients are fitted on the fitting seeds (``samplerlab.iia.fit``) and evaluated on
+disjoint held-out seeds. Also reports the one-time cost of the fit as a function of M.
+
+    PYTHONPATH=$PWD python benchmarks/bench_iia.py [--M 10] [--samples 64] [--n 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+import warnings
+
+import torch
+
+import samplerlab as sl
+from samplerlab.analytic import GaussianMixture
+from samplerlab.iia import fit
+from samplerlab.samplers.denoisers import CountingDenoiser
+
+F64 = torch.float64
+# (base, IIA variants, grid steps for each NFE budget)
+FAMILIES = [
+    ("ddim", ["iia_ddim"], {5: 5, 10: 10, 15: 15, 20: 20}),
+    ("dpmpp_2m", ["iia_dpmpp_2m"], {5: 5, 10: 10, 15: 15, 20: 20}),
+    ("edm_heun", ["iia_edm", "biia_edm"], {5: 3, 11: 6, 15: 8, 19: 10}),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--M", type=int, default=10, help="fine sub-steps per coarse step")
+    ap.add_argument("--samples", type=int, default=64, help="fitting samples")
+    ap.add_argument("--r", type=int, default=1, help="past terms of the EDM forms")
+    ap.add_argument("--n", type=int, default=256, help="held-out evaluation samples")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.set_num_threads(2)
+
+    gmm = GaussianMixture.default()
+    held_out = range(1_000_000, 1_000_000 + args.n)
+    kw = {"shape": (args.n, gmm.dim), "seeds": held_out, "dtype": F64}
+    ref_opts = {"schedule_options": {"sigma_min": 1e-4}, **kw}
+    ref = sl.sample(gmm, "edm_heun", steps=400, **ref_opts).x
+    ref_check = sl.sample(gmm, "edm_heun", steps=200, **ref_opts).x
+
+    def err(x: torch.Tensor) -> float:
+        return float(((x - ref) ** 2).sum(1).mean().sqrt())
+
+    print(f"reference self-check (200 vs 400 Heun steps): {err(ref_check):.2e}\n")
+    results = []
+    print(
+        f"Fit: M={args.M}, {args.samples} fitting samples, r={args.r}; {args.n} held-out samples\n"
+    )
+    print("| NFE | sampler | error | IIA | error | ratio | fit s |")
+    print("|---|---|---|---|---|---|---|")
+    for base, variants, budgets in FAMILIES:
+        for nfe, steps in budgets.items():
+            e_base = err(sl.sample(gmm, base, steps=steps, **kw).x)
+            for name in variants:
+                t0 = time.perf_counter()
+                c = fit(
+                    gmm,
+                    name,
+                    steps=steps,
+                    M=args.M,
+                    num_samples=args.samples,
+                    r=args.r,
+                    progress=False,
+                )
+                sec = time.perf_counter() - t0
+                res = sl.sample(gmm, name, steps=steps, coeffs=c, **kw)
+                assert res.nfe == nfe, (name, res.nfe, nfe)
+                e = err(res.x)
+                results.append(
+                    {
+                        "nfe": nfe,
+                        "base": base,
+                        "iia": name,
+                        "base_error": e_base,
+                        "iia_error": e,
+                        "fit_seconds": sec,
+                    }
+                )
+                print(
+                    f"| {nfe} | {base} | {e_base:.4f} | {name} | {e:.4f} | {e / e_base:.2f} "
+                    f"| {sec:.1f} |"
+                )
+
+    print("\nCost of the fit vs M (extra NFE per fitting sample; held-out error)\n")
+    print("| IIA | steps | M | fit s | extra NFE / sample | total fit NFE | error | base error |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, steps, base in (("iia_ddim", 10, "ddim"), ("iia_edm", 6, "edm_heun")):
+        e_base = err(sl.sample(gmm, base, steps=steps, **kw).x)
+        for M in (1, 3, 10, 20):
+            counter = CountingDenoiser(gmm)
+            t0 = time.perf_counter()
+            c = fit(
+                counter, name, steps=steps, M=M, num_samples=args.samples, r=args.r, progress=False
+            )
+            sec = time.perf_counter() - t0
+            e = err(sl.sample(gmm, name, steps=steps, coeffs=c, **kw).x)
+            extra = c.metadata["fit_extra_nfe_per_sample"]
+            total = counter.rows / args.samples
+            results.append(
+                {
+                    "iia": name,
+                    "steps": steps,
+                    "M": M,
+                    "fit_seconds": sec,
+                    "extra_nfe": extra,
+                    "error": e,
+                }
+            )
+            print(
+                f"| {name} | {steps} | {M} | {sec:.1f} | {extra} | {total:.0f} | {e:.4f} "
+                f"| {e_base:.4f} |"
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""``samplerlab iia-fit``: fit IIA coefficients and write a coefficient file.
+
+``--model gmm`` is the analytic Gaussian mixture (``GaussianMixture.default()``); a folder
+is a local diffusers model (``samplerlab.denoisers.from_diffusers``). Lightning checkpoints
+(issue 5) plug in through :data:`CHECKPOINT_LOADER`: a ``module:function`` that maps a
+checkpoint path to a denoiser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+# Hook for training checkpoints (issue 5): "module:function", function(path) -> denoiser.
+CHECKPOINT_LOADER = "samplerlab.training:load_denoiser"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="gmm", help="gmm | a diffusers folder | a checkpoint file")
+    p.add_argument("--ckpt", dest="model", help="alias of --model")
+    p.add_argument(
+        "--sampler", default="iia_ddim", help="iia_ddim | iia_dpmpp_2m | iia_edm | biia_edm"
+    )
+    p.add_argument("--steps", type=int, default=10, help="sampler steps (as for `sample`)")
+    p.add_argument("--schedule", default=None, help="grid schedule (default: the sampler's)")
+    p.add_argument("--M", type=int, default=3, help="fine sub-steps per coarse step")
+    p.add_argument("--samples", type=int, default=16, help="number of fitting noises")
+    p.add_argument("--batch-size", type=int, default=None, help="fitting samples per batch")
+    p.add_argument("--r", type=int, default=1, help="past terms (EDM forms)")
+    p.add_argument("--form", default="default", help="default | guided (iia_ddim, eq. 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fitting noises")
+    p.add_argument("--ridge", type=float, default=1e-10, help="relative ridge of the solve")
+    p.add_argument("--devices", type=int, default=1, help="processes/devices (DDP when > 1)")
+    p.add_argument("--accelerator", default=None, help="cpu | gpu (default: the model's device)")
+    p.add_argument(
+        "--out", default=None, help="output file (default iia_<sampler>_<steps>.safetensors)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def load_model(spec: str) -> Any:
+    """The denoiser named by ``--model``: ``gmm``, a diffusers folder or a checkpoint."""
+    if spec == "gmm":
+        from ..analytic import GaussianMixture
+
+        return GaussianMixture.default()
+    path = Path(spec)
+    if path.is_dir():
+        from ..denoisers import from_diffusers
+
+        return from_diffusers(path)
+    if path.is_file():
+        module_name, func = CHECKPOINT_LOADER.split(":")
+        try:
+            loader = getattr(importlib.import_module(module_name), func)
+        except (ImportError, AttributeError):
+            raise ConfigError(
+                f"--model {spec}: loading training checkpoints needs {CHECKPOINT_LOADER} "
+                "(not available in this build); pass a diffusers folder or 'gmm'"
+            ) from None
+        return loader(path)
+    raise ConfigError(f"--model {spec}: no such file or folder; valid: gmm, a folder, a checkpoint")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..samplers.iia import check_sampler
+
+    # Cheap checks first: nothing is loaded or written on bad input.
+    check_sampler(args.sampler)
+    for name, value, lo in (
+        ("--M", args.M, 1),
+        ("--samples", args.samples, 1),
+        ("--steps", args.steps, 1),
+        ("--r", args.r, 0),
+        ("--devices", args.devices, 1),
+    ):
+        if value < lo:
+            raise ConfigError(f"{name} must be >= {lo}, got {value}")
+    out = Path(args.out or f"iia_{args.sampler}_{args.steps}.safetensors")
+    denoiser = load_model(args.model)
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from ..iia import fit, save
+
+    coeffs = fit(
+        denoiser,
+        args.sampler,
+        steps=args.steps,
+        schedule=args.schedule,
+        M=args.M,
+        num_samples=args.samples,
+        batch_size=args.batch_size,
+        r=args.r,
+        form=args.form,
+        seed=args.seed,
+        ridge=args.ridge,
+        devices=args.devices,
+        strategy="ddp" if args.devices > 1 else "auto",
+        accelerator=args.accelerator,
+        progress=not args.no_progress,
+    )
+    if rank_zero_only.rank == 0:
+        save(coeffs, out)
+        meta = coeffs.metadata
+        print(
+            f"wrote {out}: {args.sampler} on {coeffs.steps} steps ({meta['nfe']} NFE), M={args.M}, "
+            f"{args.samples} fitting samples, {int(coeffs.mask.sum())} fitted steps, "
+            f"{meta['fit_seconds']:.1f} s"
+        )
+    return 0

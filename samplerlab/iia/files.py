@@ -1,0 +1,198 @@
+"""IIA coefficient files: safetensors tensors plus JSON metadata, written atomically.
+
+Layout: tensors ``coeffs`` [N, p] float64, ``mask`` [N] uint8, ``sigmas`` [N+1] float64;
+safetensors metadata key ``samplerlab.iia`` holds a JSON object with the sampler, form,
+r, base sampler, steps, NFE, M, number of fitting samples, model fingerprint, guidance
+scale and library version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..samplers.core import SamplerError
+from ..samplers.iia import IIACoefficients
+
+META_KEY = "samplerlab.iia"
+FORMAT_VERSION = 1
+
+
+class IIAFileError(SamplerError):
+    """A coefficient file that is missing, corrupt or fitted for another grid or model."""
+
+
+def _find_module(obj: Any, depth: int = 0) -> torch.nn.Module | None:
+    """The ``nn.Module`` behind a denoiser wrapper (attributes, wrapped callables, closures)."""
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if depth > 4 or obj is None:
+        return None
+    candidates: list[Any] = []
+    for name in ("net", "model", "unet", "module", "inner", "model_fn", "denoiser"):
+        if hasattr(type(obj), name) or name in getattr(obj, "__dict__", {}):
+            with contextlib.suppress(AttributeError):
+                candidates.append(getattr(obj, name))
+    candidates.append(getattr(obj, "__self__", None))  # bound methods
+    for cell in getattr(obj, "__closure__", None) or ():  # closures (from_diffusers' model_fn)
+        with contextlib.suppress(ValueError):  # empty cell
+            candidates.append(cell.cell_contents)
+    for c in candidates:
+        found = _find_module(c, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _hash_tensor(h: Any, name: str, t: Tensor) -> None:
+    t = t.detach().to("cpu").contiguous()
+    h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def fingerprint(denoiser: Any) -> str:
+    """A short hash identifying the model behind ``denoiser``.
+
+    Order of preference: a ``fingerprint`` attribute or method of the denoiser (a hook for
+    checkpoint-backed denoisers); the bytes of the weights of the ``nn.Module`` found
+    through the wrapper; the tensors held by an analytic model (e.g. a Gaussian mixture's
+    weights, means and stds); else the denoiser's ``repr``.
+    """
+    own = getattr(denoiser, "fingerprint", None)
+    if own is not None:
+        return str(own() if callable(own) else own)
+    inner = getattr(denoiser, "inner", None)  # samplerlab wrappers (Counting, Chunked, ...)
+    if inner is not None and not isinstance(denoiser, torch.nn.Module):
+        return fingerprint(inner)
+    h = hashlib.sha256()
+    h.update(type(denoiser).__qualname__.encode())
+    module = _find_module(denoiser)
+    if module is not None:
+        h.update(b"weights;")
+        for name, t in sorted(module.state_dict().items()):
+            _hash_tensor(h, name, t)
+    else:
+        tensors = {k: v for k, v in vars(denoiser).items() if isinstance(v, Tensor)}
+        vp = getattr(denoiser, "vp", None)
+        if vp is not None and isinstance(getattr(vp, "alphas_cumprod", None), Tensor):
+            tensors["vp.alphas_cumprod"] = vp.alphas_cumprod
+        if tensors:
+            for name in sorted(tensors):
+                _hash_tensor(h, name, tensors[name])
+        else:
+            h.update(repr(denoiser).encode())
+    return h.hexdigest()[:16]
+
+
+def library_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _refit_hint(meta: dict[str, Any], path: str | Path) -> str:
+    sampler = meta.get("sampler", "SAMPLER")
+    steps = meta.get("steps", "N")
+    M = meta.get("M", 3)
+    return (
+        f"refit with `samplerlab iia-fit --model MODEL --sampler {sampler} --steps {steps} "
+        f"--M {M} --out {path}`"
+    )
+
+
+def save(coeffs: IIACoefficients, path: str | Path) -> Path:
+    """Write ``coeffs`` to ``path`` (safetensors + JSON metadata), atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {
+        **coeffs.metadata,
+        "format_version": FORMAT_VERSION,
+        "sampler": coeffs.sampler,
+        "base": coeffs.base,
+        "form": coeffs.form,
+        "r": coeffs.r,
+        "steps": coeffs.steps,
+        "library_version": coeffs.metadata.get("library_version", library_version()),
+    }
+    tensors = {
+        "coeffs": coeffs.coeffs.detach().to("cpu", torch.float64).contiguous(),
+        "mask": coeffs.mask.detach().to("cpu", torch.uint8).contiguous(),
+        "sigmas": coeffs.sigmas.detach().to("cpu", torch.float64).contiguous(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(
+    path: str | Path, *, denoiser: Any = None, sigmas: Tensor | None = None
+) -> IIACoefficients:
+    """Read a coefficient file; check the grid (``sigmas``) and model (``denoiser``) if given.
+
+    Every failure is one :class:`IIAFileError` line naming the file and how to refit.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise IIAFileError(
+            f"IIA coefficient file {path} does not exist; fit one with "
+            f"`samplerlab iia-fit --model MODEL --sampler SAMPLER --steps N --out {path}`"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        meta = json.loads(raw) if raw is not None else None
+        if not isinstance(meta, dict) or not {"coeffs", "mask", "sigmas"} <= set(tensors):
+            raise ValueError("missing samplerlab IIA metadata or tensors")
+        coeffs = IIACoefficients(
+            sampler=meta["sampler"],
+            sigmas=tensors["sigmas"].to(torch.float64),
+            coeffs=tensors["coeffs"].to(torch.float64),
+            mask=tensors["mask"].to(torch.bool),
+            form=meta.get("form", "default"),
+            r=int(meta.get("r", 1)),
+            metadata=meta,
+        )
+    except Exception as e:  # any parse failure means "corrupt"
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise IIAFileError(
+            f"IIA coefficient file {path} is corrupt or not a samplerlab coefficient file "
+            f"({msg}); delete it and fit again with `samplerlab iia-fit ... --out {path}`"
+        ) from None
+    if sigmas is not None:
+        s = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).reshape(-1)
+        if s.shape != coeffs.sigmas.shape or not torch.allclose(
+            s, coeffs.sigmas, rtol=1e-6, atol=1e-9
+        ):
+            raise IIAFileError(
+                f"IIA coefficient file {path} was fitted on another grid ({coeffs.steps} steps, "
+                f"sigma_max {float(coeffs.sigmas[0]):.4g}) than the requested one "
+                f"({s.numel() - 1} steps, sigma_max {float(s[0]):.4g}); {_refit_hint(meta, path)}"
+            )
+    if denoiser is not None:
+        want = meta.get("fingerprint")
+        got = fingerprint(denoiser)
+        if want != got:
+            raise IIAFileError(
+                f"IIA coefficient file {path} was fitted for another model (fingerprint {want}, "
+                f"this model {got}); {_refit_hint(meta, path)}"
+            )
+    return coeffs

@@ -1,0 +1,22 @@
+"""IIA fitting on two DDP processes (CPU, gloo) gives the coefficients of one process."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from samplerlab.analytic import GaussianMixture
+from samplerlab.iia import fit
+
+
+@pytest.mark.parametrize("name", ["iia_edm"])
+def test_two_processes_match_one(name):
+    gmm = GaussianMixture.default(dim=4, components=3, seed=1)
+    kw = {"steps": 6, "M": 2, "num_samples": 7, "batch_size": 2, "progress": False}
+    one = fit(gmm, name, **kw)
+    two = fit(gmm, name, devices=2, strategy="ddp_spawn", **kw)
+    assert two.metadata["world_size"] == 2 and one.metadata["world_size"] == 1
+    assert two.mask.any()
+    torch.testing.assert_close(two.coeffs, one.coeffs, rtol=1e-8, atol=1e-12)
+    # Not the defaults: something was actually fitted.
+    assert not torch.allclose(one.coeffs[one.mask][:, :2], torch.zeros(1, dtype=torch.float64))

@@ -1,0 +1,91 @@
+"""The IIA fit stage (Lightning, one process): exactness checks and gains on the mixture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import samplerlab as sl
+from samplerlab.cli import main
+from samplerlab.errors import ConfigError
+from samplerlab.iia import fingerprint, fit, load
+from samplerlab.samplers import iia
+from samplerlab.samplers.core import SamplerError
+
+F64 = torch.float64
+STEPS = {"iia_ddim": 5, "iia_dpmpp_2m": 5, "iia_edm": 5, "biia_edm": 5}
+
+
+@pytest.mark.parametrize("name", list(iia.BASES))
+def test_one_fine_step_gives_default_coefficients(gmm, name):
+    # M = 1: the fine solve IS the coarse step, so the corrections are ~0 (for DPM-Solver++
+    # because the warm-started first fine sub-step uses the same history as the coarse one).
+    c = fit(gmm, name, steps=STEPS[name], M=1, num_samples=4, progress=False)
+    d = iia.IIACoefficients.defaults(name, c.sigmas, r=1)
+    assert torch.equal(c.mask, d.mask) and c.mask.any()
+    torch.testing.assert_close(c.coeffs, d.coeffs, rtol=0, atol=1e-9)
+
+
+def test_independent_of_batch_size(gmm):
+    a = fit(gmm, "iia_edm", steps=6, M=2, num_samples=7, batch_size=7, progress=False)
+    b = fit(gmm, "iia_edm", steps=6, M=2, num_samples=7, batch_size=2, progress=False)
+    torch.testing.assert_close(a.coeffs, b.coeffs, rtol=1e-10, atol=1e-12)
+    assert a.metadata["fingerprint"] == fingerprint(gmm)
+    assert a.metadata["nfe"] == 11 and a.metadata["steps"] == 6
+    assert a.metadata["fit_extra_nfe_per_sample"] == 4 * 3  # steps 1..4 x (2M - 1)
+    before, after = torch.tensor(a.metadata["local_error"]).T
+    assert (after <= before * (1 + 1e-9)).all() and (after[a.mask] < before[a.mask]).all()
+
+
+def _err(x, ref):
+    return float(((x - ref) ** 2).sum(1).mean().sqrt())
+
+
+@pytest.mark.parametrize(
+    ("name", "steps", "gain"),
+    # IIA-DPM-Solver++ gains little on this mixture (within the seed-to-seed noise, see the
+    # benchmark), so it is only required not to hurt by more than 10%.
+    [("iia_ddim", 10, 0.8), ("iia_dpmpp_2m", 10, 1.1), ("iia_edm", 6, 0.5), ("biia_edm", 6, 0.7)],
+)
+def test_iia_beats_base_on_held_out_noise(gmm, name, steps, gain):
+    c = fit(gmm, name, steps=steps, M=4, num_samples=32, progress=False)
+    kw = {"shape": (64, gmm.dim), "dtype": F64, "seeds": range(1000, 1064)}
+    ref = sl.sample(gmm, "edm_heun", steps=200, schedule_options={"sigma_min": 1e-4}, **kw).x
+    base = _err(sl.sample(gmm, iia.BASES[name], steps=steps, **kw).x, ref)
+    ours = _err(sl.sample(gmm, name, steps=steps, coeffs=c, **kw).x, ref)
+    assert ours < gain * base, (name, ours, base)
+
+
+def test_guided_form_fits_one_scalar_per_step(gmm):
+    c = fit(gmm, "iia_ddim", steps=4, form="guided", M=3, num_samples=4, progress=False)
+    assert c.coeffs.shape == (4, 1) and c.mask.all() and c.form == "guided"
+    assert (c.coeffs[:-1].abs() > 0).all()
+
+
+def test_bad_input_is_one_line(gmm):
+    with pytest.raises(ConfigError, match="M must be"):
+        fit(gmm, "iia_ddim", steps=4, M=0)
+    with pytest.raises(ConfigError, match="num_samples must be"):
+        fit(gmm, "iia_ddim", steps=4, num_samples=0)
+    with pytest.raises(SamplerError, match="not an IIA sampler"):
+        fit(gmm, "ddim", steps=4)
+    with pytest.raises(ConfigError, match="no step to fit"):
+        fit(gmm, "iia_edm", steps=2)
+    with pytest.raises(ConfigError, match="form"):
+        fit(gmm, "iia_edm", steps=4, form="guided")
+
+
+def test_cli_writes_a_loadable_file(tmp_path, capsys):
+    out = tmp_path / "c.safetensors"
+    args = ["iia-fit", "--model", "gmm", "--sampler", "iia_edm", "--steps", "5", "--M", "2"]
+    assert main([*args, "--samples", "4", "--no-progress", "--out", str(out)]) == 0
+    from samplerlab.analytic import GaussianMixture
+
+    c = load(out, denoiser=GaussianMixture.default())
+    assert c.sampler == "iia_edm" and c.metadata["num_samples"] == 4 and c.metadata["M"] == 2
+    for bad in (["--M", "0"], ["--samples", "0"], ["--sampler", "ddim"], ["--sampler", "nope"]):
+        bad_out = tmp_path / "bad.safetensors"
+        assert main([*args, *bad, "--out", str(bad_out)]) == 2
+        assert not bad_out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(line.startswith("samplerlab iia-fit: error:") for line in err)
