@@ -1,0 +1,183 @@
+"""Exact equivalences between samplers and between ways of running them (float64).
+
+Parametrised over the registry: every sampler (entries that need fitted coefficients are
+skipped) with its default options and with each of its stochastic options switched on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import samplerlab as sl
+from samplerlab.samplers import SAMPLERS, PerSampleNoise, ReplayNoise
+from samplerlab.samplers.api import build_sigmas
+from samplerlab.samplers.denoisers import CountingDenoiser, chunked
+from samplerlab.samplers.schedules import karras
+
+F64 = torch.float64
+
+
+def _cases() -> list[tuple[str, dict]]:
+    out: list[tuple[str, dict]] = []
+    for name, spec in SAMPLERS.items():
+        if spec.needs_coeffs:
+            continue
+        out.append((name, {}))
+        out += [(name, {opt: 1.0}) for opt in spec.stochastic_options]
+    if "ddpm" in SAMPLERS:
+        out += [("ddpm", {"variant": v}) for v in ("fixed_large", "sde")]
+    return out
+
+
+CASES = _cases()
+IDS = [f"{n}-{o}" if o else n for n, o in CASES]
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-12) -> None:
+    err = float((a - b).abs().max())
+    assert err <= tol * max(1.0, float(b.abs().max())), f"max difference {err:.3e}"
+
+
+def _start(den, sigma0: float, n: int, seed: int = 0) -> torch.Tensor:
+    z = torch.randn(n, den.dim, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    return z * math.sqrt(sigma0**2 + 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Sampler equivalences.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("final_zero", [True, False])
+def test_ddim_eta0_equals_euler_equals_dpm_solver_1(gmm, final_zero):
+    sigmas = karras(12, 0.01, 80.0)
+    if not final_zero:
+        sigmas = sigmas[:-1]
+    x = _start(gmm, 80.0, 16)
+    a = SAMPLERS["ddim"](gmm, x, sigmas, eta=0.0)
+    b = SAMPLERS["euler"](gmm, x, sigmas)
+    c = SAMPLERS["dpm_solver_1"](gmm, x, sigmas)
+    d = SAMPLERS["dpm_solver_3"](gmm, x, sigmas, orders=[1] * (len(sigmas) - 1))
+    _close(a, b)
+    _close(c, b)
+    _close(d, b)
+
+
+def test_ddim_eta1_equals_ddpm_posterior(gmm):
+    sigmas = build_sigmas(gmm, SAMPLERS["ddpm"], 15)
+    x = _start(gmm, float(sigmas[0]), 16)
+    g = torch.Generator().manual_seed(5)
+    draws = [torch.randn(16, gmm.dim, generator=g, dtype=F64) for _ in range(15)]
+    a = SAMPLERS["ddim"](gmm, x, sigmas, eta=1.0, noise=ReplayNoise(draws))
+    b = SAMPLERS["ddpm"](gmm, x, sigmas, variant="posterior", noise=ReplayNoise(draws))
+    _close(a, b)
+    # ... and the noise matters (the test would catch a sampler that ignores it).
+    c = SAMPLERS["ddpm"](gmm, x, sigmas, noise=ReplayNoise([-d for d in draws]))
+    assert float((c - b).abs().max()) > 1e-3
+
+
+def test_ddpm_variants_differ_and_draw_one_noise_per_step(gmm):
+    sigmas = build_sigmas(gmm, SAMPLERS["ddpm"], 6)
+    x = _start(gmm, float(sigmas[0]), 4)
+    draws = [torch.randn(4, gmm.dim, dtype=F64) for _ in range(6)]
+    outs = {}
+    for v in ("posterior", "fixed_large", "sde"):
+        replay = ReplayNoise(draws)
+        outs[v] = SAMPLERS["ddpm"](gmm, x, sigmas, variant=v, noise=replay)
+        assert replay._next == 6, "one randn_like per step, also on the final step"
+    assert float((outs["posterior"] - outs["fixed_large"]).abs().max()) > 1e-4
+    assert float((outs["posterior"] - outs["sde"]).abs().max()) > 1e-4
+
+
+def test_dpmpp_2m_first_step_is_dpmpp_1(gmm):
+    """One step of DPM-Solver++(2M) is DPM-Solver++-1 = DDIM (exponential integrator)."""
+    sigmas = torch.tensor([10.0, 2.0], dtype=F64)
+    x = _start(gmm, 10.0, 8)
+    _close(SAMPLERS["dpmpp_2m"](gmm, x, sigmas), SAMPLERS["ddim"](gmm, x, sigmas))
+
+
+def test_edm_heun_churn_zero_is_deterministic_heun(gmm):
+    sigmas = karras(8, 0.01, 80.0)
+    x = _start(gmm, 80.0, 8)
+    a = SAMPLERS["edm_heun"](gmm, x, sigmas, s_churn=0.0, noise=ReplayNoise([]))
+    b = SAMPLERS["edm_heun"](gmm, x, sigmas)
+    _close(a, b, 0.0)
+    # Churn outside [s_tmin, s_tmax] is no churn either (noise is drawn but not used).
+    draws = [torch.randn(8, gmm.dim, dtype=F64) for _ in range(8)]
+    c = SAMPLERS["edm_heun"](gmm, x, sigmas, s_churn=5.0, s_tmin=1e3, noise=ReplayNoise(draws))
+    _close(c, b, 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Ways of running the same sampler.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "options"), CASES, ids=IDS)
+def test_chunked_equals_unchunked(gmm, name, options):
+    a = sl.sample(gmm, name, steps=6, shape=(5, gmm.dim), seeds=range(5), dtype=F64, **options)
+    b = sl.sample(
+        chunked(gmm, 2), name, steps=6, shape=(5, gmm.dim), seeds=range(5), dtype=F64, **options
+    )
+    _close(b.x, a.x)
+    assert a.nfe == b.nfe
+
+
+@pytest.mark.parametrize(("name", "options"), CASES, ids=IDS)
+def test_batch_equals_row_by_row(gmm, name, options):
+    seeds = [11, 3, 42, 7]
+    batch = sl.sample(gmm, name, steps=5, shape=(4, gmm.dim), seeds=seeds, dtype=F64, **options)
+    for k, seed in enumerate(seeds):
+        row = sl.sample(gmm, name, steps=5, shape=(1, gmm.dim), seeds=[seed], dtype=F64, **options)
+        _close(batch.x[k : k + 1], row.x)
+
+
+@pytest.mark.parametrize(("name", "options"), CASES, ids=IDS)
+def test_same_seed_same_sample_in_any_batch(gmm, name, options):
+    a = sl.sample(gmm, name, steps=5, shape=(3, gmm.dim), seeds=[1, 2, 3], dtype=F64, **options)
+    b = sl.sample(gmm, name, steps=5, shape=(4, gmm.dim), seeds=[3, 9, 1, 8], dtype=F64, **options)
+    _close(b.x[2], a.x[0])
+    _close(b.x[0], a.x[2])
+    assert float((b.x[1] - a.x[1]).abs().max()) > 1e-6, "different seeds, different samples"
+
+
+@pytest.mark.parametrize(("name", "options"), CASES, ids=IDS)
+def test_per_row_grids_equal_separate_runs(gmm, name, options):
+    """A grid ``[N+1, B]`` gives each row what its own 1-D grid gives it."""
+    spec = SAMPLERS[name]
+    grid_steps, planned = spec.plan(6)
+    cols = [
+        karras(grid_steps, 0.01, 80.0),
+        karras(grid_steps, 0.05, 20.0, rho=3.0),
+        karras(grid_steps, 0.002, 5.0, rho=9.0),
+    ]
+    sigmas = torch.stack(cols, dim=1)
+    seeds = [4, 5, 6]
+    x = torch.stack(
+        [_start(gmm, float(c[0]), 1, seed=s)[0] for c, s in zip(cols, seeds, strict=True)]
+    )
+    counter = CountingDenoiser(gmm)
+    out = spec(counter, x, sigmas, noise=PerSampleNoise(seeds), **planned, **options)
+    for k, (col, seed) in enumerate(zip(cols, seeds, strict=True)):
+        row = spec(gmm, x[k : k + 1], col, noise=PerSampleNoise([seed]), **planned, **options)
+        _close(out[k : k + 1], row)
+    assert counter.rows == counter.rounds * 3, "every round evaluates all rows together"
+
+
+def test_per_row_grid_mixed_final_rows(gmm):
+    """One row's grid ends at 0 while another's ends at sigma_min > 0: the higher-order
+    steps must treat the final rows as denoise steps and the others normally."""
+    ends_zero = karras(6, 0.01, 80.0)
+    ends_pos = torch.cat([karras(6, 0.02, 40.0)[:-1], torch.tensor([0.005], dtype=F64)])
+    sigmas = torch.stack([ends_zero, ends_pos], dim=1)
+    x = torch.stack([_start(gmm, 80.0, 1, 1)[0], _start(gmm, 40.0, 1, 2)[0]])
+    for name, spec in SAMPLERS.items():
+        if spec.needs_coeffs or not spec.is_deterministic():
+            continue
+        out = spec(gmm, x, sigmas)  # registry defaults (fixed order for DPM-Solver)
+        for k in range(2):
+            row = spec(gmm, x[k : k + 1], sigmas[:, k])
+            assert float((out[k : k + 1] - row).abs().max()) <= 1e-12, (name, k)
