@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .core import Denoiser, SamplerError
+from .core import Denoiser, SamplerError, check_grid
 from .denoisers import CountingDenoiser, FiniteCheckDenoiser, NonFiniteError
 from .noise import PerSampleNoise
 from .registry import SamplerSpec, get_sampler
@@ -106,6 +106,13 @@ def sample(
     grid_steps, planned = spec.plan(steps)
     if sigmas is None:
         sigmas = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
+    else:
+        sigmas = check_grid(sigmas)
+        if sigmas.shape[0] - 1 != grid_steps:
+            raise SamplerError(
+                f"sigmas has {sigmas.shape[0] - 1} steps but steps={steps} plans {grid_steps} "
+                f"grid steps for sampler '{name}'"
+            )
     run_options = {**planned, **options}
 
     def run(den: Any) -> Tensor:
