@@ -181,3 +181,17 @@ def test_per_row_grid_mixed_final_rows(gmm):
         for k in range(2):
             row = spec(gmm, x[k : k + 1], sigmas[:, k])
             assert float((out[k : k + 1] - row).abs().max()) <= 1e-12, (name, k)
+
+
+@pytest.mark.parametrize(("name", "options"), CASES, ids=IDS)
+def test_sample_with_per_row_grid_equals_row_by_row(gmm, name, options):
+    """``sample(sigmas=[N+1, B])``: each row starts at its own sigma_0 and ends where a
+    separate ``sample`` call with its 1-D grid and seed ends."""
+    grid_steps, _ = SAMPLERS[name].plan(5)
+    cols = [karras(grid_steps, 0.01, 80.0), karras(grid_steps, 0.02, 3.0, rho=4.0)]
+    seeds = [8, 9]
+    kw = {"steps": 5, "dtype": F64, **options}
+    res = sl.sample(gmm, name, shape=(2, gmm.dim), seeds=seeds, sigmas=torch.stack(cols, 1), **kw)
+    for k in range(2):
+        row = sl.sample(gmm, name, shape=(1, gmm.dim), seeds=seeds[k : k + 1], sigmas=cols[k], **kw)
+        _close(res.x[k : k + 1], row.x)
