@@ -111,9 +111,15 @@ class DiscreteVP:
     def sigma(self, t: Tensor) -> Tensor:
         ls = self._log_sigmas(t.device, torch.float64)
         t64 = t.to(torch.float64).clamp(0, ls.numel() - 1)
-        lo = t64.floor().long().clamp(0, ls.numel() - 2)
+        lo = t64.floor().long().clamp(0, ls.numel() - 1)
+        hi = (lo + 1).clamp_max(ls.numel() - 1)
         w = t64 - lo
-        return (ls[lo] + w * (ls[lo + 1] - ls[lo])).exp().to(t.dtype)
+        # sigma_lo * (sigma_hi / sigma_lo)^w: bit-exact table values at integer t.
+        key = (str(t.device), "sigmas")
+        if key not in self._cache:
+            self._cache[key] = self.sigmas.to(t.device)
+        sigmas = self._cache[key]
+        return (sigmas[lo] * (w * (ls[hi] - ls[lo])).exp()).to(t.dtype)
 
 
 @dataclass(frozen=True, eq=False)
