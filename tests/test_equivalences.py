@@ -14,6 +14,8 @@ import torch
 import samplerlab as sl
 from samplerlab.samplers import SAMPLERS, PerSampleNoise, ReplayNoise
 from samplerlab.samplers.api import build_sigmas
+from samplerlab.samplers.ddim import step_ddim
+from samplerlab.samplers.ddpm import step_ddpm
 from samplerlab.samplers.denoisers import CountingDenoiser, chunked
 from samplerlab.samplers.schedules import karras
 
@@ -205,3 +207,36 @@ def test_sample_with_per_row_grid_equals_row_by_row(gmm, name, options):
     for k in range(2):
         row = sl.sample(gmm, name, shape=(1, gmm.dim), seeds=seeds[k : k + 1], sigmas=cols[k], **kw)
         _close(res.x[k : k + 1], row.x)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("ddim", {"eta": 0.5}),
+        ("edm_heun", {"s_churn": 2.0}),
+        ("ddpm", {"variant": "posterior"}),
+        ("ddpm", {"variant": "fixed_large"}),
+        ("ddpm", {"variant": "sde"}),
+    ],
+)
+def test_single_step_samplers_draw_one_noise_per_step(gmm, name, options):
+    """The convention parallel samplers rely on: exactly one ``randn_like`` per step, also
+    on the final step, so pre-drawn noise replays the serial run."""
+    sigmas = karras(7, 0.01, 80.0)
+    x = _start(gmm, 80.0, 3)
+    g = torch.Generator().manual_seed(2)
+    draws = [torch.randn(3, gmm.dim, generator=g, dtype=F64) for _ in range(7)]
+    replay = ReplayNoise(draws)
+    out = SAMPLERS[name](gmm, x, sigmas, noise=replay, **options)
+    assert replay._next == 7
+    # The loop is the composition of the public step functions fed with the same draws.
+    if name == "edm_heun":
+        return
+    y = x
+    for i in range(7):
+        s, s_next = sigmas[i : i + 1].expand(3), sigmas[i + 1 : i + 2].expand(3)
+        if name == "ddim":
+            y = step_ddim(gmm, y, s, s_next, eta=options["eta"], z=draws[i])
+        else:
+            y = step_ddpm(gmm, y, s, s_next, draws[i], variant=options["variant"])
+    _close(y, out)
