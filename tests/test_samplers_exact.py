@@ -203,3 +203,53 @@ def test_ddpm_family_exact_chain_moments(name, options):
         v = (A + k) ** 2 * v + Gamma**2
     assert bool(((out.mean(0) - m).abs() <= 5 * (v / n).sqrt()).all()), (out.mean(0), m)
     assert bool(((out.var(0) - v).abs() <= 5 * v * math.sqrt(2 / n)).all()), (out.var(0), v)
+
+
+# ---------------------------------------------------------------------------------------
+# The exact answers themselves.
+# ---------------------------------------------------------------------------------------
+
+
+def _mixture_log_density(gmm, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    var = gmm.stds**2 + sigma**2  # [K, d]
+    diff = x[:, None, :] - gmm.means[None]
+    logp = -0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).sum(-1)
+    return torch.logsumexp(logp + gmm.weights.log(), dim=1)
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.7, 12.0])
+def test_analytic_denoisers_are_tweedie(gmm, gaussian, sigma):
+    """D(x, sigma) = x + sigma^2 grad log p_sigma(x), the score taken by autograd."""
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2
+    x.requires_grad_(True)
+    (score,) = torch.autograd.grad(_mixture_log_density(gmm, x, sigma).sum(), x)
+    s = torch.full((8,), sigma, dtype=torch.float64)
+    assert torch.allclose(gmm(x.detach(), s), x.detach() + sigma**2 * score, rtol=1e-10, atol=1e-12)
+    var = gaussian.s**2 + sigma**2
+    score_g = -(x.detach() - gaussian.mu) / var
+    assert torch.allclose(gaussian(x.detach(), s), x.detach() + sigma**2 * score_g, rtol=1e-12)
+
+
+def test_ode_solution_solves_the_ode(gaussian):
+    """d/dsigma of the closed form equals (x - D(x, sigma)) / sigma, and it composes."""
+    x = gaussian.sample(5, torch.Generator().manual_seed(0)) + 3.0
+    h = 1e-6
+    for sig in (0.1, 1.0, 10.0):
+        fwd = gaussian.ode_solution(x, 2.0, sig + h)
+        bwd = gaussian.ode_solution(x, 2.0, sig - h)
+        xs = gaussian.ode_solution(x, 2.0, sig)
+        d = (xs - gaussian(xs, torch.full((5,), sig, dtype=torch.float64))) / sig
+        assert torch.allclose((fwd - bwd) / (2 * h), d, rtol=1e-6, atol=1e-8)
+    two_legs = gaussian.ode_solution(gaussian.ode_solution(x, 5.0, 1.0), 1.0, 0.2)
+    assert torch.allclose(two_legs, gaussian.ode_solution(x, 5.0, 0.2), rtol=1e-13)
+
+
+def test_analytic_samples_have_the_right_moments(gmm):
+    g = torch.Generator().manual_seed(0)
+    y = gmm.sample(40_000, g)
+    mean = (gmm.weights[:, None] * gmm.means).sum(0)
+    second = (gmm.weights[:, None] * (gmm.means**2 + gmm.stds**2)).sum(0)
+    var = second - mean**2
+    assert bool(((y.mean(0) - mean).abs() <= 5 * (var / 40_000).sqrt()).all())
+    # The sample variance of a mixture fluctuates more than a Gaussian's: 10 Gaussian SE.
+    assert bool(((y.var(0) - var).abs() <= 10 * var * math.sqrt(2 / 40_000)).all())
