@@ -224,3 +224,25 @@ def test_bad_option_values(gaussian, name, options, match):
 def test_get_sigmas_range_check():
     with pytest.raises(SamplerError, match="need 0 < sigma_min < sigma_max"):
         get_sigmas("karras", 4, sigma_min=1.0, sigma_max=0.5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", [n for n, s in SAMPLERS.items() if not s.needs_coeffs])
+def test_cuda_equals_cpu(gaussian, name):
+    """Same seeds on CUDA and CPU give the same samples (noise is drawn on the CPU), through a
+    VP wrapper so the table look-ups run on the device too."""
+    from samplerlab.samplers.denoisers import from_eps
+
+    def eps_fn(x_vp, t):
+        sigma = den.vp.sigma(t)
+        x = x_vp * (1 + sigma[:, None] ** 2).sqrt()
+        return (x - gaussian(x, sigma)) / sigma[:, None]
+
+    den = from_eps(eps_fn, gaussian.vp.alphas_cumprod, data_shape=(4,))
+    kw = {"steps": 6, "shape": (3, 4), "seeds": [1, 2, 3], "dtype": F64}
+    opts = dict.fromkeys(SAMPLERS[name].stochastic_options, 1.0)
+    cpu = sl.sample(den, name, **kw, **opts)
+    gpu = sl.sample(den, name, device="cuda", **kw, **opts)
+    assert gpu.x.device.type == "cuda"
+    assert torch.allclose(gpu.x.cpu(), cpu.x, rtol=1e-9, atol=1e-9)
+    assert gpu.nfe == cpu.nfe
