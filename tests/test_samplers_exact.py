@@ -21,6 +21,7 @@ from samplerlab.analytic import Gaussian
 from samplerlab.samplers import SAMPLERS
 from samplerlab.samplers.api import build_sigmas
 from samplerlab.samplers.noise import GlobalNoise
+from samplerlab.samplers.schedules import karras
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,19 +43,28 @@ def _log_grid(n: int, hi: float = 10.0, lo: float = 0.05) -> torch.Tensor:
     return torch.logspace(math.log10(hi), math.log10(lo), n + 1, dtype=torch.float64)
 
 
+def _karras_grid(n: int) -> torch.Tensor:
+    """Karras rho = 7 grid from 10 to 0.05 (no final jump to 0): non-uniform in log-sigma,
+    so multistep ratios ``r0 = h_prev / h`` vary from step to step."""
+    return karras(n, 0.05, 10.0, rho=7.0)[:-1]
+
+
+# grid -> (builder, N): the rate is measured between N and 2N steps, in the asymptotic range.
+GRIDS = {"log_uniform": (_log_grid, 16), "karras": (_karras_grid, 32)}
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
 @pytest.mark.parametrize("name", ODE)
-def test_order_of_convergence(name, gaussian):
+def test_order_of_convergence(name, grid, gaussian):
     """log2(err_N / err_2N) is the registry's order (±0.3) on a grid ending at sigma_min > 0."""
     spec = SAMPLERS[name]
+    build, n = GRIDS[grid]
     z = torch.randn(
         64, gaussian.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64
     )
     x = gaussian.mu + (gaussian.s**2 + 10.0**2).sqrt() * z  # x ~ p(x; sigma = 10)
     exact = gaussian.ode_solution(x, 10.0, 0.05)
-    errs = []
-    for n in (16, 32):
-        out = spec(gaussian, x, _log_grid(n))
-        errs.append(float((out - exact).abs().max()))
+    errs = [float((spec(gaussian, x, build(k)) - exact).abs().max()) for k in (n, 2 * n)]
     rate = math.log2(errs[0] / errs[1])
     assert abs(rate - spec.order) <= 0.3, f"{name}: measured order {rate:.2f}, errors {errs}"
 
