@@ -141,6 +141,24 @@ def test_ddim_matches_diffusers(folders, dtype, kind):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_stochastic_ddim_matches_diffusers_with_same_noise(folders, dtype, eta):
+    den, unet, z = _setup(folders["epsilon"], dtype)
+    sch = DDIMScheduler(beta_schedule="linear", clip_sample=False)
+    if dtype == torch.float64:
+        _f64(sch)
+    sch.set_timesteps(10)
+    g = torch.Generator().manual_seed(4)
+    draws = [torch.randn(SHAPE, generator=g, dtype=dtype) for _ in sch.timesteps]
+    x = z.clone()
+    with torch.no_grad():
+        for t, d in zip(sch.timesteps, draws, strict=True):
+            x = sch.step(unet(x, t).sample, t, x, eta=eta, variance_noise=d).prev_sample
+    ours = _ours("ddim", den, z, _grid(den, sch.timesteps), eta=eta, noise=ReplayNoise(draws))
+    assert _rel(ours, x) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("kind", ["epsilon", "clip"])
 def test_ddpm_matches_diffusers_with_same_noise(folders, dtype, kind, monkeypatch):
     den, unet, z = _setup(folders[kind], dtype)

@@ -240,3 +240,40 @@ def test_single_step_samplers_draw_one_noise_per_step(gmm, name, options):
         else:
             y = step_ddpm(gmm, y, s, s_next, draws[i], variant=options["variant"])
     _close(y, out)
+
+
+def test_ddim_noise_level_is_the_vp_formula():
+    """sigma_up in EDM coordinates is DDIM's sigma_ts / sqrt(abar_s) (Song et al. eq. 16)."""
+    from samplerlab.samplers.ddim import ancestral_sigmas
+
+    sigma = torch.tensor([80.0, 3.0, 0.5, 0.1], dtype=F64)
+    sigma_next = torch.tensor([20.0, 1.0, 0.2, 0.0], dtype=F64)
+    abar_t, abar_s = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)
+    for eta in (0.0, 0.3, 0.5, 1.0):
+        sigma_ts = eta * ((1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s)).sqrt()
+        down, up = ancestral_sigmas(sigma, sigma_next, eta)
+        _close(up, sigma_ts / abar_s.sqrt())
+        # The deterministic part: sqrt(1 - abar_s - sigma_ts^2) / sqrt(abar_s).
+        _close(down, ((1 - abar_s - sigma_ts**2) / abar_s).sqrt())
+
+
+@pytest.mark.parametrize("s_churn", [0.5, 100.0])
+def test_edm_churn_step_by_hand(gmm, s_churn):
+    """EDM Alg. 2: gamma = min(S_churn / N, sqrt(2) - 1), x_hat = x + sqrt(sh^2 - s^2) S_noise z,
+    then a Heun step from sh (Euler on the final step)."""
+    from samplerlab.samplers.edm import step_heun
+
+    sigmas = torch.tensor([10.0, 2.0, 0.0], dtype=F64)
+    x = _start(gmm, 10.0, 3)
+    draws = [torch.randn(3, gmm.dim, dtype=F64) for _ in range(2)]
+    out = SAMPLERS["edm_heun"](
+        gmm, x, sigmas, s_churn=s_churn, s_noise=1.007, noise=ReplayNoise(draws)
+    )
+    gamma = min(s_churn / 2, math.sqrt(2) - 1)
+    y = x
+    for i in range(2):
+        s = sigmas[i].expand(3)
+        sh = s * (1 + gamma)
+        y = y + ((sh**2 - s**2).sqrt() * 1.007)[:, None] * draws[i]
+        y = step_heun(gmm, y, sh, sigmas[i + 1].expand(3))
+    _close(out, y)
