@@ -277,3 +277,25 @@ def test_edm_churn_step_by_hand(gmm, s_churn):
         y = y + ((sh**2 - s**2).sqrt() * 1.007)[:, None] * draws[i]
         y = step_heun(gmm, y, sh, sigmas[i + 1].expand(3))
     _close(out, y)
+
+
+def test_noise_sources():
+    """A row depends only on its seed; subsets share the generators' state; replay checks."""
+    a = PerSampleNoise([3, 4, 5])
+    first = a.randn((3, 2), device=torch.device("cpu"), dtype=F64)
+    single = PerSampleNoise([4]).randn((1, 2), device=torch.device("cpu"), dtype=F64)
+    _close(first[1:2], single, 0.0)
+    sub = a.subset([2, 0])
+    nxt = sub.randn((2, 2), device=torch.device("cpu"), dtype=F64)
+    ref = PerSampleNoise([5, 3])
+    ref.randn((2, 2), device=torch.device("cpu"), dtype=F64)
+    _close(nxt, ref.randn((2, 2), device=torch.device("cpu"), dtype=F64), 0.0)
+    with pytest.raises(sl.SamplerError, match="noise for 2 rows requested from 3 seeds"):
+        a.randn((2, 2), device=torch.device("cpu"), dtype=F64)
+    with pytest.raises(sl.SamplerError, match="seeds must not be empty"):
+        PerSampleNoise([])
+    replay = ReplayNoise([torch.zeros(2, 2)])
+    with pytest.raises(sl.SamplerError, match=r"shape \(2, 2\), not \(3, 2\)"):
+        replay.randn((3, 2), device=torch.device("cpu"), dtype=F64)
+    with pytest.raises(sl.SamplerError, match="ran out of pre-drawn noise"):
+        replay.randn((2, 2), device=torch.device("cpu"), dtype=F64)
