@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .core import Denoiser, SamplerError
+from .core import Denoiser, SamplerError, append_dims, check_grid
 from .denoisers import CountingDenoiser, FiniteCheckDenoiser, NonFiniteError
 from .noise import PerSampleNoise
 from .registry import SamplerSpec, get_sampler
@@ -106,6 +105,13 @@ def sample(
     grid_steps, planned = spec.plan(steps)
     if sigmas is None:
         sigmas = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
+    else:
+        sigmas = check_grid(sigmas)
+        if sigmas.shape[0] - 1 != grid_steps:
+            raise SamplerError(
+                f"sigmas has {sigmas.shape[0] - 1} steps but steps={steps} plans {grid_steps} "
+                f"grid steps for sampler '{name}'"
+            )
     run_options = {**planned, **options}
 
     def run(den: Any) -> Tensor:
@@ -116,8 +122,10 @@ def sample(
             if tuple(noise.shape) != shape:
                 raise SamplerError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
             z = noise.to(device, dtype)
-        sigma0 = float(sigmas.reshape(sigmas.shape[0], -1)[0].max())
-        x = z * math.sqrt(sigma0**2 + float(getattr(denoiser, "prior_std", 0.0)) ** 2)
+        # x = z sqrt(sigma_0^2 + prior_std^2), with each row's own sigma_0 on a per-row grid.
+        prior_std = float(getattr(denoiser, "prior_std", 0.0))
+        scale = (sigmas[0] ** 2 + prior_std**2).sqrt().to(device, dtype)
+        x = z * append_dims(scale, z.ndim)
         return spec(den, x, sigmas, noise=source, **run_options)
 
     counter = CountingDenoiser(denoiser)

@@ -9,6 +9,7 @@ wrappers carry as ``.vp``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,9 +111,15 @@ class DiscreteVP:
     def sigma(self, t: Tensor) -> Tensor:
         ls = self._log_sigmas(t.device, torch.float64)
         t64 = t.to(torch.float64).clamp(0, ls.numel() - 1)
-        lo = t64.floor().long().clamp(0, ls.numel() - 2)
+        lo = t64.floor().long().clamp(0, ls.numel() - 1)
+        hi = (lo + 1).clamp_max(ls.numel() - 1)
         w = t64 - lo
-        return (ls[lo] + w * (ls[lo + 1] - ls[lo])).exp().to(t.dtype)
+        # sigma_lo * (sigma_hi / sigma_lo)^w: bit-exact table values at integer t.
+        key = (str(t.device), "sigmas")
+        if key not in self._cache:
+            self._cache[key] = self.sigmas.to(t.device)
+        sigmas = self._cache[key]
+        return (sigmas[lo] * (w * (ls[hi] - ls[lo])).exp()).to(t.dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -293,6 +300,13 @@ SCHEDULES: dict[str, Callable[..., Tensor]] = {
 }
 
 
+def schedule_option_names(schedule: str) -> list[str]:
+    """The extra keyword options a named schedule takes (e.g. ``rho`` for ``karras``)."""
+    params = inspect.signature(SCHEDULES[schedule]).parameters.values()
+    fixed = ("n", "sigma_min", "sigma_max", "vp")
+    return [p.name for p in params if p.name not in fixed and p.kind is not p.VAR_KEYWORD]
+
+
 def get_sigmas(
     schedule: str,
     n: int,
@@ -305,6 +319,13 @@ def get_sigmas(
     """Build the ``[n+1]`` grid of a named schedule (one clear error for an unknown name)."""
     if schedule not in SCHEDULES:
         raise SamplerError(f"unknown schedule '{schedule}'; valid: {', '.join(SCHEDULES)}")
+    valid = schedule_option_names(schedule)
+    for key in kwargs:
+        if key not in valid:
+            raise SamplerError(
+                f"unknown option '{key}' for schedule '{schedule}'; valid: "
+                f"{', '.join(['sigma_min', 'sigma_max', *valid])}"
+            )
     if not 0 < sigma_min < sigma_max:
         raise SamplerError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
     return SCHEDULES[schedule](n, sigma_min, sigma_max, vp=vp, **kwargs)
