@@ -78,14 +78,14 @@ def mix_drift_2d(x: torch.Tensor) -> torch.Tensor:
 def test_olmc_gaussian_stationary_moments():
     # Target N(m, s^2); coarse LMC with step h has variance s^2 / (1 - h/(2 s^2)) (biased);
     # PLMC with K sub-steps approximates LMC with step h/K.
-    m, s2, h, K, n = 0.5, 1.0, 0.1, 10, 20000
+    m, s2, h, K, n = 0.5, 1.0, 0.2, 10, 20000
     drift = lambda y: -(y - m) / s2
     x0 = m + math.sqrt(s2) * torch.randn(n, 1, generator=torch.Generator().manual_seed(3))
     x = L.plmc_olmc(drift, x0, h, K, 40, gen(0))
     se = math.sqrt(2 / n) * s2
     assert abs(x.mean() - m) < 4 * math.sqrt(s2 / n)
     lmc_bias = s2 / (1 - h / (2 * s2)) - s2
-    assert abs(x.var() - s2) < 0.5 * lmc_bias + 4 * se
+    assert abs(x.var() - s2) < 0.5 * lmc_bias  # measured: 0.03 (fine LMC: 0.01), se 0.01
     xl = L.lmc(drift, x0, h, 40, gen(0))
     assert abs(xl.var() - s2 / (1 - h / (2 * s2))) < 4 * se  # the baseline's known bias
 
