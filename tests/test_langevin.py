@@ -91,7 +91,7 @@ def test_olmc_gaussian_stationary_moments():
 
 
 def test_ulmc_gaussian_stationary_moments():
-    m, s2, h, K, n = -1.0, 0.5, 0.2, 8, 20000
+    m, s2, h, K, n = -1.0, 0.5, 0.2, 8, 10000
     drift = lambda y: -(y - m) / s2
     x0 = m + math.sqrt(s2) * torch.randn(n, 1, generator=torch.Generator().manual_seed(3))
     v0 = torch.randn(n, 1, generator=torch.Generator().manual_seed(4))

@@ -188,7 +188,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "rmm",
         rmm.sample_rmm,
         "randomized midpoint on the PF-ODE (Gupta, Cai, Chen 2025); 2 NFE/step, random "
-        "midpoint times; form=exponential|ddim",
+        "midpoint times; form=ddim (default)|exponential",
         deterministic=False,
         nfe=lambda n: 2 * n - 1,
         vp_schedule="time_uniform",
@@ -206,7 +206,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "rmm_parallel",
         rmm.sample_rmm_parallel,
         "parallel randomized midpoints: windows of R steps refined by K Picard rounds, one "
-        "batched call per round (Gupta, Cai, Chen 2025)",
+        "batched call per round (Gupta, Cai, Chen 2025); R=5, K=5 by default",
         deterministic=False,
         nfe=rmm.rmm_parallel_nfe,
         vp_schedule="time_uniform",

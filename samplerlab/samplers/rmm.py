@@ -13,7 +13,9 @@ the midpoint is uniform (algorithms.md §6.1, §6.3, pitfall §6.4.2):
 * ``form="ddim"``: ``u = sigma`` (the DDIM ``sigmabar``), ``g = eps``: the practical variant
   of the authors' experiment (§6.3: DDIM to the midpoint, then DDIM from ``x`` with the
   midpoint's eps), with a continuous uniform midpoint in sigma instead of ``floor`` over
-  discrete indices.
+  discrete indices. This is the default: on the analytic mixture benchmark it beats the
+  exponential form at every NFE budget (EDM-type data: a frozen eps is a better predictor
+  than a frozen VP score).
 
 ``alpha ~ U[0, 1)`` is drawn fresh per step and per sample through the NoiseSource
 (``rand``, one ``[B]`` draw per grid step, also on the final step). A step to sigma = 0 is
@@ -81,7 +83,7 @@ def step_rmm(
     sigma_next: Tensor,
     alpha: Tensor,
     *,
-    form: str = "exponential",
+    form: str = "ddim",
 ) -> Tensor:
     """One randomized-midpoint step (2 NFE); rows ending at sigma = 0 take the denoise step."""
     n = x.ndim
@@ -110,7 +112,7 @@ def sample_rmm(
     sigmas: Tensor,
     *,
     noise: NoiseSource | None = None,
-    form: str = "exponential",
+    form: str = "ddim",
 ) -> Tensor:
     """Randomized midpoint on the PF-ODE (Gupta, Cai, Chen 2025, §6.1 predictor; §6.3 form).
 
@@ -170,7 +172,7 @@ def sample_rmm_pc(
     sigmas: Tensor,
     *,
     noise: NoiseSource | None = None,
-    form: str = "exponential",
+    form: str = "ddim",
     window: int = 1,
     corrector_steps: int = 1,
     gamma: float = 2.0,
@@ -226,7 +228,7 @@ def rmm_pc_nfe(steps: int, window: int = 1, corrector_steps: int = 1) -> int:
 # --------------------------------------------------------------------------------------
 
 
-def rmm_parallel_nfe(steps: int, R: int = 8, K: int = 4) -> int:
+def rmm_parallel_nfe(steps: int, R: int = 5, K: int = 5) -> int:
     """NFE per sample of :func:`sample_rmm_parallel` on a grid of ``steps`` ending in 0."""
     total = 0
     for start in range(0, steps, R):
@@ -237,7 +239,7 @@ def rmm_parallel_nfe(steps: int, R: int = 8, K: int = 4) -> int:
     return total
 
 
-def rmm_parallel_rounds(steps: int, R: int = 8, K: int = 4) -> int:
+def rmm_parallel_rounds(steps: int, R: int = 5, K: int = 5) -> int:
     total = 0
     for start in range(0, steps, R):
         P = min(R, steps - start)
@@ -253,9 +255,9 @@ def sample_rmm_parallel(
     sigmas: Tensor,
     *,
     noise: NoiseSource | None = None,
-    form: str = "exponential",
-    R: int = 8,
-    K: int = 4,
+    form: str = "ddim",
+    R: int = 5,
+    K: int = 5,
     max_rows: int | None = None,
 ) -> Tensor:
     """Parallel randomized midpoints (Gupta et al. 2025, §6.1 "parallel version", reconstructed).
