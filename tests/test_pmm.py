@@ -75,13 +75,14 @@ def test_step_matches_the_written_out_recursion(gmm):
     assert not torch.allclose(xK, xhK, atol=1e-3)  # the correction is not trivially zero
 
 
-def test_bernoulli_weighting_is_unbiased(gmm):
+@pytest.mark.parametrize("midpoints", pmm.MIDPOINTS)
+def test_midpoint_weighting_is_unbiased(gmm, midpoints):
     # E_H[x_K] = one Picard sweep (every midpoint with weight 1): many replicas of one state.
     K, n = 5, 20000
     sig1 = fine_grid(gmm, 20)[5 : 5 + K + 1]
     x = (2 * torch.randn(1, gmm.dim)).expand(n, -1)
     z = torch.randn(K, 1, gmm.dim).expand(-1, n, -1)
-    H, w = pmm.draw_midpoints(PerSampleNoise(range(n)), n, K, "bernoulli")
+    H, w = pmm.draw_midpoints(PerSampleNoise(range(n)), n, K, midpoints)
     xK, _ = pmm.step_pmm(gmm, x, sig1[:, None].expand(-1, n), z, H, w)
     full = torch.ones(1, K, dtype=torch.bool)
     sweep, _ = pmm.step_pmm(gmm, x[:1], sig1[:, None], z[:, :1], full, 1.0)

@@ -27,6 +27,13 @@ sub-steps: on a denoiser with a 1000-step table the default ``time_uniform`` sch
 (expected NFE ``25 * (1 + 39/40) = 49.4``). Passing ``K=`` explicitly regroups that fine grid
 (it must divide its length); for another (N, K) pair pass ``sigmas=`` with ``N*K`` steps.
 
+Regime (benchmarks/bench_midpoint.py). The ``K``-weighted correction is unbiased but its
+variance grows with (coarse step x drift Lipschitz constant); on the 1000-step linear-beta
+chain a coarse step of ``K >= 100`` sub-steps spans about one unit of OU time near
+sigma_max and the samples blow up (N = 5 or 10 coarse steps). From N ~ 25-40 (50-80 NFE)
+PMM is in its regime; ``midpoints="single"`` and a ``karras`` fine grid reduce the
+variance further.
+
 Midpoint batching and synchronisation. The ``H_i`` are independent of the state, so they
 are drawn on the HOST (``noise.rand(..., device='cpu')``; ``PerSampleNoise`` generators
 live on the CPU): the (sample, sub-step) pairs with ``H_i = 1`` are known without a
