@@ -11,8 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import ddim, ddpm, dpm_solver, edm
-from . import paradigms, parallel, srds
+from . import ddim, ddpm, dpm_solver, edm, paradigms, parallel, pmm, rmm, srds
 from .core import SamplerError
 from .iia import sample_biia_edm, sample_iia_ddim, sample_iia_dpmpp_2m, sample_iia_edm
 
@@ -173,6 +172,44 @@ SAMPLERS: dict[str, SamplerSpec] = {
         default_schedule="logsnr",
     ),
     # --- new samplers: Poisson midpoint, randomized midpoints (issue 3) ---
+    "pmm": SamplerSpec(
+        "pmm",
+        pmm.sample_pmm,
+        "Poisson Midpoint (Kandasamy & Nagaraj 2024) over the DDPM chain; steps = coarse "
+        "steps N, K = 1000//N sub-steps each (fine grid N*K); random NFE ~ N(2 - 1/K)",
+        deterministic=False,
+        nfe=pmm.expected_nfe,
+        nfe_exact=False,
+        plan=pmm.plan_pmm,
+        vp_schedule="time_uniform",
+    ),
+    "rmm": SamplerSpec(
+        "rmm",
+        rmm.sample_rmm,
+        "randomized midpoint on the PF-ODE (Gupta, Cai, Chen 2025); 2 NFE/step, random "
+        "midpoint times; form=ddim (default)|exponential",
+        deterministic=False,
+        nfe=lambda n: 2 * n - 1,
+        vp_schedule="time_uniform",
+    ),
+    "rmm_pc": SamplerSpec(
+        "rmm_pc",
+        rmm.sample_rmm_pc,
+        "randomized-midpoint predictor + randomized-midpoint underdamped-Langevin corrector "
+        "(Gupta, Cai, Chen 2025)",
+        deterministic=False,
+        nfe=rmm.rmm_pc_nfe,
+        vp_schedule="time_uniform",
+    ),
+    "rmm_parallel": SamplerSpec(
+        "rmm_parallel",
+        rmm.sample_rmm_parallel,
+        "parallel randomized midpoints: windows of R steps refined by K Picard rounds, one "
+        "batched call per round (Gupta, Cai, Chen 2025); R=5, K=5 by default",
+        deterministic=False,
+        nfe=rmm.rmm_parallel_nfe,
+        vp_schedule="time_uniform",
+    ),
     # --- parallel-in-time samplers: SRDS, ParaDiGMS (issue 3) ---
     "srds": parallel.inner_sampler_spec(
         SamplerSpec,

@@ -1,0 +1,195 @@
+"""Randomized midpoints: unbiased quadrature, parallel == sequential, PC corrector, API."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import samplerlab as sl
+from samplerlab.samplers import rmm
+from samplerlab.samplers.core import SamplerError
+from samplerlab.samplers.ddim import sample_ddim
+from samplerlab.samplers.denoisers import CountingDenoiser
+from samplerlab.samplers.noise import GlobalNoise, PerSampleNoise
+from samplerlab.samplers.schedules import get_sigmas
+
+torch.set_default_dtype(torch.float64)
+
+
+def karras(n: int, lo: float = 0.02, hi: float = 20.0) -> torch.Tensor:
+    return get_sigmas("karras", n, sigma_min=lo, sigma_max=hi)
+
+
+class TimeOnlyEps:
+    """A 'model' whose eps depends on sigma only: eps = e0 f(sigma) (x-independent)."""
+
+    def __init__(self, e0: torch.Tensor, f) -> None:
+        self.e0, self.f = e0, f
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return x - sigma[:, None] * self.f(sigma)[:, None] * self.e0
+
+
+def test_frozen_score_exponential_form_is_unbiased():
+    # Constant VP score s0: eps = -(sigma / sqrt(1 + sigma^2)) s0. The alpha-average of the
+    # step equals the exponential-integrator step x_vp' = e^h x_vp + (e^h - 1) s0.
+    n, s0 = 40000, torch.tensor([0.7, -1.3])
+    den = TimeOnlyEps(-s0, lambda s: s / (1 + s**2).sqrt())
+    sigma, sigma_next = torch.full((n,), 3.0), torch.full((n,), 1.2)
+    x = torch.tensor([[0.4, 2.0]]).expand(n, -1)
+    alpha = torch.rand(n, generator=torch.Generator().manual_seed(0))
+    out = rmm.step_rmm(den, x, sigma, sigma_next, alpha, form="exponential")
+    c, c_n = (1 + 3.0**2) ** -0.5, (1 + 1.2**2) ** -0.5
+    eh = c_n / c
+    ref = (eh * c * x[0] + (eh - 1) * s0) / c_n
+    se = out.std(0) / math.sqrt(n)
+    assert ((out.mean(0) - ref).abs() < 4 * se).all()
+    assert (out.std(0) > 1e-3).all()  # the estimator is genuinely random
+
+
+def test_time_only_drift_ddim_form_is_unbiased_and_frozen_eps_exact():
+    # eps = e0 cos(sigma): the alpha-average equals the exact integral x + e0 (sin s' - sin s).
+    n, e0 = 40000, torch.tensor([1.0, -0.5])
+    den = TimeOnlyEps(e0, torch.cos)
+    s, s_n = 2.5, 0.4
+    x = torch.zeros(n, 2)
+    alpha = torch.rand(n, generator=torch.Generator().manual_seed(1))
+    out = rmm.step_rmm(den, x, torch.full((n,), s), torch.full((n,), s_n), alpha, form="ddim")
+    ref = e0 * (math.sin(s_n) - math.sin(s))
+    assert ((out.mean(0) - ref).abs() < 4 * out.std(0) / math.sqrt(n)).all()
+    # Constant eps: every alpha gives exactly the DDIM step.
+    const = TimeOnlyEps(e0, torch.ones_like)
+    out = rmm.step_rmm(const, x, torch.full((n,), s), torch.full((n,), s_n), alpha, form="ddim")
+    assert torch.allclose(out, (e0 * (s_n - s)).expand(n, -1), atol=1e-13)
+
+
+@pytest.mark.parametrize("form", rmm.FORMS)
+def test_rmm_convergence_and_equal_nfe_comparison(gaussian, form):
+    # Error to the exact PF-ODE state at sigma_min (grids end at 0.02: no denoise step).
+    x = 20 * torch.randn(128, gaussian.dim, generator=torch.Generator().manual_seed(0))
+    exact = gaussian.ode_solution(x, 20.0, 0.02)
+    grid = lambda n: karras(n)[:-1]
+    err = lambda y: float((y - exact).norm(dim=1).mean())
+    run = lambda n: rmm.sample_rmm(
+        gaussian, x, grid(n), noise=PerSampleNoise(range(128)), form=form
+    )
+    e8, e32 = err(run(8)), err(run(32))
+    assert e32 < e8 / 8  # faster than first order (DDIM: / 4)
+    d8, d32 = err(sample_ddim(gaussian, x, grid(16))), err(sample_ddim(gaussian, x, grid(64)))
+    assert d32 > d8 / 5
+    if form == "ddim":  # at equal NFE (2 per rmm step) the DDIM form beats DDIM
+        assert e32 < 0.6 * d32
+
+
+@pytest.mark.parametrize("form", rmm.FORMS)
+def test_parallel_with_enough_rounds_equals_sequential(gmm, form):
+    x = 20 * torch.randn(5, gmm.dim, generator=torch.Generator().manual_seed(1))
+    sig = karras(11)
+    seq = rmm.sample_rmm(gmm, x, sig, noise=PerSampleNoise(range(5)), form=form)
+    for R in (1, 3, 4, 11):
+        par = rmm.sample_rmm_parallel(
+            gmm, x, sig, noise=PerSampleNoise(range(5)), form=form, R=R, K=2 * R - 1
+        )
+        assert torch.allclose(par, seq, atol=1e-10), R
+    # Fewer rounds: converges towards the sequential result as K grows (not monotone in the
+    # first rounds on this coarse grid).
+    errs = [
+        (
+            rmm.sample_rmm_parallel(
+                gmm, x, sig, noise=PerSampleNoise(range(5)), form=form, R=6, K=k
+            )
+            - seq
+        ).norm()
+        for k in (1, 6, 9, 11)
+    ]
+    assert errs[-1] < 1e-10 < errs[2] < errs[1] < errs[0]
+
+
+def test_parallel_chunked_equals_unchunked_and_counts(gmm):
+    x = 20 * torch.randn(4, gmm.dim, generator=torch.Generator().manual_seed(2))
+    sig = karras(10)
+    c1, c2 = CountingDenoiser(gmm), CountingDenoiser(gmm)
+    a = rmm.sample_rmm_parallel(c1, x, sig, noise=PerSampleNoise(range(4)), R=4, K=3)
+    b = rmm.sample_rmm_parallel(c2, x, sig, noise=PerSampleNoise(range(4)), R=4, K=3, max_rows=5)
+    assert torch.equal(a, b)
+    assert c1.rounds == rmm.rmm_parallel_rounds(10, 4, 3) < 2 * 10 - 1
+    assert c1.nfe(4) == rmm.rmm_parallel_nfe(10, 4, 3)
+    assert c2.rows == c1.rows and c2.rounds > c1.rounds  # chunks are sequential calls
+    spec = sl.get_sampler("rmm_parallel")
+    res = sl.sample(gmm, "rmm_parallel", steps=10, shape=(4, gmm.dim), dtype=torch.float64)
+    assert res.nfe == spec.nfe(10) and res.rounds == rmm.rmm_parallel_rounds(10)
+
+
+@pytest.mark.parametrize("name", ["rmm", "rmm_pc", "rmm_parallel"])
+def test_batch_equals_row_by_row_and_nfe(gmm, name):
+    seeds = [5, 2, 9]
+    full = sl.sample(gmm, name, steps=6, shape=(3, gmm.dim), seeds=seeds, dtype=torch.float64)
+    rows = [
+        sl.sample(gmm, name, steps=6, shape=(1, gmm.dim), seeds=[s], dtype=torch.float64).x
+        for s in seeds
+    ]
+    assert torch.allclose(full.x, torch.cat(rows), atol=1e-12)
+    spec = sl.get_sampler(name)
+    assert full.nfe == spec.nfe(6) and spec.nfe_exact and not spec.deterministic
+
+
+def test_per_row_grids(gmm):
+    g1, g2 = karras(6), get_sigmas("logsnr", 6, sigma_min=0.05, sigma_max=8.0)
+    x = 5 * torch.randn(2, gmm.dim, generator=torch.Generator().manual_seed(3))
+    for fn in (rmm.sample_rmm, rmm.sample_rmm_parallel):
+        both = fn(gmm, x, torch.stack([g1, g2], 1), noise=PerSampleNoise([1, 2]))
+        a = fn(gmm, x[:1], g1, noise=PerSampleNoise([1]))
+        b = fn(gmm, x[1:], g2, noise=PerSampleNoise([2]))
+        assert torch.allclose(both, torch.cat([a, b]), atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["rmm", "rmm_pc"])
+def test_gaussian_moments(name):
+    from samplerlab.analytic import Gaussian
+
+    mu, s = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([0.2, 1.0, 0.5])
+    g, n = Gaussian(mu, s), 2000
+    x = sl.sample(g, name, steps=20, shape=(n, 3), dtype=torch.float64, schedule="karras").x
+    assert ((x.mean(0) - mu).abs() < 4 * s / math.sqrt(n)).all()
+    assert ((x.var(0) / s**2 - 1).abs() < 4 * math.sqrt(2 / n) + 0.02).all()
+
+
+def test_corrector_keeps_p_sigma_and_mixes():
+    # At a fixed sigma the ULD corrector leaves p_sigma = N(mu, s^2 + sigma^2) (nearly)
+    # invariant and pulls a wrong-variance start towards it.
+    from samplerlab.analytic import Gaussian
+
+    mu, s = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 2.0])
+    g, n, sigma = Gaussian(mu, s), 4000, 1.5
+    var = s**2 + sigma**2
+    x0 = mu + 3 * var.sqrt() * torch.randn(n, 2, generator=torch.Generator().manual_seed(4))
+    x = rmm.corrector_uld(
+        g,
+        x0,
+        torch.full((n,), sigma),
+        GlobalNoise(torch.Generator().manual_seed(5)),
+        steps=40,
+        gamma=2.0,
+        step_size=0.3,
+    )
+    assert ((x.mean(0) - mu).abs() < 5 * var.sqrt() / math.sqrt(n)).all()
+    assert ((x.var(0) / var - 1).abs() < 5 * math.sqrt(2 / n) + 0.03).all()
+
+
+def test_bad_input(gmm):
+    x = torch.zeros(2, gmm.dim)
+    sig = karras(4)
+    with pytest.raises(SamplerError, match="form"):
+        rmm.sample_rmm(gmm, x, sig, form="heun")
+    with pytest.raises(SamplerError, match="R"):
+        rmm.sample_rmm_parallel(gmm, x, sig, R=0)
+    with pytest.raises(SamplerError, match="K"):
+        rmm.sample_rmm_parallel(gmm, x, sig, K=0)
+    with pytest.raises(SamplerError, match="window"):
+        rmm.sample_rmm_pc(gmm, x, sig, window=0)
+    with pytest.raises(SamplerError, match="gamma"):
+        rmm.sample_rmm_pc(gmm, x, sig, gamma=-1.0)
+    with pytest.raises(SamplerError, match="max_rows"):
+        rmm.sample_rmm_parallel(gmm, x, sig, max_rows=0)
