@@ -176,7 +176,9 @@ def test_per_row_grids_equal_separate_runs(gmm, name, options):
     for k, (col, seed) in enumerate(zip(cols, seeds, strict=True)):
         row = spec(gmm, x[k : k + 1], col, noise=PerSampleNoise([seed]), **planned, **options)
         _close(out[k : k + 1], row)
-    assert counter.rows == counter.rounds * 3, "every round evaluates all rows together"
+    if spec.nfe_exact:
+        # Per-row grids cost what the registry says (NFE per sample = rows / batch).
+        assert counter.rows == pytest.approx(spec.nfe(6) * 3), "realised NFE != registry NFE"
 
 
 def test_per_row_grid_mixed_final_rows(gmm):

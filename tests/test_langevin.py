@@ -11,7 +11,14 @@ from samplerlab.samplers import langevin as L
 from samplerlab.samplers.core import SamplerError
 from samplerlab.samplers.noise import GlobalNoise, PerSampleNoise
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """These tests build tensors with the default dtype: float64, restored afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def gen(seed: int = 0) -> GlobalNoise:

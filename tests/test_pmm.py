@@ -15,7 +15,14 @@ from samplerlab.samplers.denoisers import CountingDenoiser
 from samplerlab.samplers.noise import PerSampleNoise
 from samplerlab.samplers.schedules import get_sigmas
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """These tests build tensors with the default dtype: float64, restored afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def fine_grid(den, n: int) -> torch.Tensor:
