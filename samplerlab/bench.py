@@ -83,7 +83,12 @@ def make_model(name: str, dim: int = 8, seed: int = 0) -> Gaussian | GaussianMix
 # --------------------------------------------------------------------------------------
 
 
-def steps_for_budget(spec: SamplerSpec, budget: int, max_steps: int | None = None) -> int | None:
+def steps_for_budget(
+    spec: SamplerSpec,
+    budget: int,
+    max_steps: int | None = None,
+    options: dict[str, Any] | None = None,
+) -> int | None:
     """The ``steps`` whose ``spec.nfe(steps)`` is the largest value ``<= budget``.
 
     A generic inversion of the registry's NFE function (ties go to more steps); step counts
@@ -94,7 +99,7 @@ def steps_for_budget(spec: SamplerSpec, budget: int, max_steps: int | None = Non
     best: tuple[float, int] | None = None
     for steps in range(1, (max_steps or 4 * budget + 16) + 1):
         try:
-            nfe = float(spec.nfe(steps))
+            nfe = spec.nfe_for(steps, options)
         except SamplerError:
             continue
         if nfe <= budget + 1e-9 and (best is None or (nfe, steps) >= best):
@@ -275,7 +280,7 @@ def run_bench(
         spec = get_sampler(name)
         deterministic = spec.is_deterministic(options.get(name))
         for budget in budgets + ([] if deterministic else [b for b in extra if b not in budgets]):
-            jobs.append((name, budget, steps_for_budget(spec, budget)))
+            jobs.append((name, budget, steps_for_budget(spec, budget, options=options.get(name))))
 
     from tqdm.auto import tqdm
 
@@ -295,7 +300,7 @@ def run_bench(
             "sampler": name,
             "budget": budget,
             "steps": steps,
-            "expected_nfe": float(spec.nfe(steps)),
+            "expected_nfe": spec.nfe_for(steps, opts),
             "deterministic": deterministic,
             "schedule": schedules.get(name, "default"),
             "options": {k: _jsonable(v) for k, v in opts.items()},

@@ -171,5 +171,8 @@ def test_bad_input(gmm):
         pmm.sample_pmm(gmm, x, sig, K=2, variant="ddim")
     with pytest.raises(SamplerError, match=r"midpoints.*bernoulli"):
         pmm.sample_pmm(gmm, x, sig, K=2, midpoints="poisson")
-    with pytest.raises(SamplerError, match="multiple of K"):
-        sl.sample(gmm, "pmm", steps=3, shape=(2, gmm.dim), K=7)
+    with pytest.raises(SamplerError, match="K"):
+        sl.sample(gmm, "pmm", steps=3, shape=(2, gmm.dim), K=0)
+    # An explicit K plans a fine grid of steps * K sub-steps (not a regrouped 1000-step one).
+    res = sl.sample(gmm, "pmm", steps=3, shape=(2, gmm.dim), K=7, dtype=torch.float64)
+    assert len(res.sigmas) - 1 == 21

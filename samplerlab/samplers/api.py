@@ -102,7 +102,7 @@ def sample(
         device = noise.device if noise is not None else "cpu"
     device = torch.device(device)
 
-    grid_steps, planned = spec.plan(steps)
+    grid_steps, planned = spec.plan_for(steps, options)
     if sigmas is None:
         sigmas = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
     else:

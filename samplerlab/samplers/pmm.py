@@ -24,8 +24,9 @@ into ``N`` coarse steps of ``K`` consecutive sub-steps. The registry's plan maps
 sub-steps: on a denoiser with a 1000-step table the default ``time_uniform`` schedule of
 ``1000`` steps is exactly the full DDPM chain (timesteps 999..0, then sigma = 0), so
 ``sample(den, "pmm", steps=25)`` is 25 coarse steps of K = 40 over the full chain
-(expected NFE ``25 * (1 + 39/40) = 49.4``). Passing ``K=`` explicitly regroups that fine grid
-(it must divide its length); for another (N, K) pair pass ``sigmas=`` with ``N*K`` steps.
+(expected NFE ``25 * (1 + 39/40) = 49.4``). With an explicit ``K=`` the plan builds a fine
+grid of ``N*K`` sub-steps instead (e.g. ``steps=25, K=10``: 250 sub-steps); a ``sigmas=``
+grid given directly is grouped into coarse steps of ``K`` (its length must be a multiple).
 
 Regime (benchmarks/bench_midpoint.py). The ``K``-weighted correction is unbiased but its
 variance grows with (coarse step x drift Lipschitz constant); on the 1000-step linear-beta
@@ -46,7 +47,8 @@ fixed-size batch of all ``K-1`` candidate rows would be graph-friendly but evalu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -68,9 +70,13 @@ def default_K(steps: int) -> int:
     return max(1, TABLE_STEPS // steps)
 
 
-def plan_pmm(steps: int) -> tuple[int, dict[str, int]]:
-    """Registry plan: ``steps`` coarse steps -> a fine grid of ``steps * K`` sub-steps."""
-    K = default_K(steps)
+def plan_pmm(steps: int, options: Mapping[str, Any] | None = None) -> tuple[int, dict[str, int]]:
+    """Registry plan: ``steps`` coarse steps -> a fine grid of ``steps * K`` sub-steps.
+
+    ``K`` is the user's option when given, else ``max(1, 1000 // steps)``.
+    """
+    K = (options or {}).get("K") or default_K(steps)
+    check_pmm_options(K, (options or {}).get("midpoints", "bernoulli"))
     return steps * K, {"K": K}
 
 

@@ -85,6 +85,24 @@ class SamplerSpec:
                     f"{', '.join(valid) or '(none)'}"
                 )
 
+    def plan_for(
+        self, steps: int, options: Mapping[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """(grid steps, planned options) for ``steps``; a plan may read the user's options."""
+        if len(inspect.signature(self.plan).parameters) >= 2:
+            return self.plan(steps, {**self.defaults, **(options or {})})
+        return self.plan(steps)
+
+    def nfe_for(self, steps: int, options: Mapping[str, Any] | None = None) -> float:
+        """NFE per sample at ``steps`` with these options (those the NFE rule takes)."""
+        params = inspect.signature(self.nfe).parameters
+        opts = {
+            k: v
+            for k, v in {**self.defaults, **(options or {})}.items()
+            if k in params and k != "steps"
+        }
+        return float(self.nfe(steps, **opts))
+
     def schedule_for(self, has_vp: bool) -> str:
         return self.vp_schedule if (has_vp and self.vp_schedule) else self.default_schedule
 
