@@ -77,10 +77,10 @@ ACCURACY_20_STEPS = {
     "euler": 0.48,  # 0.379
     "ddim": 0.33,  # 0.261
     "edm_heun": 0.142,  # 0.113
-    "dpm_solver_1": 0.43,  # 0.339
-    "dpm_solver_2": 0.24,  # 0.192
-    "dpm_solver_3": 0.026,  # 0.0208
-    "dpmpp_2m": 0.052,  # 0.0412
+    "dpm_solver_1": 0.29,  # 0.226 (time_quadratic: VP-table default)
+    "dpm_solver_2": 0.098,  # 0.0779 (time_quadratic)
+    "dpm_solver_3": 0.042,  # 0.0331 (time_quadratic; logsnr: 0.0208)
+    "dpmpp_2m": 0.045,  # 0.0357 (time_quadratic)
 }
 FIRST_ORDER_BOUND = 0.48
 

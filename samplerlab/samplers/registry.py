@@ -156,6 +156,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         plan=_dpm_fast(1),
         defaults={"order": 1},
         default_schedule="logsnr",
+        vp_schedule="time_quadratic",
     ),
     "dpm_solver_2": SamplerSpec(
         "dpm_solver_2",
@@ -167,6 +168,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         plan=_dpm_fast(2),
         defaults={"order": 2},
         default_schedule="logsnr",
+        vp_schedule="time_quadratic",
     ),
     "dpm_solver_3": SamplerSpec(
         "dpm_solver_3",
@@ -178,6 +180,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         plan=_dpm_fast(3),
         defaults={"order": 3},
         default_schedule="logsnr",
+        vp_schedule="time_quadratic",
     ),
     "dpmpp_2m": SamplerSpec(
         "dpmpp_2m",
@@ -188,6 +191,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         order=2,
         multistep=True,
         default_schedule="logsnr",
+        vp_schedule="time_quadratic",
     ),
     # --- new samplers: Poisson midpoint, randomized midpoints (issue 3) ---
     "pmm": SamplerSpec(
@@ -273,6 +277,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         needs_coeffs=True,
         multistep=True,
         default_schedule="logsnr",
+        vp_schedule="time_quadratic",
     ),
     "iia_edm": SamplerSpec(
         "iia_edm",
