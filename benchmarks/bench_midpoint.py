@@ -42,7 +42,7 @@ def run(
 ) -> dict[str, Any]:
     """One sampler run from the standard-normal draw ``z`` (same z for every sampler)."""
     spec = get_sampler(name)
-    grid_steps, planned = spec.plan(steps)
+    grid_steps, planned = spec.plan_for(steps)
     sigmas = build_sigmas(gmm, spec, grid_steps, schedule)
     counter = CountingDenoiser(gmm)
     x = z * math.sqrt(float(sigmas[0]) ** 2 + gmm.prior_std**2)
@@ -114,7 +114,7 @@ def main() -> None:
     for N in (5, 10, 25, 40, 50):
         for midpoints in ("bernoulli", "single"):
             r = run(gmm, z, "pmm", N, args.seed, midpoints=midpoints)
-            K = get_sampler("pmm").plan(N)[1]["K"]
+            K = get_sampler("pmm").plan_for(N)[1]["K"]
             rows.append([f"pmm ({midpoints})", N, K, r["nfe"], sw(r), cov_err(r)])
     out += [
         "### PMM vs DDPM (time_uniform grid = the 1000-step table chain)",

@@ -149,7 +149,7 @@ TOY = ([0.5, -1.0], [0.3, 1.2])
 def _run_stochastic(name: str, options: dict, steps: int, n: int = 20_000, seed: int = 1234):
     spec = SAMPLERS[name]
     g = Gaussian(torch.tensor(TOY[0]), torch.tensor(TOY[1]))
-    grid_steps, planned = spec.plan(steps)
+    grid_steps, planned = spec.plan_for(steps)
     sigmas = build_sigmas(g, spec, grid_steps)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 2, generator=gen, dtype=torch.float64)

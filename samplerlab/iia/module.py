@@ -330,7 +330,7 @@ def fit(
         if steps is None:
             raise ConfigError("give steps or sigmas")
         _check_int("steps", steps, 1)
-        grid_steps, _ = spec.plan(steps)
+        grid_steps, _ = spec.plan_for(steps)
         sigmas = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
     host = check_grid(sigmas)
     if not bool(fitted_steps(sampler, host, form).any()):

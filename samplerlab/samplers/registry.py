@@ -20,10 +20,11 @@ def _same(steps: int) -> tuple[int, dict[str, Any]]:
     return steps, {}
 
 
-def _dpm_fast(order: int) -> Callable[[int], tuple[int, dict[str, Any]]]:
-    def plan(steps: int) -> tuple[int, dict[str, Any]]:
-        orders = dpm_solver.dpm_solver_fast_orders(steps, order)
-        return len(orders), {"orders": orders}
+def _dpm_fast(order: int) -> Callable[..., tuple[int, dict[str, Any]]]:
+    def plan(steps: int, options: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        # Explicit per-step orders define the grid; else DPM-Solver-fast allocates ``steps`` NFE.
+        orders = options.get("orders") or dpm_solver.dpm_solver_fast_orders(steps, order)
+        return len(orders), {"orders": list(orders)}
 
     return plan
 
