@@ -47,6 +47,8 @@ def build_sigmas(
     name = schedule or spec.schedule_for(vp is not None)
     sigma_min, sigma_max = model_sigma_range(denoiser)
     opts = dict(schedule_options or {})
+    if schedule is None and name == spec.default_schedule:
+        opts = {**spec.default_schedule_options, **opts}
     sigma_min = float(opts.pop("sigma_min", sigma_min))
     sigma_max = float(opts.pop("sigma_max", sigma_max))
     return get_sigmas(name, grid_steps, sigma_min=sigma_min, sigma_max=sigma_max, vp=vp, **opts)

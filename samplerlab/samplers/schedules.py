@@ -314,9 +314,16 @@ def get_sigmas(
     sigma_min: float,
     sigma_max: float,
     vp: VPSchedule | None = None,
+    final: str = "append",
     **kwargs: float,
 ) -> Tensor:
-    """Build the ``[n+1]`` grid of a named schedule (one clear error for an unknown name)."""
+    """Build the ``[n+1]`` grid of a named schedule (one clear error for an unknown name).
+
+    ``final="append"`` (EDM, k-diffusion): ``n`` points from ``sigma_max`` to ``sigma_min``,
+    then 0, so the last step is the denoise step from ``sigma_min``. ``final="replace"``
+    (DPM-Solver; diffusers' ``final_sigmas_type="zero"``): the schedule's ``n + 1`` points
+    with ``sigma_min`` replaced by 0, so the last step is a full interval ending at 0.
+    """
     if schedule not in SCHEDULES:
         raise SamplerError(f"unknown schedule '{schedule}'; valid: {', '.join(SCHEDULES)}")
     valid = schedule_option_names(schedule)
@@ -324,8 +331,14 @@ def get_sigmas(
         if key not in valid:
             raise SamplerError(
                 f"unknown option '{key}' for schedule '{schedule}'; valid: "
-                f"{', '.join(['sigma_min', 'sigma_max', *valid])}"
+                f"{', '.join(['sigma_min', 'sigma_max', 'final', *valid])}"
             )
+    if final not in ("append", "replace"):
+        raise SamplerError(f"schedule option final must be 'append' or 'replace', got {final!r}")
     if not 0 < sigma_min < sigma_max:
         raise SamplerError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    if final == "replace":
+        _check_n(n)
+        s = SCHEDULES[schedule](n + 1, sigma_min, sigma_max, vp=vp, **kwargs)
+        return torch.cat([s[:-2], s.new_zeros(1)])
     return SCHEDULES[schedule](n, sigma_min, sigma_max, vp=vp, **kwargs)
