@@ -291,7 +291,7 @@ class Evaluator:
         local = torch.cat(grid)[:k_grid] if grid else torch.zeros(0, *self.dm.shape)
         if local.shape[0] < k_grid:  # too few local samples to gather evenly
             local = torch.cat([local, local.new_zeros(k_grid - local.shape[0], *local.shape[1:])])
-        gathered = d.gather(local.to(device).float())  # [world, k, ...]: seed j*world + r
+        gathered = d.gather(local.to(device))  # [world, k, ...]: seed j*world + r
         self._grid = gathered.transpose(0, 1).reshape(-1, *self.dm.shape)[: ev.grid_size].cpu()
         return row
 
@@ -326,6 +326,11 @@ class Evaluator:
                 + (f"FID {row['fid']:.3f}" if row["fid"] is not None else row["status"])
                 + f", NFE {row['nfe']:.2f}, {row['seconds']:.1f} s"
             )
+        if d.rank == 0 and self.last_grids:
+            from safetensors.torch import save_file
+
+            tensors = {k: v.contiguous() for k, v in self.last_grids.items()}
+            atomic_write(self.out_dir / "samples.safetensors", lambda t: save_file(tensors, t))
         floor = fid_from_stats(real["even"], real["odd"]) if ev.fid_floor else None
         return {
             "name": self.cfg.name,
@@ -428,7 +433,7 @@ def log_wandb(
     table = wandb.Table(columns=cols)
     for r in report["results"]:
         table.add_data(*[r["label"] if c == "sampler" else r[c] for c in cols])
-    payload: dict[str, Any] = dict(metrics)
+    payload: dict[str, Any] = {**metrics, "trainer/global_step": trainer.global_step}
     payload["val/results"] = table
     payload["val/fid_vs_nfe"] = wandb.plot.line(
         table, "nfe", "fid", stroke="sampler", title="FID vs NFE"
@@ -437,4 +442,4 @@ def log_wandb(
     for tag, x in grids.items():
         if x.ndim == 4:
             payload[f"val/samples/{tag}"] = wandb.Image(grid_image(x).numpy())
-    run.log(payload, step=trainer.global_step)
+    run.log(payload)  # wandb's own step: Lightning may already be past trainer.global_step

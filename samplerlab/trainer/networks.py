@@ -20,7 +20,7 @@ from ..errors import ConfigError
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
+    args = t.double()[:, None] * freqs[None]
     return torch.cat([args.cos(), args.sin()], dim=-1)
 
 
@@ -43,10 +43,11 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         shape = x.shape
-        e = self.t_mlp(timestep_embedding(t, self.emb_dim))  # [B, hidden]
+        w = self.inp.weight
+        e = self.t_mlp(timestep_embedding(t, self.emb_dim).to(w.dtype))  # [B, hidden]
         if self.label is not None and labels is not None:
             e = e + self.label(labels)
-        h = self.inp(x.reshape(shape[0], -1).float()) + e
+        h = self.inp(x.reshape(shape[0], -1).to(e.dtype)) + e
         for block in self.blocks:
             h = h + block(h + e)
         return self.out(h).reshape(shape)
@@ -124,6 +125,6 @@ def load_pretrained(path: str) -> tuple[dict[str, Any], dict[str, Any], dict[str
         raise ConfigError(
             f"model.pretrained: cannot load {root} ({str(e).splitlines()[0]})"
         ) from None
-    cfg = json.loads(json.dumps(dict(unet.config), default=list))
+    cfg = json.loads(json.dumps(dict(unet.config), default=str))
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     return cfg, sched, unet.state_dict()

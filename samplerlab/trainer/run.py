@@ -123,6 +123,7 @@ def evaluate(ckpt: str, files: list[str], overrides: list[str]) -> dict[str, Any
     base = dict(saved)
     base["out_dir"] = str(Path(saved["out_dir"]) / "eval")
     base["ckpt_path"] = None
+    base["eval"] = {**saved["eval"], "enabled": True}  # evaluate always evaluates
     cfg = load_config(*files, overrides=overrides, base=base)
     if OmegaConf.to_container(cfg.model) != saved["model"]:
         raise ConfigError(
