@@ -40,7 +40,7 @@ class DataConfig:
     root: str | None = None  # image_folder / cifar10: a local folder (never downloaded)
     image_size: int = 8  # digits: 8 (native) or 16 (upsampled); image_folder: resize to this
     channels: int = 1  # image_folder: 1 (grayscale) or 3 (RGB)
-    batch_size: int = 128
+    batch_size: int = 64
     num_workers: int = 0
     val_fraction: float = 0.1
     conditional: bool = False  # yield class labels to the model
@@ -50,10 +50,10 @@ class DataConfig:
 
 @dataclass
 class UNetConfig:
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
+    block_out_channels: list[int] = field(default_factory=lambda: [16, 32])
     layers_per_block: int = 1
-    down_block_types: list[str] = field(default_factory=lambda: ["DownBlock2D", "AttnDownBlock2D"])
-    up_block_types: list[str] = field(default_factory=lambda: ["AttnUpBlock2D", "UpBlock2D"])
+    down_block_types: list[str] = field(default_factory=lambda: ["DownBlock2D", "DownBlock2D"])
+    up_block_types: list[str] = field(default_factory=lambda: ["UpBlock2D", "UpBlock2D"])
     norm_num_groups: int = 8
     attention_head_dim: int = 8
     dropout: float = 0.0
@@ -90,14 +90,15 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     warmup_steps: int = 100
-    ema_decay: float = 0.999
+    ema_decay: float = 0.995
+    ema_warmup: bool = True  # decay_n = min(ema_decay, (1 + n) / (10 + n))
     ema: bool = True
     grad_clip: float = 1.0
 
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 40
+    max_epochs: int = 100
     max_steps: int = -1
     max_time: str | None = "00:00:04:00"  # "DD:HH:MM:SS": stop training after this time
     accelerator: str = "auto"
@@ -141,8 +142,8 @@ class EvalConfig:
     all_samplers: bool = True  # every registered sampler (at run time) plus eval.samplers
     exclude: list[str] = field(default_factory=list)
     samplers: dict[str, SamplerEntry] = field(default_factory=dict)
-    nfe: list[int] = field(default_factory=lambda: [10, 25])
-    num_samples: int = 1000
+    nfe: list[int] = field(default_factory=lambda: [10, 20])
+    num_samples: int = 500
     batch_size: int = 1000
     seed_offset: int = 0
     every_n_epochs: int = 0  # evaluate at these validation epochs (0: only at the end)

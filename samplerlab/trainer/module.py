@@ -33,6 +33,12 @@ class EMA(EMAWeightAveraging):
 
     live_is_average = False
 
+    def __init__(self, decay: float = 0.999, warmup: bool = True, **kwargs: Any) -> None:
+        super().__init__(decay=decay, **kwargs)
+        if warmup:
+            # decay_n = min(decay, (1 + n) / (10 + n)): short runs are not dominated by the init.
+            self._kwargs["avg_fn"] = _warmup_ema(decay)
+
     def _swap_models(self, pl_module: pl.LightningModule) -> None:
         super()._swap_models(pl_module)
         self.live_is_average = not self.live_is_average
@@ -40,6 +46,15 @@ class EMA(EMAWeightAveraging):
     def _copy_average_to_current(self, pl_module: pl.LightningModule) -> None:
         super()._copy_average_to_current(pl_module)
         self.live_is_average = True
+
+
+def _warmup_ema(decay: float) -> Any:
+    @torch.no_grad()
+    def avg_fn(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
+        d = min(decay, (1 + float(num_averaged)) / (10 + float(num_averaged)))
+        return averaged + (current - averaged) * (1 - d)
+
+    return avg_fn
 
 
 class DiffusionModule(pl.LightningModule):

@@ -98,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if evalcb is not None:
         callbacks.append(evalcb)
     if cfg.optim.ema:
-        callbacks.append(EMA(decay=cfg.optim.ema_decay))
+        callbacks.append(EMA(decay=cfg.optim.ema_decay, warmup=cfg.optim.ema_warmup))
     trainer = make_trainer(cfg, out_dir, callbacks, checkpoints=not cfg.trainer.fast_dev_run)
     if trainer.global_rank == 0:
         save_config(cfg, out_dir)
