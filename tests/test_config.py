@@ -19,6 +19,12 @@ def test_default_is_digits_with_every_sampler():
     assert cfg.logger.mode == "offline"
 
 
+def test_digits_preset_documents_the_schema_defaults():
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.to_container(load_config("digits")) == OmegaConf.to_container(load_config())
+
+
 def test_overrides_merge_left_to_right(tmp_path):
     f = tmp_path / "a.yaml"
     f.write_text("optim: {lr: 0.5}\neval: {nfe: [3, 6, 9]}\n")

@@ -53,7 +53,7 @@ def test_fid_from_stats_matches_closed_form():
     a = torch.randn(4000, 3, generator=g, dtype=torch.float64)
     b = a * 2 + 1
     fid = fid_from_stats(_stats(a), _stats(b))
-    ca, cb = torch.cov(a.T), torch.cov(b.T)
+    ca, _cb = torch.cov(a.T), torch.cov(b.T)
     ma, mb = a.mean(0), b.mean(0)
     # b = 2a + 1: Sigma_b = 4 Sigma_a, so Tr(Sa + Sb - 2 sqrt(Sa Sb)) = Tr(Sa) (1 + 4 - 4).
     expect = float(((ma - mb) ** 2).sum() + torch.trace(ca))
@@ -146,7 +146,7 @@ def test_feature_errors_one_line(tmp_path):
     ev_cfg.inception_weights = str(tmp_path / "nope.pth")
     with pytest.raises(ConfigError, match="does not exist"):
         build_features(ev_cfg, data, (1, 8, 8))
-    with pytest.raises(ConfigError, match="eval.feature=raw"):
+    with pytest.raises(ConfigError, match=r"eval\.feature=raw"):
         build_features(OmegaConf.create({"feature": "classifier"}), data, (8,))
     cls_cfg = OmegaConf.create({"feature": "classifier", "classifier_weights": None})
     with pytest.raises(ConfigError, match="no classifier ships"):

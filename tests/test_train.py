@@ -5,6 +5,7 @@ import torch
 
 import samplerlab as sl
 from samplerlab.cli import main
+from samplerlab.errors import ConfigError
 from samplerlab.trainer.config import load_config
 from samplerlab.trainer.module import load_checkpoint
 from samplerlab.trainer.run import train
@@ -80,7 +81,7 @@ def test_ema_differs_from_live_weights(tmp_path):
 
 
 def test_resume_is_exact(tmp_path):
-    base = ["eval.enabled=false", "data.gmm.num_samples=512"]
+    base = ["eval.enabled=false", "data.gmm.num_samples=160"]
     a = load_config("test", overrides=[f"out_dir={tmp_path / 'a'}", "trainer.max_epochs=4", *base])
     full = train(a)["module"]
     b = load_config("test", overrides=[f"out_dir={tmp_path / 'b'}", "trainer.max_epochs=2", *base])
@@ -167,6 +168,7 @@ def test_bad_input_one_line(tmp_path, capsys):
 
 def test_checkpoint_of_another_architecture(tmp_path, capsys):
     train(cfg_for(tmp_path, "eval.enabled=false"))
+    capsys.readouterr()
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     rc = main(
         ["train", "test", f"out_dir={tmp_path / 'r2'}", f"ckpt_path={ckpt}", "model.mlp.hidden=64"]
@@ -186,11 +188,56 @@ def test_sample_command(tmp_path, capsys):
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     out = tmp_path / "s.pt"
     rc = main(
-        ["sample", "--ckpt", str(ckpt), "--sampler", "ddim", "--steps", "3", "--n", "6"]
-        + ["--out", str(out), "--option", "eta=0.5"]
+        [
+            "sample",
+            "--ckpt",
+            str(ckpt),
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--n",
+            "6",
+            "--out",
+            str(out),
+            "--option",
+            "eta=0.5",
+        ]
     )
     assert rc == 0 and "NFE 3.00" in capsys.readouterr().out
     x = torch.load(out)
     assert x.shape == (6, 2) and torch.isfinite(x).all()
     rc = main(["sample", "--ckpt", str(ckpt), "--sampler", "nope", "--steps", "3"])
     assert rc == 2 and "unknown sampler" in capsys.readouterr().err
+
+
+def test_image_folder_dataset(tmp_path):
+    from PIL import Image
+
+    from samplerlab.trainer.data import DiffusionDataModule
+
+    for cls in ("cats", "dogs"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            arr = (torch.rand(12, 10, 3) * 255).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(tmp_path / "imgs" / cls / f"{i}.png")
+    cfg = load_config(
+        "test",
+        overrides=[
+            "data.name=image_folder",
+            f"data.root={tmp_path / 'imgs'}",
+            "data.image_size=8",
+            "data.channels=3",
+            "model.backbone=unet",
+        ],
+    )
+    dm = DiffusionDataModule(cfg.data)
+    dm.prepare()
+    assert dm.shape == (3, 8, 8) and dm.num_classes == 2 and len(dm.real) == 6
+    x, y = dm.real[4]
+    assert x.shape == (3, 8, 8) and -1 <= float(x.min()) and float(x.max()) <= 1 and y == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg.data.root = str(empty)
+    with pytest.raises(ConfigError, match="no images"):
+        DiffusionDataModule(cfg.data).prepare()

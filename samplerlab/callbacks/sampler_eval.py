@@ -357,12 +357,14 @@ class SamplerEvalCallback(Callback):
         self.cfg = cfg
         self.dm = datamodule
         self.out_dir = Path(out_dir)
-        self.evaluator: Evaluator | None = None
+        # Built now: a bad feature extractor or sampler list fails before any training.
+        self.evaluator = Evaluator(cfg, datamodule, out_dir)
         self.reports: list[dict[str, Any]] = []
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.evaluator.dist = Dist(trainer.strategy)
+
     def _evaluator(self, trainer: pl.Trainer) -> Evaluator:
-        if self.evaluator is None:
-            self.evaluator = Evaluator(self.cfg, self.dm, self.out_dir, Dist(trainer.strategy))
         return self.evaluator
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

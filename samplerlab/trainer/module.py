@@ -80,6 +80,8 @@ class DiffusionModule(pl.LightningModule):
                 f"model.num_classes: the data have {num_classes} classes, not {self.num_classes}"
             )
         self.param = m.parameterization
+        # diffusers' clip_sample (fine-tuned pipelines): clamp x0_hat to [-1, 1] when sampling.
+        self.clip = bool((scheduler_config or {}).get("clip_sample", False))
         if m.backbone == "unet" and unet_config is None:
             unet_config = unet_config_for(cfg, self.data_shape)
             self.hparams["unet_config"] = unet_config
@@ -131,6 +133,7 @@ class DiffusionModule(pl.LightningModule):
             call,
             self.vp,
             prediction_type="epsilon" if self.param == "eps" else "v_prediction",
+            clip_denoised=self.clip,
             data_shape=self.data_shape,
         )
 
@@ -226,12 +229,11 @@ class DiffusionModule(pl.LightningModule):
             )
         folder = Path(folder)
         self.ema_net().unet.save_pretrained(folder / "unet", safe_serialization=True)
-        sched = self.hparams.get("scheduler_config") or {}
         sched = DDPMScheduler(
             num_train_timesteps=self.alphas_cumprod.numel(),
             trained_betas=_betas(self.vp.alphas_cumprod).tolist(),
             prediction_type="epsilon" if self.param == "eps" else "v_prediction",
-            clip_sample=bool(sched.get("clip_sample", False)),
+            clip_sample=self.clip,
         )
         sched.save_pretrained(folder / "scheduler")
         return folder
