@@ -235,7 +235,7 @@ def test_image_folder_dataset(tmp_path):
     dm.prepare()
     assert dm.shape == (3, 8, 8) and dm.num_classes == 2 and len(dm.real) == 6
     x, y = dm.real[4]
-    assert x.shape == (3, 8, 8) and -1 <= float(x.min()) and float(x.max()) <= 1 and y == 1
+    assert x.shape == (3, 8, 8) and float(x.min()) >= -1 and float(x.max()) <= 1 and y == 1
     empty = tmp_path / "empty"
     empty.mkdir()
     cfg.data.root = str(empty)
