@@ -34,6 +34,7 @@ def _evaluate(ckpt, out_dir, wandb_dir, *extra):
         "trainer.accelerator=cpu",
         "logger.wandb=true",
         f"logger.dir={wandb_dir}",
+        f"eval.cache_dir={out_dir}_cache",  # each run computes its real statistics itself
         *extra,
     ]
     p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -112,6 +112,7 @@ class TrainerConfig:
     fast_dev_run: bool = False
     enable_progress_bar: bool = True
     deterministic: bool = False
+    num_threads: int | None = None  # torch CPU threads (1 is robust on a shared machine)
 
 
 @dataclass

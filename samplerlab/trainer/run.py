@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
@@ -78,9 +79,15 @@ def save_config(cfg: DictConfig, out_dir: Path) -> None:
     atomic_write_text(out_dir / "checkpoints" / "config.yaml", text)
 
 
+def _threads(cfg: DictConfig) -> None:
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(int(cfg.trainer.num_threads))
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit a model (resuming from ``ckpt_path``), evaluate the samplers, export if asked."""
     validate(cfg)
+    _threads(cfg)
     out_dir = Path(cfg.out_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = DiffusionDataModule(cfg.data)
@@ -129,6 +136,7 @@ def evaluate(ckpt: str, files: list[str], overrides: list[str]) -> dict[str, Any
         raise ConfigError(
             "model: evaluate uses the checkpoint's architecture; drop model.* settings"
         )
+    _threads(cfg)
     out_dir = Path(cfg.out_dir)
     dm = DiffusionDataModule(cfg.data)
     dm.prepare()
