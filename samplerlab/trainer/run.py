@@ -1,0 +1,167 @@
+"""Entry points behind ``samplerlab train`` and ``samplerlab evaluate``."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from ..callbacks.report import atomic_write_text
+from ..callbacks.sampler_eval import SamplerEvalCallback
+from ..errors import ConfigError
+from .config import load_config, validate
+from .data import DiffusionDataModule
+from .module import EMA, DiffusionModule, build_module, check_same_architecture, load_checkpoint
+
+
+def make_logger(cfg: DictConfig, out_dir: Path) -> Any:
+    lg = cfg.logger
+    if not lg.wandb or lg.mode == "disabled":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(str(out_dir), name="logs")
+    from lightning.pytorch.loggers import WandbLogger
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    save_dir = Path(lg.dir or out_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    return WandbLogger(
+        project=lg.project,
+        entity=lg.entity,
+        group=lg.group,
+        name=cfg.name,
+        save_dir=str(save_dir),
+        offline=lg.mode == "offline",
+        mode=lg.mode,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def make_trainer(
+    cfg: DictConfig, out_dir: Path, callbacks: list[Any], *, checkpoints: bool = True
+) -> pl.Trainer:
+    t = cfg.trainer
+    cbs = list(callbacks)
+    if checkpoints:
+        cbs.append(ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True))
+    return pl.Trainer(
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        max_time=t.max_time,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        fast_dev_run=t.fast_dev_run,
+        enable_progress_bar=t.enable_progress_bar,
+        deterministic=t.deterministic,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        logger=make_logger(cfg, out_dir),
+        callbacks=cbs,
+        default_root_dir=str(out_dir),
+        enable_checkpointing=checkpoints,
+    )
+
+
+def save_config(cfg: DictConfig, out_dir: Path) -> None:
+    text = OmegaConf.to_yaml(cfg)
+    atomic_write_text(out_dir / "config.yaml", text)
+    atomic_write_text(out_dir / "checkpoints" / "config.yaml", text)
+
+
+def _threads(cfg: DictConfig) -> None:
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(int(cfg.trainer.num_threads))
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit a model (resuming from ``ckpt_path``), evaluate the samplers, export if asked."""
+    validate(cfg)
+    _threads(cfg)
+    out_dir = Path(cfg.out_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = DiffusionDataModule(cfg.data)
+    dm.prepare()
+    if cfg.ckpt_path is not None:
+        check_same_architecture(cfg, cfg.ckpt_path)
+    module = build_module(cfg, dm.shape, dm.num_classes)
+    if cfg.export is not None and (module.param == "edm" or cfg.model.backbone != "unet"):
+        raise ConfigError(
+            "export: diffusers folders hold VP UNets; use model.backbone=unet and "
+            "model.parameterization=eps or v"
+        )
+    callbacks: list[Any] = []
+    evalcb = SamplerEvalCallback(cfg, dm, out_dir) if cfg.eval.enabled else None
+    if evalcb is not None:
+        callbacks.append(evalcb)
+    if cfg.optim.ema:
+        callbacks.append(EMA(decay=cfg.optim.ema_decay, warmup=cfg.optim.ema_warmup))
+    trainer = make_trainer(cfg, out_dir, callbacks, checkpoints=not cfg.trainer.fast_dev_run)
+    if trainer.global_rank == 0:
+        save_config(cfg, out_dir)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    seconds = time.perf_counter() - start
+    if cfg.export is not None and trainer.global_rank == 0:
+        module.save_pretrained(cfg.export)
+    _finish_loggers(trainer)
+    return {
+        "trainer": trainer,
+        "module": module,
+        "seconds": seconds,
+        "out_dir": out_dir,
+        "reports": evalcb.reports if evalcb is not None else [],
+    }
+
+
+def evaluate(ckpt: str, files: list[str], overrides: list[str]) -> dict[str, Any]:
+    """Evaluate every configured sampler on a checkpoint (its saved config <- files <- k=v)."""
+    module, saved = load_checkpoint(ckpt)
+    base = dict(saved)
+    base["out_dir"] = str(Path(saved["out_dir"]) / "eval")
+    base["ckpt_path"] = None
+    base["eval"] = {**saved["eval"], "enabled": True}  # evaluate always evaluates
+    cfg = load_config(*files, overrides=overrides, base=base)
+    if OmegaConf.to_container(cfg.model) != saved["model"]:
+        raise ConfigError(
+            "model: evaluate uses the checkpoint's architecture; drop model.* settings"
+        )
+    _threads(cfg)
+    out_dir = Path(cfg.out_dir)
+    dm = DiffusionDataModule(cfg.data)
+    dm.prepare()
+    if tuple(dm.shape) != tuple(module.data_shape):
+        raise ConfigError(
+            f"data: the checkpoint's model takes {module.data_shape}, data are {dm.shape}"
+        )
+    evalcb = SamplerEvalCallback(cfg, dm, out_dir)
+    trainer = make_trainer(cfg, out_dir, [evalcb], checkpoints=False)
+    trainer.validate(module, datamodule=dm, verbose=False)
+    _finish_loggers(trainer)
+    return {"trainer": trainer, "reports": evalcb.reports, "out_dir": out_dir}
+
+
+def _finish_loggers(trainer: pl.Trainer) -> None:
+    for lg in trainer.loggers:
+        lg.finalize("success")
+    if trainer.global_rank == 0:
+        try:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+        except ImportError:
+            pass
+
+
+__all__ = ["DiffusionModule", "evaluate", "make_trainer", "train"]

@@ -1,0 +1,192 @@
+import json
+import sys
+import types
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from samplerlab.analytic import GaussianMixture
+from samplerlab.callbacks.features import INCEPTION_FILE, build_features
+from samplerlab.callbacks.sampler_eval import (
+    Evaluator,
+    _stats,
+    fid_from_stats,
+    plan_jobs,
+    steps_for_budget,
+)
+from samplerlab.errors import ConfigError
+from samplerlab.samplers import SAMPLERS, get_sampler
+from samplerlab.trainer.config import load_config
+from samplerlab.trainer.data import DiffusionDataModule
+
+
+def make_evaluator(tmp_path, *overrides):
+    cfg = load_config("test", overrides=[f"out_dir={tmp_path / 'run'}", *overrides])
+    dm = DiffusionDataModule(cfg.data)
+    return Evaluator(cfg, dm, tmp_path / "run"), cfg
+
+
+def exact_gmm(cfg):
+    g = cfg.data.gmm
+    return GaussianMixture.default(dim=g.dim, components=g.components, seed=g.seed)
+
+
+def test_steps_for_budget_respects_nfe():
+    assert steps_for_budget(get_sampler("euler"), 10) == 10
+    assert steps_for_budget(get_sampler("edm_heun"), 10) == 5  # 2n - 1 <= 10
+    for name, spec in SAMPLERS.items():
+        s = steps_for_budget(spec, 12)
+        assert spec.nfe(s) <= 12 or s == 1, name
+
+
+def test_plan_covers_every_registered_sampler_at_run_time():
+    cfg = load_config(overrides=["eval.exclude=[ddpm]", "eval.samplers.ddpm_sde.sampler=ddpm"])
+    jobs = plan_jobs(cfg.eval)
+    labels = {j.label for j in jobs}
+    assert labels == (set(SAMPLERS) - {"ddpm"}) | {"ddpm_sde"}
+    assert all(len([j for j in jobs if j.label == lab]) == len(cfg.eval.nfe) for lab in labels)
+
+
+def test_fid_from_stats_matches_closed_form():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 3, generator=g, dtype=torch.float64)
+    b = a * 2 + 1
+    fid = fid_from_stats(_stats(a), _stats(b))
+    ca, _cb = torch.cov(a.T), torch.cov(b.T)
+    ma, mb = a.mean(0), b.mean(0)
+    # b = 2a + 1: Sigma_b = 4 Sigma_a, so Tr(Sa + Sb - 2 sqrt(Sa Sb)) = Tr(Sa) (1 + 4 - 4).
+    expect = float(((ma - mb) ** 2).sum() + torch.trace(ca))
+    assert fid == pytest.approx(expect, rel=1e-9)
+    assert fid_from_stats(_stats(a), _stats(a)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_exact_denoiser_reaches_floor_and_cache_is_reused(tmp_path):
+    ev, cfg = make_evaluator(
+        tmp_path, "eval.num_samples=256", "eval.batch_size=128", "eval.nfe=[25]"
+    )
+    rep = ev.evaluate(exact_gmm(cfg), torch.device("cpu"))
+    fids = {r["label"]: r["fid"] for r in rep["results"]}
+    # Samples of the exact model are as close to the data as two halves of the data are.
+    assert all(f < 3 * rep["fid_floor"] + 0.05 for f in fids.values()), (fids, rep["fid_floor"])
+    cache = list((tmp_path / "fid_cache").glob("real-*.pt"))
+    assert len(cache) == 1
+    ev2, _ = make_evaluator(tmp_path, "eval.num_samples=256", "eval.batch_size=64", "eval.nfe=[25]")
+    assert ev2.real_stats(torch.device("cpu"))["all"]["n"] == 256
+    rep2 = ev2.evaluate(exact_gmm(cfg), torch.device("cpu"))
+    # Batch size does not change samples (per-sample seeds): same FID.
+    for r, r2 in zip(rep["results"], rep2["results"], strict=True):
+        assert r2["fid"] == pytest.approx(r["fid"], rel=1e-5)
+
+
+def test_non_finite_is_reported_not_averaged(tmp_path):
+    ev, cfg = make_evaluator(tmp_path)
+    mix = exact_gmm(cfg)
+
+    def broken(x, sigma):
+        out = mix(x, sigma)
+        return torch.where(sigma[:, None] < 1.0, torch.full_like(out, float("nan")), out)
+
+    broken.data_shape = mix.data_shape
+    rep = ev.evaluate(broken, torch.device("cpu"))
+    for r in rep["results"]:
+        assert r["status"] == "non-finite" and r["fid"] is None
+        assert "round" in r["error"]
+    from samplerlab.callbacks.report import write_report
+
+    write_report(tmp_path / "run", rep)
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "non-finite" in md
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["results"][0]["fid"] is None
+
+
+def test_iia_fit_integration(tmp_path, monkeypatch):
+    """IIA samplers get coeffs= from samplerlab.iia.fit (a stand-in module records the call)."""
+    calls = []
+    fake = types.ModuleType("samplerlab.iia")
+
+    def fit(denoiser, sampler, *, steps, **kw):
+        calls.append((sampler, steps, kw))
+        return "COEFFS"
+
+    fake.fit = fit
+    monkeypatch.setitem(sys.modules, "samplerlab.iia", fake)
+    import samplerlab
+
+    monkeypatch.setattr(samplerlab, "iia", fake, raising=False)
+    ev, cfg = make_evaluator(tmp_path, "eval.iia.M=4")
+    from samplerlab.callbacks.sampler_eval import Job
+
+    ev._device = torch.device("cpu")
+    coeffs = ev._coeffs(Job("x", "euler", 6, 6, coeffs="fit"), exact_gmm(cfg))
+    assert coeffs == "COEFFS"
+    ((sampler, steps, kw),) = calls
+    assert (sampler, steps, kw["M"], kw["num_samples"]) == ("euler", 6, 4, 16)
+    assert kw["trainer_kwargs"]["devices"] == 1
+    assert ev._coeffs(Job("x", "euler", 6, 6, coeffs="default"), None) is None
+    with pytest.raises(ConfigError, match="coeffs"):
+        ev._coeffs(Job("x", "euler", 6, 6, coeffs=str(tmp_path / "missing.safetensors")), None)
+
+
+def test_iia_missing_package_falls_back_with_a_note(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "samplerlab.iia", None)
+    ev, cfg = make_evaluator(tmp_path)
+    from samplerlab.callbacks.sampler_eval import Job
+
+    assert ev._coeffs(Job("iia_x", "euler", 6, 6, coeffs="fit"), exact_gmm(cfg)) is None
+    assert any("default coefficients" in n for n in ev.notes)
+
+
+def test_feature_errors_one_line(tmp_path):
+    ev_cfg = OmegaConf.create({"feature": "inception", "inception_weights": None})
+    data = OmegaConf.create({"name": "digits"})
+    with pytest.raises(ConfigError) as e:
+        build_features(ev_cfg, data, (1, 8, 8))
+    assert "eval.inception_weights" in str(e.value) and INCEPTION_FILE in str(e.value)
+    ev_cfg.inception_weights = str(tmp_path / "nope.pth")
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_features(ev_cfg, data, (1, 8, 8))
+    with pytest.raises(ConfigError, match=r"eval\.feature=raw"):
+        build_features(OmegaConf.create({"feature": "classifier"}), data, (8,))
+    cls_cfg = OmegaConf.create({"feature": "classifier", "classifier_weights": None})
+    with pytest.raises(ConfigError, match="no classifier ships"):
+        build_features(cls_cfg, OmegaConf.create({"name": "cifar10"}), (3, 32, 32))
+
+
+def test_shipped_digits_classifier_is_accurate():
+    from samplerlab.callbacks.features import load_classifier, shipped_classifier
+    from samplerlab.trainer.data import digits_tensor
+
+    path = shipped_classifier("digits")
+    assert path is not None and path.stat().st_size < 1_000_000
+    net = load_classifier(path)
+    x, y = digits_tensor(8)
+    with torch.no_grad():
+        acc = (net(x).argmax(1) == y).float().mean()
+    assert acc > 0.97
+    blob = torch.load(path, weights_only=True)
+    assert blob["test_accuracy"] > 0.95
+
+
+def test_wandb_offline_run_holds_fid_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    from samplerlab.trainer.run import train
+
+    cfg = load_config(
+        "test",
+        overrides=[
+            f"out_dir={tmp_path / 'run'}",
+            "logger.wandb=true",
+            "logger.mode=offline",
+            f"logger.dir={tmp_path / 'wb'}",
+        ],
+    )
+    train(cfg)
+    files = list((tmp_path / "wb").rglob("wandb-summary.json")) + list(
+        (tmp_path / "wb").rglob("*.wandb")
+    )
+    assert files, list((tmp_path / "wb").rglob("*"))
+    data = b"".join(f.read_bytes() for f in files)
+    for key in (b"val/fid/euler_2", b"val/fid/ddim_4", b"val/nfe/euler_2", b"val/results"):
+        assert key in data, key
