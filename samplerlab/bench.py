@@ -72,8 +72,9 @@ def make_model(name: str, dim: int = 8, seed: int = 0) -> Gaussian | GaussianMix
         return default_gaussian(dim=dim, seed=seed)
     if Path(name).exists():
         raise ConfigError(
-            f"--model '{name}': benchmarking a checkpoint is not supported yet; "
-            f"valid models: {', '.join(MODELS)}"
+            f"--model '{name}': a trained model has no exact samples or ODE endpoints; "
+            f"race its samplers on FID with `samplerlab evaluate --ckpt {name}` "
+            f"(bench models: {', '.join(MODELS)})"
         )
     raise ConfigError(f"unknown --model '{name}'; valid: {', '.join(MODELS)}")
 

@@ -218,7 +218,7 @@ def test_cli_rejects_a_checkpoint_path_for_now(tmp_path, capsys):
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"")
     assert main(["bench", "--model", str(ckpt), "--out", str(tmp_path)]) == 2
-    assert "checkpoint is not supported yet" in capsys.readouterr().err
+    assert "samplerlab evaluate --ckpt" in capsys.readouterr().err
 
 
 def test_diffusers_oracle_wrapper_matches_our_dpmpp_2m_on_the_same_grid():

@@ -1,6 +1,4 @@
 import json
-import sys
-import types
 
 import pytest
 import torch
@@ -100,41 +98,23 @@ def test_non_finite_is_reported_not_averaged(tmp_path):
     assert json.loads((tmp_path / "run" / "report.json").read_text())["results"][0]["fid"] is None
 
 
-def test_iia_fit_integration(tmp_path, monkeypatch):
-    """IIA samplers get coeffs= from samplerlab.iia.fit (a stand-in module records the call)."""
-    calls = []
-    fake = types.ModuleType("samplerlab.iia")
-
-    def fit(denoiser, sampler, *, steps, **kw):
-        calls.append((sampler, steps, kw))
-        return "COEFFS"
-
-    fake.fit = fit
-    monkeypatch.setitem(sys.modules, "samplerlab.iia", fake)
-    import samplerlab
-
-    monkeypatch.setattr(samplerlab, "iia", fake, raising=False)
-    ev, cfg = make_evaluator(tmp_path, "eval.iia.M=4")
+def test_iia_fit_integration(tmp_path):
+    """IIA samplers get coeffs= fitted on the fly by samplerlab.iia.fit, or from a file."""
+    from samplerlab import iia
     from samplerlab.callbacks.sampler_eval import Job
 
+    ev, cfg = make_evaluator(tmp_path, "eval.iia.M=2", "eval.iia.num_samples=4")
     ev._device = torch.device("cpu")
-    coeffs = ev._coeffs(Job("x", "euler", 6, 6, coeffs="fit"), exact_gmm(cfg))
-    assert coeffs == "COEFFS"
-    ((sampler, steps, kw),) = calls
-    assert (sampler, steps, kw["M"], kw["num_samples"]) == ("euler", 6, 4, 16)
-    assert kw["trainer_kwargs"]["devices"] == 1
-    assert ev._coeffs(Job("x", "euler", 6, 6, coeffs="default"), None) is None
+    mix = exact_gmm(cfg)
+    fitted = ev._coeffs(Job("x", "iia_edm", 11, 6, coeffs="fit"), mix)
+    assert isinstance(fitted, iia.IIACoefficients) and fitted.sampler == "iia_edm"
+    assert fitted.metadata["M"] == 2 and fitted.metadata["num_samples"] == 4
+    assert fitted.mask.any()
+    path = iia.save(fitted, tmp_path / "edm.safetensors")
+    assert ev._coeffs(Job("x", "iia_edm", 11, 6, coeffs=str(path)), mix) == str(path)
+    assert ev._coeffs(Job("x", "iia_edm", 11, 6, coeffs="default"), None) is None
     with pytest.raises(ConfigError, match="coeffs"):
-        ev._coeffs(Job("x", "euler", 6, 6, coeffs=str(tmp_path / "missing.safetensors")), None)
-
-
-def test_iia_missing_package_falls_back_with_a_note(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "samplerlab.iia", None)
-    ev, cfg = make_evaluator(tmp_path)
-    from samplerlab.callbacks.sampler_eval import Job
-
-    assert ev._coeffs(Job("iia_x", "euler", 6, 6, coeffs="fit"), exact_gmm(cfg)) is None
-    assert any("default coefficients" in n for n in ev.notes)
+        ev._coeffs(Job("x", "iia_edm", 11, 6, coeffs=str(tmp_path / "missing.safetensors")), None)
 
 
 def test_feature_errors_one_line(tmp_path):

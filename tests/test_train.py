@@ -211,6 +211,27 @@ def test_sample_command(tmp_path, capsys):
     assert rc == 2 and "unknown sampler" in capsys.readouterr().err
 
 
+def test_iia_fit_on_a_checkpoint_then_sample_with_the_file(tmp_path, capsys):
+    train(cfg_for(tmp_path, "eval.enabled=false"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    coeffs = tmp_path / "c.safetensors"
+    args = ["--ckpt", str(ckpt), "--sampler", "iia_ddim", "--steps", "5", "--M", "2"]
+    assert main(["iia-fit", *args, "--samples", "4", "--out", str(coeffs)]) == 0
+    from samplerlab import iia
+    from samplerlab.trainer.module import load_denoiser
+
+    den = load_denoiser(ckpt)
+    c = iia.load(coeffs, denoiser=den)  # fingerprint of the checkpoint's EMA weights matches
+    assert c.sampler == "iia_ddim" and c.mask.any()
+    res = sl.sample(den, "iia_ddim", steps=5, shape=(3, 2), coeffs=str(coeffs))
+    base = sl.sample(den, "ddim", steps=5, shape=(3, 2))
+    assert torch.isfinite(res.x).all() and not torch.equal(res.x, base.x)
+    out = tmp_path / "s.pt"
+    rc = main(["sample", "--ckpt", str(ckpt), "--sampler", "iia_ddim", "--steps", "5", "--n",
+               "3", "--out", str(out), "--option", f"coeffs={coeffs}"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+
+
 def test_image_folder_dataset(tmp_path):
     from PIL import Image
 

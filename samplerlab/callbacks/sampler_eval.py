@@ -200,14 +200,8 @@ class Evaluator:
             if not Path(job.coeffs).is_file():
                 raise ConfigError(f"eval.samplers.{job.label}.coeffs: file {job.coeffs} not found")
             return job.coeffs
-        try:
-            from .. import iia
-        except ImportError:
-            self._note(
-                f"{job.label}: samplerlab.iia is not available; evaluated with default "
-                "coefficients (= its base sampler)"
-            )
-            return None
+        from .. import iia  # Lightning-backed fit stage, imported only when asked for
+
         c = self.ev.iia
         device = self._device
         return iia.fit(

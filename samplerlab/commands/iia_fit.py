@@ -1,9 +1,8 @@
 """``samplerlab iia-fit``: fit IIA coefficients and write a coefficient file.
 
 ``--model gmm`` is the analytic Gaussian mixture (``GaussianMixture.default()``); a folder
-is a local diffusers model (``samplerlab.denoisers.from_diffusers``). Lightning checkpoints
-(issue 5) plug in through :data:`CHECKPOINT_LOADER`: a ``module:function`` that maps a
-checkpoint path to a denoiser.
+is a local diffusers model (``samplerlab.denoisers.from_diffusers``); a file is a
+``samplerlab train`` checkpoint, loaded by :data:`CHECKPOINT_LOADER` (its EMA denoiser).
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ from typing import Any
 
 from ..errors import ConfigError
 
-# Hook for training checkpoints (issue 5): "module:function", function(path) -> denoiser.
-CHECKPOINT_LOADER = "samplerlab.training:load_denoiser"
+# Training checkpoints: "module:function", function(path) -> denoiser.
+CHECKPOINT_LOADER = "samplerlab.trainer.module:load_denoiser"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

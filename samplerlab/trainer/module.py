@@ -310,6 +310,11 @@ def load_checkpoint(path: str | Path) -> tuple[DiffusionModule, dict[str, Any]]:
 _INIT_ARGS = ("config", "data_shape", "num_classes", "unet_config", "scheduler_config")
 
 
+def load_denoiser(path: str | Path) -> Any:
+    """The EMA denoiser ``D(x, sigma)`` of a training checkpoint (``iia-fit``, ``sample``)."""
+    return load_checkpoint(path)[0].denoiser
+
+
 def check_same_architecture(cfg: DictConfig, ckpt_path: str | Path) -> None:
     """Refuse to resume from a checkpoint of another architecture (one line naming the keys)."""
     p = Path(ckpt_path)
