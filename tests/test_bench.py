@@ -26,15 +26,6 @@ from samplerlab.samplers.edm import sample_edm_heun
 from samplerlab.samplers.noise import PerSampleNoise
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: intra-op threads only contend on a shared CPU (40x slower under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _spec(nfe) -> SamplerSpec:
     return SamplerSpec("toy", sample_euler, "toy", deterministic=True, nfe=nfe)
 

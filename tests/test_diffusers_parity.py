@@ -58,15 +58,6 @@ def _folder(root, prediction_type: str = "epsilon", clip_sample: bool = False):
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The UNet's tiny ops are ~100x slower with intra-op threads on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     return {

@@ -19,16 +19,6 @@ from samplerlab.samplers.ddpm import step_ddpm
 from samplerlab.samplers.denoisers import CountingDenoiser, chunked
 from samplerlab.samplers.schedules import karras
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small tensors: intra-op threads only add contention on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 F64 = torch.float64
 
 

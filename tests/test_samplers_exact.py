@@ -23,16 +23,6 @@ from samplerlab.samplers.api import build_sigmas
 from samplerlab.samplers.noise import GlobalNoise
 from samplerlab.samplers.schedules import karras
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small tensors: intra-op threads only add contention on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 USABLE = {n: s for n, s in SAMPLERS.items() if not s.needs_coeffs}
 ODE = [n for n, s in USABLE.items() if s.is_deterministic() and s.order is not None]
 DETERMINISTIC = [n for n, s in USABLE.items() if s.is_deterministic()]

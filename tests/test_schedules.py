@@ -22,16 +22,6 @@ from samplerlab.samplers.schedules import (
     time_uniform,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small tensors: intra-op threads only add contention on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 F64 = torch.float64
 TABLE = DiscreteVP.from_betas(betas_for("linear"))
 VPS = {
