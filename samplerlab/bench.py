@@ -24,7 +24,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from torch import Tensor
 
 from .analytic import Gaussian, GaussianMixture, sliced_wasserstein
 from .errors import USER_ERRORS, ConfigError
+from .fileio import atomic_write_text
 from .samplers.core import SamplerError
 from .samplers.dpm_solver import sample_dpm_solver
 from .samplers.noise import PerSampleNoise
@@ -405,20 +405,6 @@ def format_notes(meta: Mapping[str, Any]) -> str:
             f"same solve at half the steps (RMS): {_fmt(residual, '.1e')}."
         )
     return " ".join(parts)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def bench_meta(

@@ -10,13 +10,12 @@ layer is the ``classifier`` feature of FID on digits.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from samplerlab.callbacks.features import DigitsCNN
+from samplerlab.fileio import atomic_write
 from samplerlab.trainer.data import digits_tensor
 
 
@@ -63,10 +62,7 @@ def main() -> None:
         "test_accuracy": acc,
     }
     out = Path(args.out)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(blob, tmp)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: torch.save(blob, tmp))
     print(f"test accuracy {acc:.4f}; wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
 
 

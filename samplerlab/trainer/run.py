@@ -12,9 +12,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from ..callbacks.report import atomic_write_text
 from ..callbacks.sampler_eval import SamplerEvalCallback
 from ..errors import ConfigError
+from ..fileio import atomic_write_text
 from .config import load_config, validate
 from .data import DiffusionDataModule
 from .module import EMA, DiffusionModule, build_module, check_same_architecture, load_checkpoint
