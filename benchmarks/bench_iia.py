@@ -54,7 +54,13 @@ def main() -> None:
     )
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    # Lightning's per-fit banners (its loggers are configured when it is imported).
+    for logger in (
+        "lightning.pytorch",
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric",
+    ):
+        logging.getLogger(logger).setLevel(logging.ERROR)
     torch.set_num_threads(2)
 
     gmm = GaussianMixture.default()
