@@ -152,6 +152,26 @@ def test_fine_grid_spacings(gmm):
         iia.resolve_spacing("iia_ddim", "cubic", None)
 
 
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_dpmpp_fine_reference_of_the_last_step(gaussian, warm_start):
+    # The step to sigma = 0 (the coarse step is the denoise D_i): M fine 2M sub-steps from
+    # the same state must beat it against the exact flow and converge with M (a warm start
+    # with the coarse previous D made the M = 2 reference worse than the coarse step).
+    sig = build_sigmas(gaussian, get_sampler("dpmpp_2m"), 10)
+    x = sl.sample(gaussian, "dpmpp_2m", sigmas=sig[:-1], shape=(32, 4), dtype=F64, steps=9).x
+    s_prev, s_last = float(sig[-3]), float(sig[-2])
+    x_prev = gaussian.ode_solution(x, s_last, s_prev)
+    history = (gaussian(x_prev, torch.full((32,), s_prev, dtype=F64)), torch.log(sig[-3] / sig[-2]))
+    exact = gaussian.ode_solution(x, s_last, 0.0)
+    coarse = gaussian(x, torch.full((32,), s_last, dtype=F64))
+    errs = [float((coarse - exact).norm())]
+    for M in (2, 4, 8, 16):
+        sub = iia.fine_grid(s_last, 0.0, M, "sigma")
+        ref = iia.fine_reference("iia_dpmpp_2m", gaussian, x, sub, history, warm_start=warm_start)
+        errs.append(float((ref - exact).norm()))
+    assert max(errs[1:]) < 0.6 * errs[0] and errs[-1] < 0.05 * errs[0], errs
+
+
 def test_sampler_refuses_other_grid_or_sampler(gmm):
     s10 = build_sigmas(gmm, get_sampler("iia_edm"), 10)
     c = iia.IIACoefficients.defaults("iia_edm", s10)

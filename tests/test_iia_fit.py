@@ -43,9 +43,13 @@ def _err(x, ref):
 
 @pytest.mark.parametrize(
     ("name", "steps", "gain"),
-    # IIA-DPM-Solver++ is not here: on this mixture its greedy fit lowers every step's local
-    # error (next test) but not the end-to-end error (README, "IIA": a known gap).
-    [("iia_ddim", 10, 0.8), ("iia_edm", 6, 0.5), ("biia_edm", 6, 0.7)],
+    # IIA-DPM-Solver++(2M) gains only where its base's error is large and systematic: on this
+    # mixture at 4 steps (ratio 0.76; 5: 0.84, 6: 0.94, 7: 1.00, 8: 1.09). From ~8 steps on
+    # (time_quadratic grid) the greedy fit still lowers every step's local error (next test)
+    # but not the end-to-end error (10 steps: 0.073 -> 0.246, one sample changes mode): the
+    # base's later local errors partly cancel the error carried from earlier steps, and the
+    # two scalars of eq. 23 per step remove part of the cancelling component.
+    [("iia_ddim", 10, 0.8), ("iia_dpmpp_2m", 4, 0.85), ("iia_edm", 6, 0.5), ("biia_edm", 6, 0.7)],
 )
 def test_iia_beats_base_on_held_out_noise(gmm, name, steps, gain):
     c = fit(gmm, name, steps=steps, M=4, num_samples=32, progress=False)

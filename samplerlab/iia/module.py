@@ -307,7 +307,8 @@ def fit(
         form: ``default`` or ``guided`` (iia_ddim with a guided denoiser, eq. 8);
         spacing: fine grid ``auto`` (the solver's time), ``sigma``, ``time``, ``logsnr``.
         warm_start: DPM-Solver++ only: the first fine sub-step uses the coarse previous
-            data prediction (second order) instead of a first-order start.
+            data prediction (second order) instead of a first-order start (except on the
+            step to sigma = 0, whose coarse step is first order; see ``fine_reference``).
         shape: one sample's shape (default: the denoiser's ``data_shape``).
         devices, strategy, accelerator: Lightning's; several devices use DDP
             (``ddp_spawn`` by default, ``ddp`` for scripts/CLI and cluster launchers).

@@ -478,6 +478,9 @@ def fine_reference(
     DPM-Solver++(2M) uses its own fine-step history inside the sub-interval (§3.9.2); its
     first sub-step is first order, or, with ``warm_start``, second order using the coarse
     step's previous data prediction ``history`` (the only history outside the interval).
+    A step to sigma = 0 always starts cold: its coarse step is first order (no history to
+    match), and the coarse previous data prediction, extrapolated over the first fine
+    sub-step, makes the reference less accurate than the coarse denoise step itself.
     """
     base = BASES[check_sampler(name)]
     if base == "ddim":
@@ -485,7 +488,8 @@ def fine_reference(
     if base == "edm_heun":
         return sample_edm_heun(denoiser, x, sub_grid)
     grid = Grid(sub_grid, x)
-    hist = history if warm_start else None
+    to_zero = bool((grid.host[-1] == 0).all())
+    hist = history if warm_start and not to_zero else None
     for i, sigma, sigma_next in grid:
         terms = step_terms(name, denoiser, x, sigma, sigma_next, hist, final=grid.all_final(i))
         x, hist = terms.base, terms.history
