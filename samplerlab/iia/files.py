@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..fileio import atomic_write
 from ..samplers.core import SamplerError
 from ..samplers.iia import IIACoefficients
 
@@ -128,16 +127,8 @@ def save(coeffs: IIACoefficients, path: str | Path) -> Path:
         "mask": coeffs.mask.detach().to("cpu", torch.uint8).contiguous(),
         "sigmas": coeffs.sigmas.detach().to("cpu", torch.float64).contiguous(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    metadata = {META_KEY: json.dumps(meta, sort_keys=True)}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load(
