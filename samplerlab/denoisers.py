@@ -73,6 +73,7 @@ def from_diffusers(
     dtype: torch.dtype | None = None,
     clip_denoised: bool | None = None,
     class_labels: torch.Tensor | None = None,
+    compile: bool | dict[str, Any] = False,
 ) -> VPDenoiser:
     """A diffusers ``UNet2DModel`` and its noise schedule as ``D(x, sigma)``.
 
@@ -80,7 +81,8 @@ def from_diffusers(
     ``scheduler/``) or a UNet folder with ``scheduler_config.json`` beside its config.
     ``scheduler`` is a diffusers scheduler, a config dict or a path; by default it is
     looked up in the folder. Nothing is downloaded: ``from_pretrained`` reads the folder.
-    The prediction type and ``clip_sample`` come from the scheduler config.
+    The prediction type and ``clip_sample`` come from the scheduler config; ``compile=True``
+    wraps the UNet call in ``torch.compile(mode="reduce-overhead")`` (CUDA graphs).
     """
     from diffusers import DDPMScheduler, UNet2DModel
 
@@ -125,4 +127,5 @@ def from_diffusers(
         if clip_denoised is None
         else clip_denoised,
         data_shape=(unet.config.in_channels, *hw),
+        compile=compile,
     )
