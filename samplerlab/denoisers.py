@@ -113,10 +113,24 @@ def from_diffusers(
     size = unet.config.sample_size
     hw = (size, size) if isinstance(size, int) else tuple(size)
 
+    labels_all = None if class_labels is None else torch.as_tensor(class_labels).reshape(-1)
+
     def model_fn(x_vp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        labels = class_labels
-        if labels is not None and labels.shape[0] != x_vp.shape[0]:
-            labels = labels.repeat(x_vp.shape[0] // labels.shape[0])
+        # Labels are bound by closure: one for every row, or one per sample. Parallel samplers
+        # stack whole copies of the batch (block-major), which repeat the per-sample labels.
+        labels = labels_all
+        if labels is not None and labels.numel() not in (1, x_vp.shape[0]):
+            if x_vp.shape[0] % labels.numel():
+                raise SamplerError(
+                    f"class_labels has {labels.numel()} entries but the network call has "
+                    f"{x_vp.shape[0]} rows (not whole copies of the batch: with max_rows, "
+                    "use a multiple of the batch size)"
+                )
+            labels = labels.repeat(x_vp.shape[0] // labels.numel())
+        elif labels is not None and labels.numel() == 1:
+            labels = labels.expand(x_vp.shape[0])
+        if labels is not None:
+            labels = labels.to(x_vp.device)
         return unet(x_vp.to(unet.dtype), t, class_labels=labels).sample
 
     return VPDenoiser(
