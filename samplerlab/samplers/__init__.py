@@ -11,9 +11,21 @@ from .ddpm import ddpm_coefficients, sample_ddpm, step_ddpm
 from .denoisers import NonFiniteError
 from .dpm_solver import dpm_solver_fast_orders, sample_dpm_solver, sample_dpmpp_2m, step_dpm_solver
 from .edm import sample_edm_heun, step_heun
+from .iia import (
+    IIACoefficients,
+    sample_biia_edm,
+    sample_iia_ddim,
+    sample_iia_dpmpp_2m,
+    sample_iia_edm,
+)
 from .noise import GlobalNoise, NoiseSource, PerSampleNoise, ReplayNoise
+from .paradigms import sample_paradigms
+from .parallel import ShardedDenoiser
+from .pmm import sample_pmm, step_pmm
 from .registry import SAMPLERS, SamplerSpec, get_sampler, list_samplers
+from .rmm import sample_rmm, sample_rmm_parallel, sample_rmm_pc, step_rmm
 from .schedules import SCHEDULES, ContinuousVP, DiscreteVP, get_sigmas
+from .srds import sample_srds
 
 __all__ = [
     "SAMPLERS",
@@ -22,6 +34,7 @@ __all__ = [
     "Denoiser",
     "DiscreteVP",
     "GlobalNoise",
+    "IIACoefficients",
     "NoiseSource",
     "NonFiniteError",
     "PerSampleNoise",
@@ -29,6 +42,7 @@ __all__ = [
     "SampleResult",
     "SamplerError",
     "SamplerSpec",
+    "ShardedDenoiser",
     "append_dims",
     "build_sigmas",
     "ddpm_coefficients",
@@ -39,17 +53,29 @@ __all__ = [
     "list_samplers",
     "noise",
     "sample",
+    "sample_biia_edm",
     "sample_ddim",
     "sample_ddpm",
     "sample_dpm_solver",
     "sample_dpmpp_2m",
     "sample_edm_heun",
     "sample_euler",
+    "sample_iia_ddim",
+    "sample_iia_dpmpp_2m",
+    "sample_iia_edm",
+    "sample_paradigms",
+    "sample_pmm",
+    "sample_rmm",
+    "sample_rmm_parallel",
+    "sample_rmm_pc",
+    "sample_srds",
     "schedules",
     "step_ddim",
     "step_ddpm",
     "step_dpm_solver",
     "step_euler",
     "step_heun",
+    "step_pmm",
+    "step_rmm",
     "to_d",
 ]
