@@ -525,7 +525,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--noise-device", default="cpu", help="per-sample generators' device")
     p.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"])
-    p.add_argument("--time-budget", type=float, default=None, help="seconds for the timing")
+    p.add_argument("--time-budget", type=float, default=None, help="seconds for the timing phase")
     args = p.parse_args(argv)
     s = args.smoke
     gpu = torch.cuda.is_available() and not s
@@ -586,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     results.meta = {
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
         "torch": torch.__version__,
+        "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "matmul_precision": args.matmul_precision,
         "images": args.images,
@@ -604,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.eval_samples > 0:
             results.eval = run_evaluation(args, ckpt, data)
             results.write()
+        start = time.perf_counter()
         if "params_m" not in results.meta:
             from samplerlab.trainer.module import load_checkpoint
 
@@ -611,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
                 sum(p.numel() for p in load_checkpoint(ckpt)[0].net.parameters()) / 1e6
             )
         run_throughput(args, ckpt, results)
+        results.meta["timing_seconds"] = time.perf_counter() - start
         text = results.write()
     finally:
         torch.set_num_threads(threads)
