@@ -377,7 +377,7 @@ class SamplerEvalCallback(Callback):
 
     def run(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> dict[str, Any]:
         evaluator = self._evaluator(trainer)
-        denoiser = pl_module.denoiser
+        denoiser = pl_module.denoiser_for(compile=bool(self.cfg.eval.compile))
         if self.cfg.eval.dtype == "float64":
             denoiser = pl_module.make_denoiser(copy.deepcopy(pl_module.ema_net()).double().eval())
         with torch.no_grad():

@@ -157,6 +157,7 @@ class EvalConfig:
     grid_size: int = 64
     dtype: str = "float32"
     max_rows: int | None = None  # cap rows per network call
+    compile: bool = False  # torch.compile the network call (CUDA graphs: mode reduce-overhead)
     iia: IIAConfig = field(default_factory=IIAConfig)
 
 

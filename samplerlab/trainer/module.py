@@ -107,8 +107,11 @@ class DiffusionModule(pl.LightningModule):
             return self.net
         return avg.module.net
 
-    def make_denoiser(self, net: nn.Module, labels: Tensor | None = None) -> Any:
-        """``net`` as ``D(x, sigma)``; ``labels`` (per sample) are bound by closure."""
+    def make_denoiser(
+        self, net: nn.Module, labels: Tensor | None = None, compile: bool | dict = False
+    ) -> Any:
+        """``net`` as ``D(x, sigma)``; ``labels`` (per sample) are bound by closure;
+        ``compile``: ``torch.compile`` the network call (``True``: CUDA graphs)."""
         m = self.cfg.model
 
         def call(x: Tensor, t: Tensor) -> Tensor:
@@ -128,6 +131,7 @@ class DiffusionModule(pl.LightningModule):
                 sigma_min=m.sigma_min,
                 sigma_max=m.sigma_max,
                 data_shape=self.data_shape,
+                compile=compile,
             )
         return VPDenoiser(
             call,
@@ -135,17 +139,22 @@ class DiffusionModule(pl.LightningModule):
             prediction_type="epsilon" if self.param == "eps" else "v_prediction",
             clip_denoised=self.clip,
             data_shape=self.data_shape,
+            compile=compile,
         )
 
     @property
     def denoiser(self) -> Any:
         """The EMA network in eval mode as a samplerlab denoiser (EDMDenoiser / VPDenoiser)."""
+        return self.denoiser_for()
+
+    def denoiser_for(self, compile: bool | dict = False) -> Any:
+        """:attr:`denoiser`, optionally with the network call compiled (``eval.compile``)."""
         net = self.ema_net()
         if net is not self.net:
             net.eval()
         elif self._trainer is None or not self.trainer.training:
             self.eval()
-        return self.make_denoiser(net)
+        return self.make_denoiser(net, compile=compile)
 
     def fingerprint(self) -> str:
         """A hash of the EMA weights (IIA coefficient files check it)."""
