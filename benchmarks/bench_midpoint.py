@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import tempfile
 import time
 from typing import Any
 
 import torch
 
 from samplerlab.analytic import GaussianMixture, sliced_wasserstein
+from samplerlab.fileio import atomic_write_text
 from samplerlab.samplers.api import build_sigmas
 from samplerlab.samplers.denoisers import CountingDenoiser
 from samplerlab.samplers.noise import GlobalNoise
@@ -192,11 +191,7 @@ def main() -> None:
     text = "\n".join(out)
     print(text)
     if args.out:
-        d = os.path.dirname(os.path.abspath(args.out))
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, text + "\n")
 
 
 if __name__ == "__main__":

@@ -12,15 +12,14 @@ at N = 100, and SRDS at most a quarter at N = 1024.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 
 import torch
 
 import samplerlab as sl
 from samplerlab.analytic import GaussianMixture
+from samplerlab.fileio import atomic_write_text
 from samplerlab.samplers import build_sigmas, get_sampler
 
 # (sampler, options) per inner solver; tolerances chosen to reach 1e-3 relative RMS.
@@ -115,10 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     if args.out:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)) or ".")
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, text + "\n")
     return 0 if ok else 1
 
 

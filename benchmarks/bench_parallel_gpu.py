@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -32,6 +30,7 @@ import torch
 from torch import Tensor
 
 import samplerlab as sl
+from samplerlab.fileio import atomic_write_text
 from samplerlab.samplers import build_sigmas, get_sampler
 from samplerlab.samplers.denoisers import from_eps
 from samplerlab.samplers.parallel import ShardedDenoiser
@@ -285,10 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
     print(text)
     if args.out:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)) or ".")
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, text + "\n")
     return 0
 
 

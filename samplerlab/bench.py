@@ -90,22 +90,8 @@ def steps_for_budget(
     max_steps: int | None = None,
     options: dict[str, Any] | None = None,
 ) -> int | None:
-    """The ``steps`` whose ``spec.nfe(steps)`` is the largest value ``<= budget``.
-
-    A generic inversion of the registry's NFE function (ties go to more steps); step counts
-    the sampler rejects (``SamplerError``) are skipped. ``None`` if no step count fits.
-    """
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise SamplerError(f"NFE budgets must be integers >= 1, got {budget!r}")
-    best: tuple[float, int] | None = None
-    for steps in range(1, (max_steps or 4 * budget + 16) + 1):
-        try:
-            nfe = spec.nfe_for(steps, options)
-        except SamplerError:
-            continue
-        if nfe <= budget + 1e-9 and (best is None or (nfe, steps) >= best):
-            best = (nfe, steps)
-    return None if best is None else best[1]
+    """Equal-NFE step count: :meth:`SamplerSpec.steps_for_nfe` (None if unreachable)."""
+    return spec.steps_for_nfe(budget, options, max_steps)
 
 
 # --------------------------------------------------------------------------------------

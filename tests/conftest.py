@@ -22,6 +22,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def float64_default():
+    """float64 as torch's default dtype for one test, restored afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.fixture
 def gaussian():
     from samplerlab.analytic import Gaussian
 

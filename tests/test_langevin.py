@@ -11,14 +11,8 @@ from samplerlab.samplers import langevin as L
 from samplerlab.samplers.core import SamplerError
 from samplerlab.samplers.noise import GlobalNoise, PerSampleNoise
 
-
-@pytest.fixture(autouse=True)
-def _float64_default():
-    """These tests build tensors with the default dtype: float64, restored afterwards."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+# These tests build tensors with the default dtype: float64 (restored afterwards).
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def gen(seed: int = 0) -> GlobalNoise:

@@ -15,14 +15,8 @@ from samplerlab.samplers.denoisers import CountingDenoiser
 from samplerlab.samplers.noise import GlobalNoise, PerSampleNoise
 from samplerlab.samplers.schedules import get_sigmas
 
-
-@pytest.fixture(autouse=True)
-def _float64_default():
-    """These tests build tensors with the default dtype: float64, restored afterwards."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+# These tests build tensors with the default dtype: float64 (restored afterwards).
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def karras(n: int, lo: float = 0.02, hi: float = 20.0) -> torch.Tensor:

@@ -50,11 +50,7 @@ class Job:
 
 def steps_for_budget(spec: SamplerSpec, budget: int) -> int:
     """The most steps whose (expected) NFE stays within ``budget`` (at least 1)."""
-    best = 1
-    for s in range(1, 4 * budget + 8):
-        if spec.nfe(s) <= budget + 1e-9:
-            best = s
-    return best
+    return spec.steps_for_nfe(budget) or 1
 
 
 def plan_jobs(ev: DictConfig) -> list[Job]:

@@ -139,6 +139,10 @@ class IIACoefficients:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Host tensors: samplers read one row of scalars per step without a device sync.
+        object.__setattr__(self, "sigmas", self.sigmas.detach().to("cpu", torch.float64))
+        object.__setattr__(self, "coeffs", self.coeffs.detach().to("cpu", torch.float64))
+        object.__setattr__(self, "mask", self.mask.detach().to("cpu", torch.bool))
         check_sampler(self.sampler)
         if self.form not in FORMS[self.sampler]:
             raise SamplerError(

@@ -107,6 +107,27 @@ class SamplerSpec:
         }
         return float(self.nfe(steps, **opts))
 
+    def steps_for_nfe(
+        self, budget: int, options: Mapping[str, Any] | None = None, max_steps: int | None = None
+    ) -> int | None:
+        """The ``steps`` whose NFE (:meth:`nfe_for`) is the largest value ``<= budget``.
+
+        A generic inversion of the NFE rule (ties go to more steps), so samplers with 2 or 3
+        NFE per step are compared at equal NFE; step counts the sampler rejects
+        (``SamplerError``) are skipped. ``None`` if no step count fits.
+        """
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise SamplerError(f"NFE budgets must be integers >= 1, got {budget!r}")
+        best: tuple[float, int] | None = None
+        for steps in range(1, (max_steps or 4 * budget + 16) + 1):
+            try:
+                nfe = self.nfe_for(steps, options)
+            except SamplerError:
+                continue
+            if nfe <= budget + 1e-9 and (best is None or (nfe, steps) >= best):
+                best = (nfe, steps)
+        return None if best is None else best[1]
+
     def schedule_for(self, has_vp: bool) -> str:
         return self.vp_schedule if (has_vp and self.vp_schedule) else self.default_schedule
 
