@@ -145,7 +145,15 @@ def build_features(eval_cfg: Any, data_cfg: Any, shape: tuple[int, ...]) -> tupl
                 f"eval.inception_weights {where}: download {INCEPTION_URL} once and pass its path "
                 "(nothing is downloaded at run time)"
             )
-        return InceptionFeatures(w), f"inception-{_file_tag(Path(w))}"
+        try:
+            net = InceptionFeatures(w)
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(
+                f"eval.inception_weights: {w} is not torch-fidelity InceptionV3 weights "
+                f"({INCEPTION_FILE}): {msg}"
+            ) from None
+        return net, f"inception-{_file_tag(Path(w))}"
     path = eval_cfg.classifier_weights or shipped_classifier(data_cfg.name)
     if path is None:
         raise ConfigError(
