@@ -238,10 +238,10 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "rmm",
         rmm.sample_rmm,
         "randomized midpoint on the PF-ODE (Gupta, Cai, Chen 2025); 2 NFE/step, random "
-        "midpoint times; form=ddim (default)|exponential",
+        "midpoint times; form=data (default)|ddim|exponential",
         deterministic=False,
         nfe=lambda n: 2 * n - 1,
-        vp_schedule="time_uniform",
+        vp_schedule="time_quadratic",
     ),
     "rmm_pc": SamplerSpec(
         "rmm_pc",
@@ -250,7 +250,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "(Gupta, Cai, Chen 2025)",
         deterministic=False,
         nfe=rmm.rmm_pc_nfe,
-        vp_schedule="time_uniform",
+        vp_schedule="time_quadratic",
     ),
     "rmm_parallel": SamplerSpec(
         "rmm_parallel",
@@ -259,7 +259,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "batched call per round (Gupta, Cai, Chen 2025); R=5, K=5 by default",
         deterministic=False,
         nfe=rmm.rmm_parallel_nfe,
-        vp_schedule="time_uniform",
+        vp_schedule="time_quadratic",
     ),
     # --- parallel-in-time samplers: SRDS, ParaDiGMS (issue 3) ---
     "srds": parallel.inner_sampler_spec(

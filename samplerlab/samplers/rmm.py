@@ -13,9 +13,15 @@ the midpoint is uniform (algorithms.md §6.1, §6.3, pitfall §6.4.2):
 * ``form="ddim"``: ``u = sigma`` (the DDIM ``sigmabar``), ``g = eps``: the practical variant
   of the authors' experiment (§6.3: DDIM to the midpoint, then DDIM from ``x`` with the
   midpoint's eps), with a continuous uniform midpoint in sigma instead of ``floor`` over
-  discrete indices. This is the default: on the analytic mixture benchmark it beats the
-  exponential form at every NFE budget (EDM-type data: a frozen eps is a better predictor
-  than a frozen VP score).
+  discrete indices;
+* ``form="data"`` (default): the same predictor, and the quadrature of the exponential-
+  integrator (data-prediction, DPM-Solver++) form of the ODE, ``d(x/sigma)/du = D(x, sigma)``
+  with ``u = 1/sigma``: ``x_new = (sigma_next/sigma) x + (1 - sigma_next/sigma) D(x_mid,
+  sigma_mid)``, the midpoint uniform in ``1/sigma``. Exact for any alpha where the denoiser
+  is constant over the step (``ddim``: where eps is), and D varies far less than eps at high
+  noise. On the analytic mixture benchmark it has the lowest error of the three forms at
+  every NFE budget and grid (it extends the paper's exponential-integrator idea from the VP
+  score to the data prediction; the paper does not state this form).
 
 ``alpha ~ U[0, 1)`` is drawn fresh per step and per sample through the NoiseSource
 (``rand``, one ``[B]`` draw per grid step, also on the final step). A step to sigma = 0 is
@@ -33,7 +39,7 @@ from .denoisers import chunked
 from .langevin import uld_randomized_midpoint_step
 from .noise import NoiseSource, default_noise
 
-FORMS = ("exponential", "ddim")
+FORMS = ("data", "ddim", "exponential")
 
 
 def check_form(form: str) -> None:
@@ -42,7 +48,7 @@ def check_form(form: str) -> None:
 
 
 def _u(sigma: Tensor, form: str) -> Tensor:
-    """The integration variable: OU time ``tau`` (exponential) or ``sigma`` (ddim)."""
+    """The integration variable of the additive forms: OU time ``tau`` or ``sigma``."""
     return 0.5 * torch.log1p(sigma**2) if form == "exponential" else sigma
 
 
@@ -59,6 +65,10 @@ def _g(eps: Tensor, sigma: Tensor, form: str) -> Tensor:
 
 def midpoint_sigma(sigma: Tensor, sigma_next: Tensor, alpha: Tensor, form: str) -> Tensor:
     """``sigma(u_mid)`` with ``u_mid = u + alpha (u_next - u)``, uniform in ``u``."""
+    if form == "data":
+        # 1 / (1/sigma + alpha (1/sigma_next - 1/sigma)), without dividing by sigma_next.
+        den = sigma_next + alpha * (sigma - sigma_next)
+        return sigma * sigma_next / den.clamp_min(torch.finfo(den.dtype).tiny)
     u, u_next = _u(sigma, form), _u(sigma_next, form)
     return _sigma_of_u(u + alpha * (u_next - u), form)
 
@@ -66,14 +76,33 @@ def midpoint_sigma(sigma: Tensor, sigma_next: Tensor, alpha: Tensor, form: str) 
 def predict(x: Tensor, eps: Tensor, sigma: Tensor, sigma_to: Tensor, form: str) -> Tensor:
     """Frozen-model prediction from ``(x, sigma)`` to ``sigma_to`` (the midpoint predictor).
 
-    ``ddim``: Euler/DDIM with eps frozen. ``exponential``: exponential integrator with the VP
-    score frozen, ``x + (sqrt(1+sigma_to^2) - sqrt(1+sigma^2)) sqrt(1+sigma^2)/sigma eps``.
+    ``ddim`` and ``data``: Euler/DDIM with eps (equivalently D) frozen. ``exponential``:
+    exponential integrator with the VP score frozen,
+    ``x + (sqrt(1+sigma_to^2) - sqrt(1+sigma^2)) sqrt(1+sigma^2)/sigma eps``.
     """
     n = x.ndim
-    if form == "ddim":
+    if form != "exponential":
         return x + append_dims(sigma_to - sigma, n) * eps
     r, r_to = (1 + sigma**2).sqrt(), (1 + sigma_to**2).sqrt()
     return x + append_dims((r_to - r) * r / sigma, n) * eps
+
+
+def advance(
+    x: Tensor,
+    sigma: Tensor,
+    sigma_next: Tensor,
+    x_mid: Tensor,
+    D_mid: Tensor,
+    sigma_mid: Tensor,
+    form: str,
+) -> Tensor:
+    """One-point quadrature of the step ``sigma -> sigma_next`` with the model at the midpoint."""
+    n = x.ndim
+    if form == "data":
+        r = append_dims(sigma_next / sigma, n)
+        return r * x + (1 - r) * D_mid
+    du = _u(sigma_next, form) - _u(sigma, form)
+    return x + append_dims(du, n) * _g(to_d(x_mid, sigma_mid, D_mid), sigma_mid, form)
 
 
 def step_rmm(
@@ -83,7 +112,7 @@ def step_rmm(
     sigma_next: Tensor,
     alpha: Tensor,
     *,
-    form: str = "ddim",
+    form: str = "data",
 ) -> Tensor:
     """One randomized-midpoint step (2 NFE); rows ending at sigma = 0 take the denoise step."""
     n = x.ndim
@@ -93,10 +122,8 @@ def step_rmm(
     sigma_mid = torch.where(final, sigma, midpoint_sigma(sigma, sigma_next, alpha, form))
     # Predictor to the midpoint with the model frozen at (x, sigma).
     x_mid = predict(x, eps, sigma, sigma_mid, form)
-    # One-point quadrature of the whole step with the midpoint's derivative.
-    eps_mid = to_d(x_mid, sigma_mid, denoiser(x_mid, sigma_mid))
-    du = _u(sigma_next, form) - _u(sigma, form)
-    x_new = x + append_dims(du, n) * _g(eps_mid, sigma_mid, form)
+    # One-point quadrature of the whole step with the model at the midpoint.
+    x_new = advance(x, sigma, sigma_next, x_mid, denoiser(x_mid, sigma_mid), sigma_mid, form)
     return where_rows(final, x + append_dims(sigma_next - sigma, n) * eps, x_new)
 
 
@@ -112,7 +139,7 @@ def sample_rmm(
     sigmas: Tensor,
     *,
     noise: NoiseSource | None = None,
-    form: str = "ddim",
+    form: str = "data",
 ) -> Tensor:
     """Randomized midpoint on the PF-ODE (Gupta, Cai, Chen 2025, §6.1 predictor; §6.3 form).
 
@@ -172,7 +199,7 @@ def sample_rmm_pc(
     sigmas: Tensor,
     *,
     noise: NoiseSource | None = None,
-    form: str = "ddim",
+    form: str = "data",
     window: int = 1,
     corrector_steps: int = 1,
     gamma: float = 2.0,
@@ -255,7 +282,7 @@ def sample_rmm_parallel(
     sigmas: Tensor,
     *,
     noise: NoiseSource | None = None,
-    form: str = "ddim",
+    form: str = "data",
     R: int = 5,
     K: int = 5,
     max_rows: int | None = None,
@@ -267,8 +294,9 @@ def sample_rmm_parallel(
     sequential :func:`sample_rmm` with the same ``alpha`` (the same draws, in the same
     order). Per window: one call for ``eps(x_0)`` (and a frozen-eps initial guess of every
     ``x_j``, ``y_j``), then ``K`` Picard rounds, each ONE batched denoiser call over all
-    ``x_1..x_{P-1}`` and ``y_0..y_{P-1}`` (per-row sigmas), updating
-    ``x_j = x_0 + sum_{l<j} (u_{l+1} - u_l) g(y_l)`` (cumulative sum) and
+    ``x_1..x_{P-1}`` and ``y_0..y_{P-1}`` (per-row sigmas), updating ``x_{j+1}`` from
+    ``x_j`` by :func:`advance` with the model at ``y_j`` (for the additive forms
+    ``x_j = x_0 + sum_{l<j} (u_{l+1} - u_l) g(y_l)``; no network calls) and
     ``y_j = predict(x_j, eps(x_j), sigma_j -> sigma_mid_j)`` with the fresh ``x_j``. After
     ``r`` rounds ``x_j`` is exact for ``2j - 1 <= r``, so rounds stop at ``2P - 1``
     (= sequential, bit-for-bit up to summation order). Rounds per window: ``1 + min(K, 2P-1)``;
@@ -291,7 +319,6 @@ def sample_rmm_parallel(
         s, s_next = grid.dev[start : start + P], grid.dev[start + 1 : start + P + 1]  # [P, B]
         final = s_next == 0
         s_mid = torch.where(final, s, midpoint_sigma(s, s_next, alpha, form))
-        du = _u(s_next, form) - _u(s, form)
         mid = [j for j in range(P) if not grid.all_final(start + j)]  # host-known
         # Round 0: eps at the window start, frozen-eps initial guesses of every x_j, y_j.
         eps0 = to_d(x, s[0], den(x, s[0]))
@@ -306,15 +333,21 @@ def sample_rmm_parallel(
             # One batched call: grid points x_1..x_{P-1} and midpoints y_j (j in mid).
             pts = torch.cat([xs[1:].reshape(-1, *shape), ys[mid].reshape(-1, *shape)])
             sig = torch.cat([s[1:].reshape(-1), s_mid[mid].reshape(-1)])
-            eps = to_d(pts, sig, den(pts, sig))
+            D = den(pts, sig)
+            eps = to_d(pts, sig, D)
             eps_x = torch.cat([eps0[None], eps[: (P - 1) * B].view(P - 1, B, *shape)])
-            eps_y = torch.zeros_like(eps_x)
-            eps_y[mid] = eps[(P - 1) * B :].view(len(mid), B, *shape)
-            # Increments: midpoint quadrature, or the denoise step on final rows.
-            inc = torch.where(a(final), a(s_next - s) * eps_x, a(du) * _g(eps_y, s_mid, form))
-            # x_j = x_0 + sum_{l<j} inc_l; y_j from the fresh x_j with the lagged eps(x_j).
-            ends = xs[0] + torch.cumsum(inc, 0)
-            xs = torch.cat([xs[:1], ends[:-1]])
+            D_y = torch.zeros_like(eps_x)
+            D_y[mid] = D[(P - 1) * B :].view(len(mid), B, *shape)
+            # x_{j+1} from x_j by the midpoint quadrature with y_j's model (the denoise step
+            # on final rows), from the window start: x_j exact once x_{j-1}, y_{j-1} are.
+            ends = []
+            cur = xs[0]
+            for j in range(P):
+                stepped = advance(cur, s[j], s_next[j], ys[j], D_y[j], s_mid[j], form)
+                cur = where_rows(final[j], cur + a(s_next - s)[j] * eps_x[j], stepped)
+                ends.append(cur)
+            # y_j from the fresh x_j with the lagged eps(x_j).
+            xs = torch.stack([xs[0], *ends[:-1]])
             ys = predict(xs, eps_x, s, s_mid, form)
             x = ends[-1]
     return x
