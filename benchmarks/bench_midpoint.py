@@ -161,15 +161,15 @@ def main() -> None:
         for budget in (10, 20, 50, 100):
             N = (budget + 1) // 2  # rmm: 2N - 1 NFE
             cfgs: list[tuple[str, str, int, dict[str, Any]]] = [("ddim", "ddim", 2 * N - 1, {})]
-            cfgs += [(f"rmm ({f})", "rmm", N, {"form": f}) for f in ("data", "ddim", "exponential")]
+            cfgs += [(f"rmm ({f})", "rmm", N, {"form": f}) for f in ("ddim", "data", "exponential")]
             w = max(1, N // 5)
-            cfgs.append((f"rmm_pc (data, window {w})", "rmm_pc", N, {"form": "data", "window": w}))
+            cfgs.append((f"rmm_pc (ddim, window {w})", "rmm_pc", N, {"form": "ddim", "window": w}))
             cfgs += [
                 (
-                    f"rmm_parallel (data, R={R}, K={K})",
+                    f"rmm_parallel (ddim, R={R}, K={K})",
                     "rmm_parallel",
                     N,
-                    {"form": "data", "R": R, "K": K},
+                    {"form": "ddim", "R": R, "K": K},
                 )
                 for R, K in ((5, 3), (5, 5))
             ]

@@ -238,7 +238,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "rmm",
         rmm.sample_rmm,
         "randomized midpoint on the PF-ODE (Gupta, Cai, Chen 2025); 2 NFE/step, random "
-        "midpoint times; form=data (default)|ddim|exponential",
+        "midpoint times; form=ddim (default)|data|exponential",
         deterministic=False,
         nfe=lambda n: 2 * n - 1,
         vp_schedule="time_quadratic",
