@@ -59,27 +59,37 @@ def plot_fid_vs_nfe(path: str | Path, rows: Sequence[dict[str, Any]], floor: flo
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     labels = sorted({r["label"] for r in rows})
-    for label in labels:
+    # Every registered sampler is plotted: 20 colours, and a marker and line style per
+    # cycle of them, so that no two curves look alike.
+    colors = plt.get_cmap("tab20").colors
+    markers, styles = "osD^vPX*", ["-", "--", ":", "-."]
+    for i, label in enumerate(labels):
         pts = sorted(
             (r["nfe"], r["fid"])
             for r in rows
             if r["label"] == label and r["status"] == "ok" and r["fid"] is not None
         )
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+            ax.plot(
+                *zip(*pts, strict=True),
+                color=colors[i % len(colors)],
+                marker=markers[i % len(markers)],
+                ls=styles[(i // len(colors)) % len(styles)],
+                label=label,
+            )
     if floor is not None:
         ax.axhline(floor, color="k", ls="--", lw=1, label="data vs data")
     ax.set_xlabel("NFE per sample")
     ax.set_ylabel("FID")
     ax.set_yscale("log")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=1 + len(labels) // 16, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
     fig.tight_layout()
 
     def write(tmp: str) -> None:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
     try:
         return atomic_write(path, write)
