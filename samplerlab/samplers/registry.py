@@ -241,7 +241,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "midpoint times; form=ddim (default)|data|exponential",
         deterministic=False,
         nfe=lambda n: 2 * n - 1,
-        vp_schedule="time_quadratic",
+        vp_schedule="time_uniform",
     ),
     "rmm_pc": SamplerSpec(
         "rmm_pc",
@@ -250,7 +250,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "(Gupta, Cai, Chen 2025)",
         deterministic=False,
         nfe=rmm.rmm_pc_nfe,
-        vp_schedule="time_quadratic",
+        vp_schedule="time_uniform",
     ),
     "rmm_parallel": SamplerSpec(
         "rmm_parallel",
@@ -259,7 +259,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "batched call per round (Gupta, Cai, Chen 2025); R=5, K=5 by default",
         deterministic=False,
         nfe=rmm.rmm_parallel_nfe,
-        vp_schedule="time_quadratic",
+        vp_schedule="time_uniform",
     ),
     # --- parallel-in-time samplers: SRDS, ParaDiGMS (issue 3) ---
     "srds": parallel.inner_sampler_spec(
