@@ -38,7 +38,7 @@ from .fileio import atomic_write_text
 from .samplers.core import SamplerError
 from .samplers.dpm_solver import sample_dpm_solver
 from .samplers.noise import PerSampleNoise
-from .samplers.registry import SAMPLERS, SamplerSpec, get_sampler
+from .samplers.registry import SAMPLERS, get_sampler
 from .samplers.schedules import SCHEDULES, logsnr
 
 MODELS = ("gmm", "gaussian")
@@ -77,21 +77,6 @@ def make_model(name: str, dim: int = 8, seed: int = 0) -> Gaussian | GaussianMix
             f"(bench models: {', '.join(MODELS)})"
         )
     raise ConfigError(f"unknown --model '{name}'; valid: {', '.join(MODELS)}")
-
-
-# --------------------------------------------------------------------------------------
-# Equal-NFE step counts.
-# --------------------------------------------------------------------------------------
-
-
-def steps_for_budget(
-    spec: SamplerSpec,
-    budget: int,
-    max_steps: int | None = None,
-    options: dict[str, Any] | None = None,
-) -> int | None:
-    """Equal-NFE step count: :meth:`SamplerSpec.steps_for_nfe` (None if unreachable)."""
-    return spec.steps_for_nfe(budget, options, max_steps)
 
 
 # --------------------------------------------------------------------------------------
@@ -267,7 +252,7 @@ def run_bench(
         spec = get_sampler(name)
         deterministic = spec.is_deterministic(options.get(name))
         for budget in budgets + ([] if deterministic else [b for b in extra if b not in budgets]):
-            jobs.append((name, budget, steps_for_budget(spec, budget, options=options.get(name))))
+            jobs.append((name, budget, spec.steps_for_nfe(budget, options.get(name))))
 
     from tqdm.auto import tqdm
 

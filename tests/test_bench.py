@@ -16,7 +16,6 @@ from samplerlab.bench import (
     make_model,
     reference_endpoint,
     run_bench,
-    steps_for_budget,
 )
 from samplerlab.cli import main
 from samplerlab.errors import ConfigError
@@ -30,23 +29,23 @@ def _spec(nfe) -> SamplerSpec:
     return SamplerSpec("toy", sample_euler, "toy", deterministic=True, nfe=nfe)
 
 
-def test_steps_for_budget_inverts_the_registry_nfe():
-    assert steps_for_budget(get_sampler("euler"), 10) == 10
-    assert steps_for_budget(get_sampler("dpm_solver_3"), 50) == 50  # steps = NFE
+def test_steps_for_nfe_inverts_the_registry_nfe():
+    assert get_sampler("euler").steps_for_nfe(10) == 10
+    assert get_sampler("dpm_solver_3").steps_for_nfe(50) == 50  # steps = NFE
     heun = get_sampler("edm_heun")  # NFE = 2 steps - 1
-    assert [steps_for_budget(heun, b) for b in (1, 2, 10, 20, 100)] == [1, 1, 5, 10, 50]
-    assert steps_for_budget(_spec(lambda n: 3 * n), 10) == 3
-    assert steps_for_budget(_spec(lambda n: 3 * n), 2) is None  # cannot reach the budget
-    assert steps_for_budget(_spec(lambda n: 2 * n + 0.5), 10) == 4  # expected (float) NFE
+    assert [heun.steps_for_nfe(b) for b in (1, 2, 10, 20, 100)] == [1, 1, 5, 10, 50]
+    assert _spec(lambda n: 3 * n).steps_for_nfe(10) == 3
+    assert _spec(lambda n: 3 * n).steps_for_nfe(2) is None  # cannot reach the budget
+    assert _spec(lambda n: 2 * n + 0.5).steps_for_nfe(10) == 4  # expected (float) NFE
 
     def even_only(n: int) -> int:
         if n % 2:
             raise SamplerError("steps must be even")
         return n
 
-    assert steps_for_budget(_spec(even_only), 9) == 8
+    assert _spec(even_only).steps_for_nfe(9) == 8
     with pytest.raises(SamplerError, match="budgets"):
-        steps_for_budget(heun, 0)
+        heun.steps_for_nfe(0)
 
 
 def test_run_bench_rows_equal_nfe_and_paired_scores(gaussian):

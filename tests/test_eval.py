@@ -46,6 +46,26 @@ def test_plan_covers_every_registered_sampler_at_run_time():
     assert all(len([j for j in jobs if j.label == lab]) == len(cfg.eval.nfe) for lab in labels)
 
 
+def test_plan_budgets_count_the_entry_options():
+    # rmm_pc's NFE depends on corrector_steps: 5 steps cost 33 NFE with 3 corrector steps.
+    cfg = load_config(
+        overrides=[
+            "eval.all_samplers=false",
+            "eval.nfe=[20]",
+            "eval.samplers.pc.sampler=rmm_pc",
+            "eval.samplers.pc.options.corrector_steps=3",
+            "eval.samplers.pc3.sampler=rmm_pc",
+            "eval.samplers.pc3.options.corrector_steps=3",
+            "eval.samplers.pc3.steps=[3]",
+        ]
+    )
+    spec = get_sampler("rmm_pc")
+    (job,), (fixed,) = ([j for j in plan_jobs(cfg.eval) if j.label == lab] for lab in ("pc", "pc3"))
+    assert job.steps == 3 and spec.nfe_for(job.steps, job.options) <= 20
+    assert spec.nfe_for(job.steps + 1, job.options) > 20
+    assert fixed.budget == int(spec.nfe_for(3, {"corrector_steps": 3})) == 17  # 5 + 2*3*2
+
+
 def test_fid_from_stats_matches_closed_form():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(4000, 3, generator=g, dtype=torch.float64)
@@ -111,7 +131,9 @@ def test_iia_fit_integration(tmp_path):
     assert fitted.metadata["M"] == 2 and fitted.metadata["num_samples"] == 4
     assert fitted.mask.any()
     path = iia.save(fitted, tmp_path / "edm.safetensors")
-    assert ev._coeffs(Job("x", "iia_edm", 11, 6, coeffs=str(path)), mix) == str(path)
+    loaded = ev._coeffs(Job("x", "iia_edm", 11, 6, coeffs=str(path)), mix)
+    assert isinstance(loaded, iia.IIACoefficients) and loaded.sampler == "iia_edm"
+    torch.testing.assert_close(loaded.coeffs, fitted.coeffs, rtol=0, atol=0)
     assert ev._coeffs(Job("x", "iia_edm", 11, 6, coeffs="default"), None) is None
     with pytest.raises(ConfigError, match="coeffs"):
         ev._coeffs(Job("x", "iia_edm", 11, 6, coeffs=str(tmp_path / "missing.safetensors")), None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,12 @@ class Job:
     coeffs: str | None = None  # IIA: fit | default | a path
 
 
-def steps_for_budget(spec: SamplerSpec, budget: int) -> int:
-    """The most steps whose (expected) NFE stays within ``budget`` (at least 1)."""
-    return spec.steps_for_nfe(budget) or 1
+def steps_for_budget(
+    spec: SamplerSpec, budget: int, options: Mapping[str, Any] | None = None
+) -> int:
+    """The most steps whose (expected) NFE with these options stays within ``budget``
+    (at least 1)."""
+    return spec.steps_for_nfe(budget, options) or 1
 
 
 def plan_jobs(ev: DictConfig) -> list[Job]:
@@ -67,10 +71,12 @@ def plan_jobs(ev: DictConfig) -> list[Job]:
     for label, e in entries.items():
         name = e.get("sampler") or label
         spec = get_sampler(name)
+        options = dict(e.get("options") or {})
         if e.get("steps"):
-            pairs = [(int(spec.nfe(int(s))), int(s)) for s in e.steps]
+            pairs = [(int(spec.nfe_for(int(s), options)), int(s)) for s in e.steps]
         else:
-            pairs = [(int(b), steps_for_budget(spec, int(b))) for b in (e.get("nfe") or ev.nfe)]
+            budgets = e.get("nfe") or ev.nfe
+            pairs = [(int(b), steps_for_budget(spec, int(b), options)) for b in budgets]
         for budget, steps in pairs:
             jobs.append(
                 Job(
@@ -80,7 +86,7 @@ def plan_jobs(ev: DictConfig) -> list[Job]:
                     steps=steps,
                     schedule=e.get("schedule"),
                     schedule_options=dict(e.get("schedule_options") or {}),
-                    options=dict(e.get("options") or {}),
+                    options=dict(options),
                     coeffs=(e.get("coeffs") or ev.iia.coeffs) if spec.needs_coeffs else None,
                 )
             )
@@ -146,6 +152,7 @@ class Evaluator:
         self.features, self.feature_id = build_features(self.ev, cfg.data, self.dm.shape)
         self.jobs = plan_jobs(self.ev)
         self._real: dict[str, dict[str, Tensor]] | None = None
+        self._floor: float | None = None
         self.notes: list[str] = []
         self.last_grids: dict[str, Tensor] = {}
         self._grid: Tensor | None = None
@@ -192,11 +199,12 @@ class Evaluator:
         """IIA coefficients for ``job``: a file, fitted now, or None (default coefficients)."""
         if job.coeffs in (None, "default"):
             return None
+        from .. import iia  # Lightning-backed fit stage, imported only when asked for
+
         if job.coeffs != "fit":
             if not Path(job.coeffs).is_file():
                 raise ConfigError(f"eval.samplers.{job.label}.coeffs: file {job.coeffs} not found")
-            return job.coeffs
-        from .. import iia  # Lightning-backed fit stage, imported only when asked for
+            return iia.load(job.coeffs)  # once per job, not once per batch
 
         c = self.ev.iia
         device = self._device
@@ -205,6 +213,7 @@ class Evaluator:
             job.sampler,
             steps=job.steps,
             schedule=job.schedule,
+            schedule_options=job.schedule_options or None,  # the grid run_job samples on
             M=c.M,
             num_samples=c.num_samples,
             seed=c.seed,
@@ -231,6 +240,7 @@ class Evaluator:
         k_grid = math.ceil(min(ev.grid_size, ev.num_samples) / d.world)
         fid.reset()
         error, rows, rounds, seconds, grid = "", 0.0, 0, 0.0, []
+        exc: Exception | None = None
         options = dict(job.options)
         try:
             coeffs = self._coeffs(job, denoiser)
@@ -256,10 +266,13 @@ class Evaluator:
                 if sum(g.shape[0] for g in grid) < k_grid:
                     grid.append(res.x[:k_grid].detach())
                 fid.update(res.x.to(device), real=False)
-        except (NonFiniteError, SamplerError) as e:
+        except (NonFiniteError, SamplerError, ConfigError) as e:
+            exc = e
+            # ConfigError: e.g. no IIA step to fit at this budget; one error row, not a crash.
             error = f"{type(e).__name__}: {e}"
-        # Every rank must agree before the (collective) compute.
-        failed = d.sum(torch.tensor(float(bool(error)), device=device))
+        # Every rank must agree before the (collective) compute: 0 ok, 1 non-finite, 2 error.
+        code = 0 if not error else 1 if isinstance(exc, NonFiniteError) else 2
+        failed = int(d.max(torch.tensor(float(code), device=device)))
         stats = d.sum(torch.tensor([rows, float(len(seeds))], dtype=torch.float64, device=device))
         rounds_all = int(d.max(torch.tensor(float(rounds), device=device)))
         seconds_all = float(d.max(torch.tensor(seconds, dtype=torch.float64, device=device)))
@@ -272,8 +285,8 @@ class Evaluator:
             "fid": None,
             "status": "ok",
         }
-        if float(failed) > 0:
-            row["status"] = "non-finite" if "NonFinite" in error or not error else "error"
+        if failed:
+            row["status"] = "non-finite" if failed == 1 else "error"
             row["error"] = error or "on another rank"
             self._grid = None
             return row
@@ -302,6 +315,7 @@ class Evaluator:
             fid.real_features_cov_sum.copy_(real["all"]["cov_sum"])
             fid.real_features_num_samples.copy_(real["all"]["n"])
         rows, grids = [], {}
+        self.last_grids = {}  # a job failing now must not keep an older evaluation's grid
         for job in self.jobs:
             self._grid = None
             row = self.run_job(job, denoiser, fid, device)
@@ -321,7 +335,9 @@ class Evaluator:
 
             tensors = {k: v.contiguous() for k, v in self.last_grids.items()}
             atomic_write(self.out_dir / "samples.safetensors", lambda t: save_file(tensors, t))
-        floor = fid_from_stats(real["even"], real["odd"]) if ev.fid_floor else None
+        if ev.fid_floor and self._floor is None:  # computed once per set of real statistics
+            self._floor = fid_from_stats(real["even"], real["odd"])
+        floor = self._floor if ev.fid_floor else None
         return {
             "name": self.cfg.name,
             "epoch": epoch,
@@ -373,9 +389,10 @@ class SamplerEvalCallback(Callback):
 
     def run(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> dict[str, Any]:
         evaluator = self._evaluator(trainer)
-        denoiser = pl_module.denoiser_for(compile=bool(self.cfg.eval.compile))
-        if self.cfg.eval.dtype == "float64":
+        if self.cfg.eval.dtype == "float64":  # a float64 copy of the EMA network (eager)
             denoiser = pl_module.make_denoiser(copy.deepcopy(pl_module.ema_net()).double().eval())
+        else:
+            denoiser = pl_module.denoiser_for(compile=bool(self.cfg.eval.compile))
         with torch.no_grad():
             report = evaluator.evaluate(
                 denoiser, pl_module.device, epoch=trainer.current_epoch, step=trainer.global_step

@@ -255,24 +255,24 @@ def rmm_pc_nfe(steps: int, window: int = 1, corrector_steps: int = 1) -> int:
 # --------------------------------------------------------------------------------------
 
 
-def rmm_parallel_nfe(steps: int, R: int = 5, K: int = 5) -> int:
-    """NFE per sample of :func:`sample_rmm_parallel` on a grid of ``steps`` ending in 0."""
-    total = 0
+def _rmm_parallel_windows(steps: int, R: int, K: int) -> list[tuple[int, int]]:
+    """``(rows per round, Picard rounds)`` of each window of :func:`sample_rmm_parallel`."""
+    plan = []
     for start in range(0, steps, R):
         P = min(R, steps - start)
-        mids = P - (1 if start + P == steps else 0)
-        rounds = min(K, 2 * P - 1) if (P - 1 + mids) > 0 else 0
-        total += 1 + rounds * (P - 1 + mids)
-    return total
+        rows = (P - 1) + P - (1 if start + P == steps else 0)  # grid points + midpoints
+        plan.append((rows, min(K, 2 * P - 1) if rows > 0 else 0))
+    return plan
+
+
+def rmm_parallel_nfe(steps: int, R: int = 5, K: int = 5) -> int:
+    """NFE per sample of :func:`sample_rmm_parallel` on a grid of ``steps`` ending in 0."""
+    return sum(1 + rounds * rows for rows, rounds in _rmm_parallel_windows(steps, R, K))
 
 
 def rmm_parallel_rounds(steps: int, R: int = 5, K: int = 5) -> int:
-    total = 0
-    for start in range(0, steps, R):
-        P = min(R, steps - start)
-        mids = P - (1 if start + P == steps else 0)
-        total += 1 + (min(K, 2 * P - 1) if (P - 1 + mids) > 0 else 0)
-    return total
+    """Sequential network calls of :func:`sample_rmm_parallel` (one per window start + rounds)."""
+    return sum(1 + rounds for _, rounds in _rmm_parallel_windows(steps, R, K))
 
 
 @torch.no_grad()
