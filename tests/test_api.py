@@ -236,3 +236,14 @@ def test_cuda_equals_cpu(gaussian, name):
     assert gpu.x.device.type == "cuda"
     assert torch.allclose(gpu.x.cpu(), cpu.x, rtol=1e-9, atol=1e-9)
     assert gpu.nfe == cpu.nfe
+
+
+def test_dpm_solver_nfe_rule_counts_explicit_orders(gaussian):
+    """With explicit ``orders`` the registry's NFE is what the sampler spends."""
+    spec = sl.samplers.get_sampler("dpm_solver_3")
+    for orders in ([3, 3, 1], [3, 3, 3], [2, 2], [1, 2, 3]):
+        res = sl.sample(
+            gaussian, "dpm_solver_3", steps=6, shape=(2, 4), seeds=[0, 1], orders=orders
+        )
+        assert spec.nfe_for(6, {"orders": orders}) == res.nfe
+    assert spec.nfe_for(6) == 6  # DPM-Solver-fast: steps = NFE

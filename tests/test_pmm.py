@@ -170,3 +170,12 @@ def test_bad_input(gmm):
     # An explicit K plans a fine grid of steps * K sub-steps (not a regrouped 1000-step one).
     res = sl.sample(gmm, "pmm", steps=3, shape=(2, gmm.dim), K=7, dtype=torch.float64)
     assert len(res.sigmas) - 1 == 21
+
+
+def test_k_zero_is_a_sampler_error_not_a_crash():
+    from samplerlab.samplers.registry import get_sampler
+
+    spec = get_sampler("pmm")
+    assert spec.steps_for_nfe(50, {"K": 0}) is None  # every step count rejected
+    with pytest.raises(SamplerError, match="K"):
+        spec.plan_for(10, {"K": 0})

@@ -99,22 +99,11 @@ class VPDenoiser:
 
 
 def from_eps(
-    eps_fn: Callable[[Tensor, Tensor], Tensor],
-    alphas_cumprod: Tensor,
-    *,
-    clip_denoised: bool = False,
-    quantize: bool = False,
-    data_shape: tuple[int, ...] | None = None,
+    eps_fn: Callable[[Tensor, Tensor], Tensor], alphas_cumprod: Tensor, **kw: Any
 ) -> VPDenoiser:
-    """An epsilon-prediction model on a discrete ``alphas_cumprod`` table."""
-    return VPDenoiser(
-        eps_fn,
-        DiscreteVP(alphas_cumprod),
-        prediction_type="epsilon",
-        clip_denoised=clip_denoised,
-        quantize=quantize,
-        data_shape=data_shape,
-    )
+    """An epsilon-prediction model on a discrete ``alphas_cumprod`` table (``kw``: the
+    :class:`VPDenoiser` options, as :func:`from_v` and :func:`from_x0`)."""
+    return VPDenoiser(eps_fn, DiscreteVP(alphas_cumprod), prediction_type="epsilon", **kw)
 
 
 def from_v(

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .core import Denoiser, Grid, SamplerError, append_dims, to_d, where_rows
+from .ddim import step_euler
 from .noise import NoiseSource, randn_like
 
 
@@ -59,8 +60,7 @@ def sample_edm_heun(
             x = x + append_dims((sigma_hat**2 - sigma**2).sqrt() * s_noise, x.ndim) * z
         if grid.all_final(i):
             # Euler step to sigma = 0 (no 2nd-order correction).
-            d = to_d(x, sigma_hat, denoiser(x, sigma_hat))
-            x = x + append_dims(sigma_next - sigma_hat, x.ndim) * d
+            x = step_euler(denoiser, x, sigma_hat, sigma_next)
         else:
             x = step_heun(denoiser, x, sigma_hat, sigma_next)
     return x

@@ -227,8 +227,7 @@ def uld_midpoint_cholesky(delta: Tensor, gamma: Tensor, alpha: Tensor) -> Tensor
         -2,
     )
     # Cholesky in the order (W3, W2, W1): well-conditioned pivots first.
-    perm = torch.tensor([2, 1, 0])
-    P = C[:, perm][:, :, perm]
+    P = C.flip((1, 2))  # reversed order, no index tensor (no host->device copy)
     L = torch.zeros_like(P)
     for j in range(3):
         piv = (P[:, j, j] - (L[:, j, :j] ** 2).sum(-1)).clamp_min(0).sqrt()
@@ -238,7 +237,7 @@ def uld_midpoint_cholesky(delta: Tensor, gamma: Tensor, alpha: Tensor) -> Tensor
             val = (P[:, k, j] - (L[:, k, :j] * L[:, j, :j]).sum(-1)) / safe
             L[:, k, j] = torch.where(piv > 0, val, torch.zeros_like(val))
     # Back to the order (W1, W2, W3): W = L_perm z with rows permuted.
-    return L[:, perm]
+    return L.flip(1)
 
 
 def uld_randomized_midpoint_step(

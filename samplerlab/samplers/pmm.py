@@ -75,7 +75,8 @@ def plan_pmm(steps: int, options: Mapping[str, Any] | None = None) -> tuple[int,
 
     ``K`` is the user's option when given, else ``max(1, 1000 // steps)``.
     """
-    K = (options or {}).get("K") or default_K(steps)
+    K = (options or {}).get("K")
+    K = default_K(steps) if K is None else K
     check_pmm_options(K, (options or {}).get("midpoints", "bernoulli"))
     return steps * K, {"K": K}
 
@@ -83,6 +84,7 @@ def plan_pmm(steps: int, options: Mapping[str, Any] | None = None) -> tuple[int,
 def expected_nfe(steps: int, K: int | None = None, midpoints: str = "bernoulli") -> float:
     """Expected NFE per sample: ``N (1 + (K-1)/K)`` (Bernoulli) or ``N (1 + [K>1])`` (single)."""
     K = default_K(steps) if K is None else K
+    check_pmm_options(K, midpoints)
     extra = (K - 1) / K if midpoints == "bernoulli" else float(K > 1)
     return steps * (1 + extra)
 
@@ -164,7 +166,7 @@ def poisson_midpoint_step(
     # Corrected update x_i = xh_i + corr_i, corr_{i+1} = A_i corr_i + G_i (K H_i c_i).
     corr = torch.zeros_like(xh)
     pos, first = 0, picks[0][0]
-    by_step = {i: (r, slice(0, 0)) for i, r, _ in picks}
+    by_step = {}
     for i, r, _ in picks:
         by_step[i] = (r, slice(pos, pos + r.numel()))
         pos += r.numel()

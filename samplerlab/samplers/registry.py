@@ -7,7 +7,7 @@ A new entry is picked up by the parametrised tests, ``samplerlab samplers`` and
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,12 @@ def _dpm_fast(order: int) -> Callable[..., tuple[int, dict[str, Any]]]:
         return len(orders), {"orders": list(orders)}
 
     return plan
+
+
+def _dpm_nfe(steps: int, orders: Sequence[int] | None = None) -> int:
+    """DPM-Solver NFE: ``steps`` (DPM-Solver-fast), or with explicit ``orders`` their sum
+    with the last step to sigma = 0 a 1-NFE denoise (grids end at 0)."""
+    return steps if orders is None else int(sum(orders[:-1])) + 1
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         dpm_solver.sample_dpm_solver,
         "DPM-Solver-1 singlestep (Lu et al. 2022); steps = NFE",
         deterministic=True,
-        nfe=lambda n: n,
+        nfe=_dpm_nfe,
         order=1,
         plan=_dpm_fast(1),
         defaults={"order": 1},
@@ -189,7 +195,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         dpm_solver.sample_dpm_solver,
         "DPM-Solver-2 singlestep (Lu et al. 2022); steps = NFE (DPM-Solver-fast orders)",
         deterministic=True,
-        nfe=lambda n: n,
+        nfe=_dpm_nfe,
         order=2,
         plan=_dpm_fast(2),
         defaults={"order": 2},
@@ -202,7 +208,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         dpm_solver.sample_dpm_solver,
         "DPM-Solver-3 singlestep (Lu et al. 2022); steps = NFE (DPM-Solver-fast orders)",
         deterministic=True,
-        nfe=lambda n: n,
+        nfe=_dpm_nfe,
         order=3,
         plan=_dpm_fast(3),
         defaults={"order": 3},

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from .core import Denoiser, Grid, SamplerError, append_dims, to_d, where_rows
+from .ddim import step_euler
 from .denoisers import chunked
 from .langevin import uld_randomized_midpoint_step
 from .noise import NoiseSource, default_noise
@@ -127,11 +128,6 @@ def step_rmm(
     return where_rows(final, x + append_dims(sigma_next - sigma, n) * eps, x_new)
 
 
-def _denoise_step(denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
-    eps = to_d(x, sigma, denoiser(x, sigma))
-    return x + append_dims(sigma_next - sigma, x.ndim) * eps
-
-
 @torch.no_grad()
 def sample_rmm(
     denoiser: Denoiser,
@@ -152,7 +148,7 @@ def sample_rmm(
     for i, sigma, sigma_next in grid:
         alpha = source.rand((x.shape[0],), device=x.device, dtype=x.dtype)
         if grid.all_final(i):
-            x = _denoise_step(denoiser, x, sigma, sigma_next)
+            x = step_euler(denoiser, x, sigma, sigma_next)
         else:
             x = step_rmm(denoiser, x, sigma, sigma_next, alpha, form=form)
     return x
@@ -229,7 +225,7 @@ def sample_rmm_pc(
         # Predictor: one randomized-midpoint step.
         alpha = source.rand((x.shape[0],), device=x.device, dtype=x.dtype)
         if grid.all_final(i):
-            x = _denoise_step(denoiser, x, sigma, sigma_next)
+            x = step_euler(denoiser, x, sigma, sigma_next)
         else:
             x = step_rmm(denoiser, x, sigma, sigma_next, alpha, form=form)
         # Corrector at the window end (only where every row is still at sigma > 0).
@@ -319,32 +315,35 @@ def sample_rmm_parallel(
         s, s_next = grid.dev[start : start + P], grid.dev[start + 1 : start + P + 1]  # [P, B]
         final = s_next == 0
         s_mid = torch.where(final, s, midpoint_sigma(s, s_next, alpha, form))
-        mid = [j for j in range(P) if not grid.all_final(start + j)]  # host-known
+        # Steps with a midpoint: all but a final step to 0, which can only be the grid's last
+        # (grids decrease strictly), so they are the first m: slices, not index lists.
+        m = sum(1 for j in range(P) if not grid.all_final(start + j))  # host-known
+        ds = a(s_next - s)  # [P, B, 1...]
         # Round 0: eps at the window start, frozen-eps initial guesses of every x_j, y_j.
         eps0 = to_d(x, s[0], den(x, s[0]))
         xs = predict(x.expand(P, *x.shape), eps0.expand(P, *x.shape), s[0].expand(P, B), s, form)
         xs[0] = x
         eps_x = eps0.repeat(P, *(1,) * n)
         ys = predict(xs, eps_x, s, s_mid, form)
-        rows_per_round = (P - 1) + len(mid)  # 0 only for a lone final step
+        rows_per_round = (P - 1) + m  # 0 only for a lone final step
         rounds = min(K, 2 * P - 1) if rows_per_round > 0 else 0
-        x = x + a(s_next - s)[0] * eps0  # the lone final step (replaced below otherwise)
+        x = x + ds[0] * eps0  # the lone final step (replaced below otherwise)
         for _ in range(rounds):
-            # One batched call: grid points x_1..x_{P-1} and midpoints y_j (j in mid).
-            pts = torch.cat([xs[1:].reshape(-1, *shape), ys[mid].reshape(-1, *shape)])
-            sig = torch.cat([s[1:].reshape(-1), s_mid[mid].reshape(-1)])
+            # One batched call: grid points x_1..x_{P-1} and midpoints y_0..y_{m-1}.
+            pts = torch.cat([xs[1:].reshape(-1, *shape), ys[:m].reshape(-1, *shape)])
+            sig = torch.cat([s[1:].reshape(-1), s_mid[:m].reshape(-1)])
             D = den(pts, sig)
             eps = to_d(pts, sig, D)
             eps_x = torch.cat([eps0[None], eps[: (P - 1) * B].view(P - 1, B, *shape)])
             D_y = torch.zeros_like(eps_x)
-            D_y[mid] = D[(P - 1) * B :].view(len(mid), B, *shape)
+            D_y[:m] = D[(P - 1) * B :].view(m, B, *shape)
             # x_{j+1} from x_j by the midpoint quadrature with y_j's model (the denoise step
             # on final rows), from the window start: x_j exact once x_{j-1}, y_{j-1} are.
             ends = []
             cur = xs[0]
             for j in range(P):
                 stepped = advance(cur, s[j], s_next[j], ys[j], D_y[j], s_mid[j], form)
-                cur = where_rows(final[j], cur + a(s_next - s)[j] * eps_x[j], stepped)
+                cur = where_rows(final[j], cur + ds[j] * eps_x[j], stepped)
                 ends.append(cur)
             # y_j from the fresh x_j with the lagged eps(x_j).
             xs = torch.stack([xs[0], *ends[:-1]])
