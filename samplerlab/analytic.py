@@ -96,19 +96,20 @@ class GaussianMixture:
     def dim(self) -> int:
         return self.means.shape[1]
 
-    def responsibilities(self, x: Tensor, sigma: Tensor) -> Tensor:
-        var = self.stds.to(x)[None] ** 2 + append_dims(sigma.to(x.dtype), 3) ** 2  # [B, K, d]
-        diff = x[:, None, :] - self.means.to(x)[None]
+    def _posterior(self, flat: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Component responsibilities ``[B, K]``, ``x - mu_k`` and ``s_k^2 + sigma^2``."""
+        var = self.stds.to(flat)[None] ** 2 + append_dims(sigma.to(flat.dtype), 3) ** 2
+        diff = flat[:, None, :] - self.means.to(flat)[None]  # [B, K, d]
         logp = -0.5 * ((diff**2 / var) + torch.log(2 * math.pi * var)).sum(-1)
-        return torch.softmax(logp + self.weights.to(x).log(), dim=1)  # [B, K]
+        return torch.softmax(logp + self.weights.to(flat).log(), dim=1), diff, var
+
+    def responsibilities(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self._posterior(x, sigma)[0]
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         flat = x.reshape(x.shape[0], -1)
+        r, diff, var = self._posterior(flat, sigma)
         s2 = self.stds.to(flat)[None] ** 2
-        var = s2 + append_dims(sigma.to(flat.dtype), 3) ** 2
-        diff = flat[:, None, :] - self.means.to(flat)[None]
-        logp = -0.5 * ((diff**2 / var) + torch.log(2 * math.pi * var)).sum(-1)
-        r = torch.softmax(logp + self.weights.to(flat).log(), dim=1)
         per_component = self.means.to(flat)[None] + s2 / var * diff  # [B, K, d]
         return (r[..., None] * per_component).sum(1).reshape(x.shape)
 

@@ -149,6 +149,18 @@ def test_finetune_from_diffusers_folder_and_export(tmp_path):
         not torch.equal(a, b)
         for a, b in zip(unet.state_dict().values(), tuned.state_dict().values(), strict=True)
     )
+    # The fine-tuning run resumes from its own checkpoint (same config, one more step).
+    more = cfg_for(
+        tmp_path,
+        *TINY_UNET,
+        f"model.pretrained={src}",
+        "eval.enabled=false",
+        "optim.lr=1e-2",
+        "trainer.max_steps=3",
+        "trainer.max_epochs=2",  # the checkpoint ends its epoch: resume into the next one
+        f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+    )
+    assert train(more)["trainer"].global_step == 3
 
 
 def test_bad_input_one_line(tmp_path, capsys):

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from .bench import _value
 
 
 def _option(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"option '{text}' must look like key=value")
     k, v = text.split("=", 1)
-    try:
-        return k, json.loads(v)
-    except json.JSONDecodeError:
-        return k, v
+    return k, _value(v)  # the same value parsing as ``samplerlab bench --option``
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,6 @@ options. ``.denoiser`` is the EMA network in eval mode as a samplerlab denoiser.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -156,14 +155,6 @@ class DiffusionModule(pl.LightningModule):
             self.eval()
         return self.make_denoiser(net, compile=compile)
 
-    def fingerprint(self) -> str:
-        """A hash of the EMA weights (IIA coefficient files check it)."""
-        h = hashlib.sha256()
-        for k, v in sorted(self.ema_net().state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().float().numpy().tobytes())
-        return h.hexdigest()[:16]
-
     # --- training ------------------------------------------------------------------------
 
     def forward(self, x: Tensor, sigma: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -227,15 +218,18 @@ class DiffusionModule(pl.LightningModule):
 
     # --- diffusers export --------------------------------------------------------------
 
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write the EMA UNet and its DDPM scheduler as a diffusers folder (safetensors)."""
-        from diffusers import DDPMScheduler
-
+    def check_exportable(self) -> None:
         if self.param == "edm" or self.cfg.model.backbone != "unet":
             raise ConfigError(
                 "export: diffusers folders hold VP UNets; train with model.backbone=unet "
                 "and model.parameterization=eps or v"
             )
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write the EMA UNet and its DDPM scheduler as a diffusers folder (safetensors)."""
+        from diffusers import DDPMScheduler
+
+        self.check_exportable()
         folder = Path(folder)
         self.ema_net().unet.save_pretrained(folder / "unet", safe_serialization=True)
         sched = DDPMScheduler(
@@ -324,19 +318,20 @@ def load_denoiser(path: str | Path) -> Any:
     return load_checkpoint(path)[0].denoiser
 
 
-def check_same_architecture(cfg: DictConfig, ckpt_path: str | Path) -> None:
-    """Refuse to resume from a checkpoint of another architecture (one line naming the keys)."""
+def check_same_architecture(module: DiffusionModule, ckpt_path: str | Path) -> None:
+    """Refuse to resume ``module`` (as built, after a fine-tune source set its model keys)
+    from a checkpoint of another architecture (one line naming the keys)."""
     p = Path(ckpt_path)
     if not p.is_file():
         raise ConfigError(f"ckpt_path: checkpoint {p} does not exist")
     try:
-        hp = torch.load(p, map_location="cpu", weights_only=False)["hyper_parameters"]
-        old = hp["config"]["model"]
+        ckpt = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
+        old = ckpt["hyper_parameters"]["config"]["model"]
     except Exception as e:
         raise ConfigError(
             f"ckpt_path: {p} is not a samplerlab checkpoint ({type(e).__name__})"
         ) from None
-    new = OmegaConf.to_container(cfg.model, resolve=True)
+    new = module.hparams["config"]["model"]
     keys = ["backbone", "parameterization", "num_classes", "unet", "mlp", "beta_schedule"]
     diff = [k for k in keys if old.get(k) != new.get(k)]
     if diff:

@@ -92,14 +92,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = DiffusionDataModule(cfg.data)
     dm.prepare()
-    if cfg.ckpt_path is not None:
-        check_same_architecture(cfg, cfg.ckpt_path)
     module = build_module(cfg, dm.shape, dm.num_classes)
-    if cfg.export is not None and (module.param == "edm" or cfg.model.backbone != "unet"):
-        raise ConfigError(
-            "export: diffusers folders hold VP UNets; use model.backbone=unet and "
-            "model.parameterization=eps or v"
-        )
+    if cfg.ckpt_path is not None:
+        check_same_architecture(module, cfg.ckpt_path)
+    if cfg.export is not None:
+        module.check_exportable()
     callbacks: list[Any] = []
     evalcb = SamplerEvalCallback(cfg, dm, out_dir) if cfg.eval.enabled else None
     if evalcb is not None:
