@@ -69,7 +69,9 @@ def test_train_writes_checkpoint_config_and_report(tmp_path):
     s = torch.full((5,), 0.7)
     trained = out["module"]
     assert torch.allclose(module.denoiser(x, s), trained.denoiser(x, s), atol=1e-6)
-    assert not any(p.requires_grad and p.grad is not None for p in module.parameters())
+    ema = trained.ema_net().state_dict()
+    for k, v in module.net.state_dict().items():
+        torch.testing.assert_close(v, ema[k], rtol=0, atol=0)
 
 
 def test_ema_differs_from_live_weights(tmp_path):
