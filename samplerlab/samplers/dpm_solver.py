@@ -127,22 +127,39 @@ def sample_dpmpp_2m(
     ``lower_order_final`` the last step is first order too (diffusers' option).
     """
     grid = Grid(sigmas, x)
-    n = x.ndim
     old_denoised: Tensor | None = None
     h_prev: Tensor | None = None
     for i, sigma, sigma_next in grid:
         denoised = denoiser(x, sigma)
-        final = sigma_next == 0
-        t = torch.where(final, sigma / 2, sigma_next)
-        h = torch.log(sigma / t)
-        if old_denoised is None or (lower_order_final and i == len(grid) - 1):
-            # First order: x_t = (sigma_t / sigma_s) x_s - (e^{-h} - 1) D_s.
-            m = denoised
-        else:
-            # Second order: D = (1 + 1/(2 r0)) D_s - 1/(2 r0) D_prev, r0 = h_prev / h.
-            c = append_dims(h / (2 * h_prev), n)
-            m = (1 + c) * denoised - c * old_denoised
-        x_next = append_dims(t / sigma, n) * x - append_dims(torch.expm1(-h), n) * m
-        x = where_rows(final, denoised, x_next)
+        first = old_denoised is None or (lower_order_final and i == len(grid) - 1)
+        x, h = step_dpmpp_2m(
+            x, sigma, sigma_next, denoised, None if first else old_denoised, h_prev
+        )
         old_denoised, h_prev = denoised, h
     return x
+
+
+def step_dpmpp_2m(
+    x: Tensor,
+    sigma: Tensor,
+    sigma_next: Tensor,
+    denoised: Tensor,
+    old_denoised: Tensor | None = None,
+    h_prev: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One DPM-Solver++(2M) update from the data prediction ``denoised = D(x, sigma)``:
+    first order without ``old_denoised``; rows ending at 0 take ``denoised``. Returns
+    ``(x_next, h)`` (``h`` for the next step's ``h_prev``)."""
+    n = x.ndim
+    final = sigma_next == 0
+    t = torch.where(final, sigma / 2, sigma_next)
+    h = torch.log(sigma / t)
+    if old_denoised is None:
+        # First order: x_t = (sigma_t / sigma_s) x_s - (e^{-h} - 1) D_s.
+        m = denoised
+    else:
+        # Second order: D = (1 + 1/(2 r0)) D_s - 1/(2 r0) D_prev, r0 = h_prev / h.
+        c = append_dims(h / (2 * h_prev), n)
+        m = (1 + c) * denoised - c * old_denoised
+    x_next = append_dims(t / sigma, n) * x - append_dims(torch.expm1(-h), n) * m
+    return where_rows(final, denoised, x_next), h

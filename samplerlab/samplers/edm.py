@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -12,18 +13,36 @@ from .ddim import step_euler
 from .noise import NoiseSource, randn_like
 
 
-def step_heun(denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
-    """One Heun step (Karras et al. 2022, Alg. 1 lines 4-8); Euler on rows ending at 0."""
+class HeunParts(NamedTuple):
+    """The quantities of one Heun step (IIA-EDM regresses on them)."""
+
+    D: Tensor  # D(x, sigma)
+    d: Tensor  # slope at (x, sigma)
+    x_euler: Tensor
+    D_tilde: Tensor  # D(x_euler, sigma_next)
+    d_prime: Tensor  # slope at (x_euler, sigma_next)
+    x_next: Tensor  # Heun (Euler on rows ending at 0)
+
+
+def heun_parts(denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> HeunParts:
+    """One Heun step (Karras et al. 2022, Alg. 1 lines 4-8) with its intermediate values."""
     n = x.ndim
     # Euler step.
-    d = to_d(x, sigma, denoiser(x, sigma))
+    D = denoiser(x, sigma)
+    d = to_d(x, sigma, D)
     x_euler = x + append_dims(sigma_next - sigma, n) * d
     # Apply 2nd-order correction (rows with sigma_next = 0 keep the Euler step).
     final = sigma_next == 0
     s_next = torch.where(final, sigma, sigma_next)
-    d_prime = to_d(x_euler, s_next, denoiser(x_euler, s_next))
+    D_tilde = denoiser(x_euler, s_next)
+    d_prime = to_d(x_euler, s_next, D_tilde)
     x_heun = x + append_dims(sigma_next - sigma, n) * (d + d_prime) / 2
-    return where_rows(final, x_euler, x_heun)
+    return HeunParts(D, d, x_euler, D_tilde, d_prime, where_rows(final, x_euler, x_heun))
+
+
+def step_heun(denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+    """One Heun step (Karras et al. 2022, Alg. 1 lines 4-8); Euler on rows ending at 0."""
+    return heun_parts(denoiser, x, sigma, sigma_next).x_next
 
 
 @torch.no_grad()

@@ -39,9 +39,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .core import Denoiser, Grid, SamplerError, append_dims, to_d, where_rows
-from .ddim import sample_ddim
-from .edm import sample_edm_heun
+from .core import Denoiser, Grid, SamplerError, append_dims, to_d
+from .ddim import sample_ddim, step_euler
+from .dpm_solver import step_dpmpp_2m
+from .edm import heun_parts, sample_edm_heun
 from .noise import NoiseSource
 
 # IIA sampler name -> base sampler name.
@@ -255,35 +256,20 @@ def step_terms(
         return StepTerms(base, base, q, (D, e))
     if name == "iia_dpmpp_2m":
         D = denoiser(x, sigma)
-        is_final = sigma_next == 0
-        t = torch.where(is_final, sigma / 2, sigma_next)
-        h = torch.log(sigma / t)
-        if history is None:
-            # First step: DPM-Solver++-1.
-            m = D
-        else:
-            # 2M: m = (1 + 1/(2 r0)) D_i - 1/(2 r0) D_{i-1}, r0 = h_{i-1} / h.
-            c = a(h / (2 * history[1]))
-            m = (1 + c) * D - c * history[0]
-        base = where_rows(is_final, D, a(t / sigma) * x - a(torch.expm1(-h)) * m)
+        # DPM-Solver++(2M) step (first order without history: DPM-Solver++-1).
+        base, h = step_dpmpp_2m(x, sigma, sigma_next, D, *(history or (None, None)))
         # Raw state and data prediction (eq. 23).
         return StepTerms(base, base, [x, D], (D, h))
     if name not in ("iia_edm", "biia_edm"):
         check_sampler(name)
     past = [] if history is None else list(history)
-    D = denoiser(x, sigma)
-    d = to_d(x, sigma, D)
     h_i = a(sigma_next - sigma)
-    x_euler = x + h_i * d
     if final:
         # Last step to sigma = 0: plain Euler (no D at sigma = 0).
+        x_euler = step_euler(denoiser, x, sigma, sigma_next)
         return StepTerms(x_euler, x, [None] * num_coefficients(name, form, r), past)
-    # Heun corrector at sigma_{i+1} (rows that end at 0 keep the Euler step).
-    ends = sigma_next == 0
-    s_next = torch.where(ends, sigma, sigma_next)
-    D_tilde = denoiser(x_euler, s_next)
-    d_prime = to_d(x_euler, s_next, D_tilde)
-    base = where_rows(ends, x_euler, x + h_i * (d + d_prime) / 2)
+    # Heun step with its intermediate values (rows that end at 0 keep the Euler step).
+    D, d, _, D_tilde, d_prime, base = heun_parts(denoiser, x, sigma, sigma_next)
     if name == "iia_edm":
         # Current pair (x_i - D_i, D_i - D~_{i+1}), then the r previous pairs (eqs. 18-19).
         pairs = [(x - D, D - D_tilde), *past][: r + 1]
