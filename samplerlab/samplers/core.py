@@ -71,7 +71,7 @@ class Grid:
             raise SamplerError(
                 f"per-row sigmas have {self.host.shape[1]} columns but x has {batch} rows"
             )
-        dev = self.host.to(x.device, x.dtype)
+        dev = self.host.to(x.device, x.dtype, non_blocking=True)  # no host sync per call
         self.dev = dev if dev.ndim == 2 else dev[:, None].expand(-1, batch)
         self.steps = self.host.shape[0] - 1
 

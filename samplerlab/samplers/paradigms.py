@@ -92,30 +92,34 @@ def sample_paradigms(
     e = [min(window, N)] * batch
     iterations = [0] * batch
     windows: list[list[tuple[int, int]]] = []
-    cols = torch.arange(batch)
+    cols = torch.arange(batch, device=dev)
     while any(bk < N for bk in b):
         lens = [ek - bk for bk, ek in zip(b, e, strict=True)]
         W = max(lens)
-        # Rows (w, k) of the window, w-major: state x_{b_k + w} of sample k.
+        # Rows (w, k) of the window, w-major: state x_{b_k + w} of sample k. Indices are
+        # built on the host and sent without blocking (no sync but the convergence test).
         valid = torch.tensor([[w < n for n in lens] for w in range(W)])  # host [W, batch]
-        jj = (torch.tensor(b)[None] + torch.arange(W)[:, None])[valid]
-        kk = cols[None].expand(W, -1)[valid]
-        rows = X[jj.to(dev), kk.to(dev)]
+        wi, kk = valid.nonzero(as_tuple=True)  # row-major: the order of mask indexing
+        b_host = torch.tensor(b)
+        jj = b_host[kk] + wi
+        jn = (b_host[None] + torch.arange(1, W + 1)[:, None]).clamp_max(N)  # [W, batch]
+        idx = torch.stack([jj, kk, wi, jn[wi, kk]]).to(dev, non_blocking=True)
+        jj_d, kk_d, wi_d, jv_d = idx
+        jn_d = jn.to(dev, non_blocking=True)
+        b_d = b_host.to(dev, non_blocking=True)
+        rows = X[jj_d, kk_d]
         grid = torch.stack([S[jj, kk], S[jj + 1, kk]])  # host [2, R]
-        draws = [Z[jj.to(dev), kk.to(dev)]] if Z is not None else []
+        draws = [Z[jj_d, kk_d]] if Z is not None else []
         # Drifts of the whole window in ONE batched call (step(x_j) - x_j).
         delta = torch.zeros((W, batch, *x.shape[1:]), device=dev, dtype=x.dtype)
-        delta[valid.to(dev)] = spec.run(den, rows, grid, draws) - rows
+        delta[wi_d, kk_d] = spec.run(den, rows, grid, draws) - rows
         # Picard update by cumulative sums from the window start.
-        start = X[torch.tensor(b, device=dev), cols.to(dev)]
-        X_new = start[None] + delta.cumsum(0)
+        X_new = X[b_d, cols][None] + delta.cumsum(0)
         # Error of each refined state against the previous iterate.
-        jn = (torch.tensor(b)[None] + torch.arange(1, W + 1)[:, None]).clamp_max(N)
-        old = X[jn.to(dev), cols[None].to(dev)]
-        err = (X_new - old).reshape(W, batch, -1).pow(2).sum(-1)
-        unconverged = (err > thresh[jn.to(dev), cols[None].to(dev)]).cpu() & valid
+        err = (X_new - X[jn_d, cols[None]]).reshape(W, batch, -1).pow(2).sum(-1)
+        unconverged = (err > thresh[jn_d, cols[None]]).cpu() & valid  # the one sync
         # Write back, slide each window to its first unconverged step (at most `window`).
-        X[jn[valid].to(dev), kk.to(dev)] = X_new[valid.to(dev)]
+        X[jv_d, kk_d] = X_new[wi_d, kk_d]
         windows.append(list(zip(b, e, strict=True)))
         for k in range(batch):
             if b[k] >= N:
