@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..fileio import atomic_write
 from ..samplers.core import SamplerError
-from ..samplers.iia import IIACoefficients
+from ..samplers.iia import IIACoefficients, grid_mismatch
 
 META_KEY = "samplerlab.iia"
 FORMAT_VERSION = 1
@@ -169,14 +169,11 @@ def load(
             f"({msg}); delete it and fit again with `samplerlab iia-fit ... --out {path}`"
         ) from None
     if sigmas is not None:
-        s = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).reshape(-1)
-        if s.shape != coeffs.sigmas.shape or not torch.allclose(
-            s, coeffs.sigmas, rtol=1e-6, atol=1e-9
-        ):
+        mismatch = grid_mismatch(coeffs.sigmas, torch.as_tensor(sigmas).reshape(-1))
+        if mismatch is not None:
             raise IIAFileError(
-                f"IIA coefficient file {path} was fitted on another grid ({coeffs.steps} steps, "
-                f"sigma_max {float(coeffs.sigmas[0]):.4g}) than the requested one "
-                f"({s.numel() - 1} steps, sigma_max {float(s[0]):.4g}); {_refit_hint(meta, path)}"
+                f"IIA coefficient file {path} was fitted on another grid {mismatch}; "
+                f"{_refit_hint(meta, path)}"
             )
     if denoiser is not None:
         want = meta.get("fingerprint")

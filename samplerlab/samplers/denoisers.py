@@ -203,7 +203,7 @@ class ChunkedDenoiser(_Wrapper):
     """Evaluates at most ``max_rows`` rows per network call; results are unchanged."""
 
     def __init__(self, inner: Callable[[Tensor, Tensor], Tensor], max_rows: int) -> None:
-        if not isinstance(max_rows, int) or max_rows < 1:
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise SamplerError(f"max_rows must be an integer >= 1, got {max_rows!r}")
         super().__init__(inner)
         self.max_rows = max_rows

@@ -305,16 +305,29 @@ def resolve_coefficients(
             f"coefficients were fitted for {coeffs.sampler}, not {name}; refit with "
             f"`samplerlab iia-fit --sampler {name} ...`"
         )
-    host = grid.host if grid.host.ndim == 2 else grid.host[:, None]
-    ref = coeffs.sigmas.to(torch.float64)[:, None]
-    if host.shape[0] != ref.shape[0] or not torch.allclose(host, ref, rtol=1e-6, atol=1e-9):
+    mismatch = grid_mismatch(coeffs.sigmas, grid.host)
+    if mismatch is not None:
         raise SamplerError(
-            f"coefficients were fitted on a different grid ({coeffs.steps} steps, sigma_max "
-            f"{float(ref[0]):.4g}) than this one ({host.shape[0] - 1} steps, sigma_max "
-            f"{float(host[0].max()):.4g}); refit with `samplerlab iia-fit --sampler {name} "
-            f"--steps {host.shape[0] - 1} ...`"
+            f"coefficients were fitted on a different grid {mismatch}; refit with "
+            f"`samplerlab iia-fit --sampler {name} --steps {grid.steps} ...`"
         )
     return coeffs
+
+
+def grid_mismatch(fitted: Tensor, requested: Tensor) -> str | None:
+    """``None`` if ``requested`` (``[N+1]`` or per-row ``[N+1, B]``) is the ``fitted`` grid
+    (rtol 1e-6, atol 1e-9), else ``"(fitted) than the requested one (requested)"``."""
+    ref = fitted.to(torch.float64)[:, None]
+    req = requested.detach().to("cpu", torch.float64)
+    req = req if req.ndim == 2 else req[:, None]
+    same_len = req.shape[0] == ref.shape[0]
+    if same_len and torch.allclose(req, ref, rtol=1e-6, atol=1e-9):
+        return None
+    worst = f", largest |dsigma| {float((req - ref).abs().max()):.3g}" if same_len else ""
+    return (
+        f"({ref.shape[0] - 1} steps, sigma_max {float(ref[0]):.4g}) than the requested one "
+        f"({req.shape[0] - 1} steps, sigma_max {float(req[0].max()):.4g}{worst})"
+    )
 
 
 def _sample(
@@ -509,23 +522,11 @@ def gram_rows(quantities: Sequence[Tensor | None], target: Tensor) -> Tensor:
 
 
 def gram(quantities: Sequence[Tensor | None], target: Tensor) -> tuple[Tensor, Tensor]:
-    """Float64 sums ``G_kl = <Q_k, Q_l>`` and ``g_k = <Q_k, target>`` over rows and pixels.
-
-    Missing quantities (``None``) give zero rows and columns.
-    """
+    """Float64 sums ``G_kl = <Q_k, Q_l>`` and ``g_k = <Q_k, target>`` over rows and pixels
+    (:func:`gram_rows` summed over rows). Missing quantities (``None``) give zeros."""
     p = len(quantities)
-    G = torch.zeros(p, p, dtype=torch.float64, device=target.device)
-    g = torch.zeros(p, dtype=torch.float64, device=target.device)
-    flat = [None if q is None else q.reshape(-1).to(torch.float64) for q in quantities]
-    y = target.reshape(-1).to(torch.float64)
-    for k, qk in enumerate(flat):
-        if qk is None:
-            continue
-        g[k] = qk @ y
-        for m in range(k, p):
-            if flat[m] is not None:
-                G[k, m] = G[m, k] = qk @ flat[m]
-    return G, g
+    total = gram_rows(quantities, target).sum(0)
+    return total[: p * p].reshape(p, p), total[p * p : p * p + p]
 
 
 def solve(G: Tensor, g: Tensor, available: Sequence[bool], ridge: float = 1e-10) -> Tensor:

@@ -142,16 +142,8 @@ def sample_rmm(
     ``2N - 1`` NFE on a grid of N steps ending in 0. Stochastic only through the midpoint
     times ``alpha`` (one ``rand([B])`` per step).
     """
-    check_form(form)
-    grid = Grid(sigmas, x)
-    source = default_noise(noise)
-    for i, sigma, sigma_next in grid:
-        alpha = source.rand((x.shape[0],), device=x.device, dtype=x.dtype)
-        if grid.all_final(i):
-            x = step_euler(denoiser, x, sigma, sigma_next)
-        else:
-            x = step_rmm(denoiser, x, sigma, sigma_next, alpha, form=form)
-    return x
+    # The predictor of rmm_pc without its corrector (the same draws in the same order).
+    return sample_rmm_pc(denoiser, x, sigmas, noise=noise, form=form, corrector_steps=0)
 
 
 # --------------------------------------------------------------------------------------
