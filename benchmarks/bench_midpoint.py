@@ -145,8 +145,10 @@ def main() -> None:
             spec = get_sampler("pmm")
             sig = build_sigmas(gmm, spec, fine, None)
             counter = CountingDenoiser(gmm)
-            x = z * math.sqrt(float(sig[0]) ** 2 + 1)
-            xo = spec(counter, x, sig, noise=GlobalNoise(torch.Generator().manual_seed(0)), **kw)
+            x = z * math.sqrt(float(sig[0]) ** 2 + gmm.prior_std**2)
+            xo = spec(
+                counter, x, sig, noise=GlobalNoise(torch.Generator().manual_seed(args.seed)), **kw
+            )
             r = {"x": xo, "nfe": counter.nfe(n)}
         else:
             r = run(gmm, z, name, N, args.seed, **kw)
