@@ -213,3 +213,26 @@ def test_unknown_prediction_type(gaussian):
         VPDenoiser(lambda x, t: x, gaussian.vp, prediction_type="eps")
     with pytest.raises(SamplerError, match="DiscreteVP table or a ContinuousVP"):
         VPDenoiser(lambda x, t: x, "linear")
+
+
+def test_vp_denoiser_half_precision_keeps_timesteps_on_the_table():
+    """In bf16 the schedule math stays float32: t = 999 must not round to 1000."""
+    from samplerlab.samplers.denoisers import from_eps
+    from samplerlab.samplers.schedules import DiscreteVP
+
+    ac = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    seen = []
+
+    def eps_fn(x, t):
+        seen.append(t)
+        return torch.zeros_like(x)
+
+    den = from_eps(eps_fn, ac, quantize=True)
+    sigma = DiscreteVP(ac).sigma(torch.tensor([999.0, 500.0], dtype=torch.float64))
+    x = torch.ones(2, 3, dtype=torch.bfloat16)
+    out = den(x, sigma)
+    assert out.dtype == torch.bfloat16
+    assert seen[-1].tolist() == [999, 500]
+    # float32 input: unchanged arithmetic (the same t as a float32 call always gave).
+    den(x.float(), sigma)
+    assert seen[-1].tolist() == [999, 500]

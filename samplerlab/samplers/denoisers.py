@@ -80,14 +80,15 @@ class VPDenoiser:
         self.data_shape = data_shape
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        sigma = sigma.to(x.dtype)
+        # Schedule math in at least float32 (in bf16, t = 999 rounds to 1000, off the table).
+        sigma = sigma.to(torch.promote_types(x.dtype, torch.float32))
         alpha = append_dims((1 + sigma**2).rsqrt(), x.ndim)  # VP signal scale
         t = self.vp.t(sigma)
         if self.quantize:
             t = t.round().long()
         elif self.time_scale != 1.0:
             t = t * self.time_scale
-        out = self.model_fn(x * alpha, t).to(x.dtype)
+        out = self.model_fn((x * alpha).to(x.dtype), t).to(x.dtype)
         if self.prediction_type == "epsilon":
             x0 = x - append_dims(sigma, x.ndim) * out
         elif self.prediction_type == "v_prediction":
@@ -95,6 +96,7 @@ class VPDenoiser:
             x0 = alpha * (alpha * x - append_dims(sigma, x.ndim) * out)
         else:
             x0 = out
+        x0 = x0.to(x.dtype)
         return x0.clamp(-1, 1) if self.clip_denoised else x0
 
 
