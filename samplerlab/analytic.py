@@ -66,7 +66,13 @@ class GaussianMixture:
     """``sum_k w_k N(mu_k, diag(s_k^2))`` with exact denoiser and exact samples."""
 
     def __init__(
-        self, weights: Tensor, means: Tensor, stds: Tensor, vp: DiscreteVP | None = None
+        self,
+        weights: Tensor,
+        means: Tensor,
+        stds: Tensor,
+        vp: DiscreteVP | None = None,
+        *,
+        edm: bool = False,
     ) -> None:
         self.weights = torch.as_tensor(weights, dtype=torch.float64)
         self.means = torch.as_tensor(means, dtype=torch.float64)
@@ -77,9 +83,16 @@ class GaussianMixture:
         if bool((self.weights <= 0).any()) or bool((self.stds <= 0).any()):
             raise SamplerError("weights and stds must be positive")
         self.weights = self.weights / self.weights.sum()
-        self.vp = vp if vp is not None else _default_vp()
-        self.sigma_min, self.sigma_max = self.vp.sigma_min, self.vp.sigma_max
-        self.prior_std = 1.0
+        if edm:
+            # EDM parameterisation: no time table, sigma in [0.002, 80], prior N(0, sigma_max^2 I).
+            if vp is not None:
+                raise SamplerError("an EDM-parameterised mixture has no VP table (vp=None)")
+            self.vp = None
+            self.sigma_min, self.sigma_max, self.prior_std = 0.002, 80.0, 0.0
+        else:
+            self.vp = vp if vp is not None else _default_vp()
+            self.sigma_min, self.sigma_max = self.vp.sigma_min, self.vp.sigma_max
+            self.prior_std = 1.0
         self.data_shape = (self.means.shape[1],)
 
     @classmethod
@@ -91,6 +104,30 @@ class GaussianMixture:
         stds = 0.05 + 0.25 * torch.rand(components, dim, generator=g, dtype=torch.float64)
         weights = 0.5 + torch.rand(components, generator=g, dtype=torch.float64)
         return cls(weights, means, stds)
+
+    @classmethod
+    def random(
+        cls,
+        dim: int,
+        components: int,
+        *,
+        spread: float = 1.0,
+        std_range: tuple[float, float] = (0.05, 0.3),
+        seed: int = 0,
+        edm: bool = False,
+        betas: str = "linear",
+    ) -> GaussianMixture:
+        """A random mixture: means on a sphere of radius ``spread * dim**0.25``, per-dimension
+        stds uniform in ``std_range``, weights uniform in [0.5, 1.5] (normalised); a VP table
+        from ``betas`` (``linear``, ``scaled_linear``, ``squaredcos_cap_v2``) unless ``edm``."""
+        g = torch.Generator().manual_seed(seed)
+        means = torch.randn(components, dim, generator=g, dtype=torch.float64)
+        means = spread * means / means.norm(dim=1, keepdim=True) * dim**0.25
+        lo, hi = std_range
+        stds = lo + (hi - lo) * torch.rand(components, dim, generator=g, dtype=torch.float64)
+        weights = 0.5 + torch.rand(components, generator=g, dtype=torch.float64)
+        vp = None if edm else DiscreteVP.from_betas(betas_for(betas, 1000))
+        return cls(weights, means, stds, vp, edm=edm)
 
     @property
     def dim(self) -> int:
@@ -117,6 +154,44 @@ class GaussianMixture:
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self.means[k] + self.stds[k] * z
+
+
+# The panel on which defaults are chosen (issue: "defaults chosen on a panel, not on one
+# model"): mixtures of several dimensions, component counts and spreads, on VP tables and in
+# the EDM parameterisation. HOLDOUT models are never used to choose anything; benchmarks
+# report them separately as the out-of-sample check.
+PANEL: dict[str, dict] = {
+    "vp-d2-k4": dict(dim=2, components=4, spread=1.5, seed=11),
+    "vp-d8-k6-cos": dict(dim=8, components=6, spread=1.2, seed=12, betas="squaredcos_cap_v2"),
+    "vp-d16-k3-wide": dict(dim=16, components=3, spread=0.8, std_range=(0.2, 0.8), seed=13),
+    "vp-d32-k10": dict(dim=32, components=10, spread=1.0, seed=14),
+    "edm-d4-k5": dict(dim=4, components=5, spread=1.0, seed=15, edm=True),
+    "edm-d16-k8-narrow": dict(
+        dim=16, components=8, spread=1.3, std_range=(0.02, 0.1), seed=16, edm=True
+    ),
+}
+HOLDOUT: dict[str, dict] = {
+    "holdout-vp-d64-k8": dict(dim=64, components=8, spread=1.0, seed=101),
+    "holdout-edm-d24-k6": dict(dim=24, components=6, spread=1.1, seed=102, edm=True),
+}
+
+
+def panel(names: str | list[str] = "panel") -> dict[str, GaussianMixture]:
+    """Panel models by name: ``"panel"`` (choose defaults here), ``"holdout"`` (report only),
+    ``"all"``, or a list of names from :data:`PANEL` / :data:`HOLDOUT`."""
+    specs = {**PANEL, **HOLDOUT}
+    if names == "panel":
+        keys = list(PANEL)
+    elif names == "holdout":
+        keys = list(HOLDOUT)
+    elif names == "all":
+        keys = list(specs)
+    else:
+        keys = [names] if isinstance(names, str) else list(names)
+    unknown = [k for k in keys if k not in specs]
+    if unknown:
+        raise SamplerError(f"unknown panel model(s) {unknown}; valid: {', '.join(specs)}")
+    return {k: GaussianMixture.random(**specs[k]) for k in keys}
 
 
 def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 256, seed: int = 0) -> float:
