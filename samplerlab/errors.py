@@ -10,9 +10,14 @@ class ConfigError(ValueError):
     """A bad configuration key, value or file (the message names the key's path)."""
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss or gradient); the message names the step."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     SamplerError,
     ConfigError,
+    TrainingError,
     NonFiniteError,
     FileNotFoundError,
 )

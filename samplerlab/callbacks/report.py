@@ -113,6 +113,10 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def write_report(out_dir: str | Path, report: dict[str, Any]) -> dict[str, Path]:
     out = Path(out_dir)
+    # What was trained (samplerlab.trainer.runs.TrainingSummary) opens both files.
+    training = report.get("training")
+    if training is not None:
+        report = {"training": training, **{k: v for k, v in report.items() if k != "training"}}
     rows = report["results"]
     floor = report.get("fid_floor")
     paths = {
@@ -120,6 +124,9 @@ def write_report(out_dir: str | Path, report: dict[str, Any]) -> dict[str, Path]
         "png": plot_fid_vs_nfe(out / "fid_vs_nfe.png", rows, floor),
     }
     md = [f"# samplerlab report: {report.get('name', '')}\n"]
+    if training is not None:
+        line = training["line"]
+        md.append(f"**WARNING: {line}.**\n" if training.get("cut_by_max_time") else f"{line}.\n")
     md.append(
         f"{report['num_samples']} samples per sampler and NFE budget, features "
         f"`{report['feature']}`, epoch {report.get('epoch')}, step {report.get('step')}, "

@@ -398,6 +398,7 @@ class SamplerEvalCallback(Callback):
                 denoiser, pl_module.device, epoch=trainer.current_epoch, step=trainer.global_step
             )
         report["stage"] = stage
+        report["training"] = getattr(pl_module, "training_summary", None)  # trainer/runs.py
         self.reports.append(report)
         metrics = flat_metrics(report, "val")
         for k, v in metrics.items():

@@ -79,6 +79,14 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value < lo:
             raise ConfigError(f"{name} must be >= {lo}, got {value}")
+    if not 0 <= args.seed < 2**63 - args.samples:
+        raise ConfigError(f"--seed: seeds must lie in [0, 2**63), got {args.seed}")
+    if args.accelerator is not None:
+        from .sample import check_device
+
+        if args.accelerator not in ("cpu", "gpu", "cuda"):
+            raise ConfigError(f"--accelerator: '{args.accelerator}'; valid: cpu, gpu")
+        check_device("cpu" if args.accelerator == "cpu" else "cuda", "--accelerator")
     out = Path(args.out or f"iia_{args.sampler}_{args.steps}.safetensors")
     denoiser = load_model(args.model)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import ConfigError
 from .bench import _value
 
 
@@ -27,6 +28,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="samples.png", help=".png grid (or scatter) or .pt tensor")
 
 
+def check_device(spec: str, option: str = "--device") -> None:
+    """A torch device that exists on this machine, or one line naming ``option``."""
+    import torch
+
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{option}: '{spec}' is not a device (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{option}: '{spec}' but this machine has no usable CUDA device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{option}: '{spec}' but there are {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{option}: 'mps' is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{option}: '{spec}' is not supported here; use cpu, cuda or mps")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Everything that can be checked before the checkpoint is loaded."""
+    if args.n < 1:
+        raise ConfigError(f"--n: must be >= 1, got {args.n}")
+    if args.steps < 1:
+        raise ConfigError(f"--steps: must be >= 1, got {args.steps}")
+    if args.seed < 0 or args.seed + args.n > 2**63:
+        raise ConfigError(f"--seed: seeds must lie in [0, 2**63), got {args.seed}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ConfigError(f"--out: {out} is a folder; name a .png or .pt file")
+    if out.suffix not in (".png", ".pt"):
+        raise ConfigError(f"--out: {out} must end in .png (a grid) or .pt (a tensor)")
+    check_device(args.device)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -34,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from ..samplers import sample
     from ..trainer.module import load_checkpoint
 
+    check_args(args)
     module, _ = load_checkpoint(args.ckpt)
     module.to(args.device)
     den = module.denoiser

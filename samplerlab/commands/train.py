@@ -1,7 +1,9 @@
 """``samplerlab train [CONFIG.yaml ...] [key=value ...]``: fit a model, then evaluate samplers.
 
-With no arguments this is the embedded default: digits, a small UNet, a few minutes on a
-CPU, then every registered sampler at two NFE budgets, with a report in ``runs/digits``.
+With no arguments this is the embedded default: digits, a small UNet trained a fixed 100
+epochs (no wall-clock cap unless ``trainer.max_time`` is set), then every registered sampler
+at two NFE budgets, with a report in ``runs/digits``. A rerun into a used ``out_dir`` is
+refused unless ``overwrite=true`` (or ``ckpt_path`` resumes a checkpoint of that folder).
 """
 
 from __future__ import annotations
@@ -44,4 +46,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"samplerlab train: done in {out['seconds']:.0f} s; outputs in {out['out_dir']}")
         if out["reports"]:
             print(f"report: {out['out_dir'] / 'report.md'}")
+        s = out.get("training")
+        if s is not None:  # last, so that a cut is the last thing on the console
+            print(f"samplerlab train: {'WARNING: ' if s['cut_by_max_time'] else ''}{s['line']}")
     return 0

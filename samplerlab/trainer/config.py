@@ -39,7 +39,8 @@ class DataConfig:
     name: str = "digits"
     root: str | None = None  # image_folder / cifar10: a local folder (never downloaded)
     image_size: int = 8  # digits: 8 (native) or 16 (upsampled); image_folder: resize to this
-    channels: int = 1  # image_folder: 1 (grayscale) or 3 (RGB)
+    channels: int | None = None  # 1 (grayscale) or 3 (RGB); None: the data's own
+    # (digits 1, cifar10 3, image_folder: 1 if its first image is grayscale, else 3)
     batch_size: int = 64
     num_workers: int = 0
     val_fraction: float = 0.1
@@ -100,7 +101,9 @@ class OptimConfig:
 class TrainerConfig:
     max_epochs: int = 100
     max_steps: int = -1
-    max_time: str | None = "00:00:04:00"  # "DD:HH:MM:SS": stop training after this time
+    # "DD:HH:MM:SS": cut training after this long (per invocation; resuming trains on).
+    # None (default): train the full max_epochs / max_steps, whatever the clock says.
+    max_time: str | None = None
     accelerator: str = "auto"
     devices: Any = 1  # int, list or "auto"
     num_nodes: int = 1
@@ -112,7 +115,8 @@ class TrainerConfig:
     fast_dev_run: bool = False
     enable_progress_bar: bool = True
     deterministic: bool = False
-    num_threads: int | None = None  # torch CPU threads (1 is robust on a shared machine)
+    # torch CPU threads; None: OMP_NUM_THREADS if set, else min(4, half the usable CPUs)
+    num_threads: int | None = None
 
 
 @dataclass
@@ -177,6 +181,7 @@ class RunConfig:
     out_dir: str = "runs/${name}"
     seed: int = 0
     ckpt_path: str | None = None  # resume training from this Lightning checkpoint
+    overwrite: bool = False  # replace an earlier run in out_dir (default: refuse to mix runs)
     export: str | None = None  # after training, save the EMA UNet as a diffusers folder here
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -225,12 +230,16 @@ def load_config(
     schema = OmegaConf.structured(RunConfig)
     layers = [OmegaConf.create(base)] if base is not None else []
     layers += [_load_yaml(f) for f in files]
+    dots = []
     for o in overrides:
         if "=" not in o:
             raise ConfigError(f"override '{o}' must look like key=value")
+        try:  # one override at a time: a YAML error names the override it is in
+            dots.append(OmegaConf.from_dotlist([o]))
+        except Exception as e:
+            raise ConfigError(f"override '{o}': cannot parse its value ({_one_line(e)})") from None
     try:
-        dot = OmegaConf.from_dotlist(list(overrides))
-        cfg = OmegaConf.merge(schema, *layers, dot)
+        cfg = OmegaConf.merge(schema, *layers, *dots)
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(_one_line(e)) from None
@@ -267,6 +276,30 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}: must be >= {low}, got {cfg[sect][name]}")
     if any(int(n) < 1 for n in cfg.eval.nfe):
         raise ConfigError(f"eval.nfe: budgets must be >= 1, got {list(cfg.eval.nfe)}")
+    if cfg.data.channels is not None and cfg.data.channels not in (1, 3):
+        raise ConfigError(
+            f"data.channels: must be 1 (grayscale) or 3 (RGB), got {cfg.data.channels}"
+        )
+    own = {"digits": 1, "cifar10": 3}.get(cfg.data.name)
+    if own is not None and cfg.data.channels not in (None, own):
+        raise ConfigError(
+            f"data.channels: {cfg.data.name} images have {own} channel(s), "
+            f"not {cfg.data.channels}; drop data.channels"
+        )
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction: must be in [0, 1), got {cfg.data.val_fraction}")
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
+    if cfg.data.name == "gmm" and min(cfg.data.gmm.dim, cfg.data.gmm.components) < 1:
+        raise ConfigError("data.gmm: dim and components must be >= 1")
+    if cfg.optim.lr <= 0 or cfg.optim.weight_decay < 0:
+        raise ConfigError(
+            f"optim.lr: must be > 0 (and optim.weight_decay >= 0), got {cfg.optim.lr} "
+            f"({cfg.optim.weight_decay})"
+        )
+    if cfg.seed < 0 or cfg.seed >= 2**63:
+        raise ConfigError(f"seed: must be in [0, 2**63), got {cfg.seed}")
+    validate_trainer(cfg.trainer)
     if cfg.model.num_classes > 0 and not cfg.data.conditional:
         raise ConfigError("model.num_classes: a conditional model needs data.conditional=true")
     for name in cfg.eval.exclude:
@@ -293,6 +326,77 @@ def validate(cfg: DictConfig) -> None:
             vals = entry[k]
             if vals is not None and (not vals or any(int(v) < 1 for v in vals)):
                 raise ConfigError(f"eval.samplers.{label}.{k}: need a list of integers >= 1")
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+
+def parse_max_time(value: str | None) -> float | None:
+    """``trainer.max_time`` ("DD:HH:MM:SS", Lightning's format) in seconds; None: no cap."""
+    import re
+
+    if value is None:
+        return None
+    m = re.fullmatch(r"(\d+):(\d\d):(\d\d):(\d\d)", str(value).strip())
+    if not m or int(m[3]) > 59 or int(m[4]) > 59 or int(m[2]) > 23:
+        raise ConfigError(
+            f"trainer.max_time: '{value}' is not DD:HH:MM:SS (e.g. 00:00:10:00 for 10 minutes); "
+            "null: no cap"
+        )
+    d, h, mi, sec = (int(g) for g in m.groups())
+    return float(((d * 24 + h) * 60 + mi) * 60 + sec)
+
+
+def validate_trainer(t: DictConfig) -> None:
+    """``trainer.*`` choices, checked before anything is built (Lightning's own names)."""
+    from typing import get_args
+
+    from lightning.fabric.connector import (
+        _PRECISION_INPUT_STR,
+        _PRECISION_INPUT_STR_ALIAS,
+    )
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    _choice("trainer.accelerator", t.accelerator, ACCELERATORS)
+    precisions = get_args(_PRECISION_INPUT_STR) + get_args(_PRECISION_INPUT_STR_ALIAS)
+    _choice("trainer.precision", str(t.precision), precisions)
+    strategies = ("auto", *StrategyRegistry.available_strategies())
+    _choice("trainer.strategy", t.strategy, strategies)
+    parse_max_time(t.max_time)
+    if t.max_epochs < -1 or t.max_epochs == 0:
+        raise ConfigError(f"trainer.max_epochs: must be >= 1 (or -1: no limit), got {t.max_epochs}")
+    if t.max_steps < -1 or t.max_steps == 0:
+        raise ConfigError(f"trainer.max_steps: must be >= 1 (or -1: no limit), got {t.max_steps}")
+    if t.max_epochs == -1 and t.max_steps == -1:
+        raise ConfigError("trainer.max_epochs: set max_epochs or max_steps (both are -1)")
+    if t.num_threads is not None and t.num_threads < 1:
+        raise ConfigError(f"trainer.num_threads: must be >= 1, got {t.num_threads}")
+    if t.num_nodes < 1 or t.check_val_every_n_epoch < 1 or t.log_every_n_steps < 1:
+        raise ConfigError(
+            "trainer.num_nodes, check_val_every_n_epoch and log_every_n_steps must be >= 1"
+        )
+    devices = t.devices
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices < 1 and devices != -1:
+        raise ConfigError(f"trainer.devices: must be >= 1, -1, a list or 'auto', got {devices}")
+
+
+def check_accelerator(t: DictConfig) -> None:
+    """The requested accelerator exists on this machine (one line, before any work)."""
+    import torch
+
+    acc = t.accelerator
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator: '{acc}' but this machine has no usable CUDA device; "
+            "use trainer.accelerator=cpu (or auto)"
+        )
+    if acc == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator: 'mps' is not available here; use cpu or auto")
+    if acc == "tpu":
+        from lightning.pytorch.accelerators import XLAAccelerator
+
+        if not XLAAccelerator.is_available():
+            raise ConfigError("trainer.accelerator: 'tpu' is not available here; use cpu or auto")
 
 
 def to_yaml(cfg: DictConfig) -> str:

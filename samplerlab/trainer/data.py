@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 from ..errors import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+MIN_IMAGES = 4  # a train and a validation split, and two halves for the FID floor
 
 
 def digits_tensor(image_size: int = 8) -> tuple[Tensor, Tensor]:
@@ -37,8 +38,9 @@ def digits_tensor(image_size: int = 8) -> tuple[Tensor, Tensor]:
 class ImageFolderDataset(Dataset):
     """Every image under ``root`` (recursively); the label is the index of its top folder."""
 
-    def __init__(self, root: str | Path, image_size: int, channels: int) -> None:
+    def __init__(self, root: str | Path, image_size: int, channels: int | None) -> None:
         import torchvision.transforms as T
+        from PIL import Image
 
         self.root = Path(root)
         if not self.root.is_dir():
@@ -50,6 +52,26 @@ class ImageFolderDataset(Dataset):
             raise ConfigError(
                 f"data.root: no images ({', '.join(IMAGE_SUFFIXES)}) found under {self.root}"
             )
+        if len(self.files) < MIN_IMAGES:
+            raise ConfigError(
+                f"data.root: {self.root} holds {len(self.files)} image(s); training needs at "
+                f"least {MIN_IMAGES} (a training and a validation split, FID statistics)"
+            )
+        # Every file is opened now (headers only: fast): a corrupt image fails here, before
+        # training, naming the file, not in the middle of an epoch.
+        modes = set()
+        for f in self.files:
+            try:
+                with Image.open(f) as im:
+                    modes.add(im.mode)
+            except Exception as e:
+                raise ConfigError(
+                    f"data.root: {f} is not a readable image ({type(e).__name__}); "
+                    "remove or replace it"
+                ) from None
+        if channels is None:  # the data's own: grayscale only if every image is
+            channels = 1 if modes <= {"L", "1", "I", "I;16", "F"} else 3
+        self.channels = channels
         tops = sorted(
             {p.relative_to(self.root).parts[0] for p in self.files if p.parent != self.root}
         )
@@ -74,8 +96,11 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         from PIL import Image
 
-        with Image.open(self.files[i]) as im:
-            return self.transform(im.convert(self.mode)), self.labels[i]
+        try:
+            with Image.open(self.files[i]) as im:
+                return self.transform(im.convert(self.mode)), self.labels[i]
+        except OSError as e:  # truncated files pass the header check at construction
+            raise ConfigError(f"data.root: cannot decode image {self.files[i]} ({e})") from None
 
 
 class CIFAR10Dataset(Dataset):
@@ -125,8 +150,10 @@ def build_dataset(cfg: Any) -> tuple[Dataset, tuple[int, ...], int]:
         if cfg.root is None:
             raise ConfigError("data.root: image_folder needs data.root=FOLDER")
         ds = ImageFolderDataset(cfg.root, cfg.image_size, cfg.channels)
+        if cfg.channels is None:  # resolved from the images: recorded in the saved config
+            cfg.channels = ds.channels
         k = max(ds.labels) + 1
-        return ds, (cfg.channels, cfg.image_size, cfg.image_size), k
+        return ds, (ds.channels, cfg.image_size, cfg.image_size), k
     if name == "cifar10":
         return CIFAR10Dataset(cfg.root), (3, 32, 32), 10
     raise ConfigError(f"data.name: unknown dataset '{name}'")

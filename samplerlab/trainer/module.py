@@ -5,16 +5,18 @@ options. ``.denoiser`` is the EMA network in eval mode as a samplerlab denoiser.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from ..samplers.denoisers import EDMDenoiser, VPDenoiser
 from ..samplers.schedules import DiscreteVP, betas_for
 from .networks import build_backbone, load_pretrained, unet_config
@@ -198,8 +200,41 @@ class DiffusionModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         gen = self._generator(1, self.global_step, self.global_rank)
         loss = self.loss(batch, gen)
+        self._step_loss = loss.detach()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop before a non-finite loss or gradient reaches the weights (or the EMA).
+
+        One host sync per step (Lightning's progress bar already reads the loss every step);
+        the decision is shared by every rank so that DDP processes stop together. The
+        exception leaves the weights and the last checkpoint as they were.
+        """
+        loss = getattr(self, "_step_loss", None)
+        if loss is None:
+            return
+        checks = [loss.float().reshape(1)]
+        if str(self.trainer.precision) not in ("16-mixed", "16"):  # GradScaler skips inf steps
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            if grads:
+                checks.append(
+                    torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                    .reshape(1)
+                    .float()
+                )
+        values = torch.cat(checks)
+        bad = not bool(torch.isfinite(values).all())
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            what = "loss" if not bool(torch.isfinite(values[0])) else "gradient"
+            value = float(values[0] if what == "loss" else values[-1])
+            raise TrainingError(
+                f"training stopped at step {self.global_step} (epoch {self.current_epoch}): the "
+                f"training {what} is {value} (optim.lr={self.cfg.optim.lr:g}: try a lower one); "
+                "no update was applied"
+            )
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         gen = self._generator(2, batch_idx, self.global_rank)
@@ -287,27 +322,73 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int)
     return module
 
 
+# The only non-primitive objects a samplerlab (Lightning) checkpoint may hold beside tensors
+# and containers: Lightning's hyper-parameter dict. Everything else is refused by torch's
+# weights-only unpickler, so a checkpoint file can never run code when it is loaded.
+SAFE_GLOBALS: list[Any] = [AttributeDict]
+
+
+def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
+    """A checkpoint file as a dict of tensors and plain values, never unpickling code.
+
+    ``key`` names the option the path came from (``--ckpt``, ``ckpt_path``) in the one-line
+    error for a missing, foreign or malicious file.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{key}: {p} is a folder; pass a checkpoint file (e.g. {p}/last.ckpt)")
+    if not p.is_file():
+        raise ConfigError(f"{key}: checkpoint {p} does not exist")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=_is_zip(p))
+    except pickle.UnpicklingError as e:
+        import re
+
+        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        why = f"it asks to import {m[1]}" if m else "it holds objects other than tensors"
+        raise ConfigError(
+            f"{key}: {p} is not a samplerlab checkpoint: refused to unpickle it ({why}; "
+            "checkpoints are read with torch.load(weights_only=True))"
+        ) from None
+    except Exception as e:
+        raise ConfigError(
+            f"{key}: {p} is not a samplerlab checkpoint ({type(e).__name__})"
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("hyper_parameters"), dict):
+        raise ConfigError(f"{key}: {p} is not a samplerlab checkpoint (no hyper_parameters)")
+    return ckpt
+
+
+def _is_zip(p: Path) -> bool:
+    with open(p, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def load_checkpoint(path: str | Path) -> tuple[DiffusionModule, dict[str, Any]]:
     """A trained module (EMA weights) and the run config saved in its checkpoint."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--ckpt: checkpoint {p} does not exist")
+    ckpt = read_checkpoint(p, "--ckpt")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
         hp = ckpt["hyper_parameters"]
         state = ckpt["state_dict"]
-    except Exception as e:
-        raise ConfigError(
-            f"--ckpt: {p} is not a samplerlab checkpoint ({type(e).__name__})"
-        ) from None
+        config = hp["config"]
+    except KeyError as e:
+        raise ConfigError(f"--ckpt: {p} is not a samplerlab checkpoint (no {e})") from None
     try:
         module = DiffusionModule(**{k: hp[k] for k in _INIT_ARGS if k in hp})
         module.load_state_dict(state)
-    except (RuntimeError, KeyError) as e:
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise ConfigError(
             f"--ckpt: {p} does not match its saved architecture ({str(e).splitlines()[0][:160]})"
         ) from None
-    return module.eval(), hp["config"]
+    from .runs import CHECKPOINT_KEY, summary_line
+
+    training = ckpt.get(CHECKPOINT_KEY)
+    if isinstance(training, dict):  # what this checkpoint's training was, for the report
+        training = {**training, "checkpoint": str(p), "seconds": None}
+        module.training_summary = {**training, "line": summary_line(training)}
+    return module.eval(), config
 
 
 _INIT_ARGS = ("config", "data_shape", "num_classes", "unet_config", "scheduler_config")
@@ -318,23 +399,54 @@ def load_denoiser(path: str | Path) -> Any:
     return load_checkpoint(path)[0].denoiser
 
 
-def check_same_architecture(module: DiffusionModule, ckpt_path: str | Path) -> None:
+# Model keys that change the network or what its output means: resuming with another value
+# would train the old weights as if they were something else.
+_ARCH_KEYS = ("backbone", "parameterization", "num_classes", "unet", "mlp", "beta_schedule")
+_MEANING_KEYS = ("sigma_data", "num_train_timesteps")
+
+
+def check_resume(module: DiffusionModule, ckpt: dict[str, Any], cfg: DictConfig) -> None:
     """Refuse to resume ``module`` (as built, after a fine-tune source set its model keys)
-    from a checkpoint of another architecture (one line naming the keys)."""
-    p = Path(ckpt_path)
-    if not p.is_file():
-        raise ConfigError(f"ckpt_path: checkpoint {p} does not exist")
+    from a checkpoint it cannot continue (one line naming the keys and both values):
+    another architecture, data of another shape, another preconditioning, or a run that
+    has already trained its planned epochs/steps."""
+    p = cfg.ckpt_path
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
-        old = ckpt["hyper_parameters"]["config"]["model"]
-    except Exception as e:
-        raise ConfigError(
-            f"ckpt_path: {p} is not a samplerlab checkpoint ({type(e).__name__})"
-        ) from None
+        hp = ckpt["hyper_parameters"]
+        old = hp["config"]["model"]
+    except (KeyError, TypeError):
+        raise ConfigError(f"ckpt_path: {p} is not a samplerlab checkpoint") from None
     new = module.hparams["config"]["model"]
-    keys = ["backbone", "parameterization", "num_classes", "unet", "mlp", "beta_schedule"]
-    diff = [k for k in keys if old.get(k) != new.get(k)]
+    diff = [k for k in _ARCH_KEYS if old.get(k) != new.get(k)]
     if diff:
         raise ConfigError(
             f"ckpt_path: {p} holds another architecture (model.{', model.'.join(diff)} differ)"
+        )
+    old_shape = tuple(hp.get("data_shape") or ())
+    if old_shape and old_shape != tuple(module.data_shape):
+        raise ConfigError(
+            f"ckpt_path: {p} was trained on data of shape {old_shape}, these data are "
+            f"{tuple(module.data_shape)}; resume with the same data.* settings"
+        )
+    for k in _MEANING_KEYS:
+        if k in old and old.get(k) != new.get(k):
+            raise ConfigError(
+                f"ckpt_path: {p} was trained with model.{k}={old[k]}, this run has "
+                f"model.{k}={new.get(k)}: resuming would train its weights under another "
+                f"preconditioning; set model.{k}={old[k]} (or train a new model)"
+            )
+    t = cfg.trainer
+    loops = ckpt.get("loops", {}).get("fit_loop", {})
+    done_epochs = loops.get("epoch_progress", {}).get("current", {}).get("completed")
+    step = ckpt.get("global_step")
+    if done_epochs is not None and t.max_epochs != -1 and done_epochs >= t.max_epochs:
+        raise ConfigError(
+            f"ckpt_path: {p} has already trained {done_epochs} epochs (step {step}) and "
+            f"trainer.max_epochs={t.max_epochs}: nothing to train; raise trainer.max_epochs "
+            "to train on, or use samplerlab evaluate"
+        )
+    if step is not None and t.max_steps != -1 and step >= t.max_steps:
+        raise ConfigError(
+            f"ckpt_path: {p} is at step {step} and trainer.max_steps={t.max_steps}: nothing to "
+            "train; raise trainer.max_steps to train on, or use samplerlab evaluate"
         )

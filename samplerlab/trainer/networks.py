@@ -73,6 +73,14 @@ def unet_config(cfg: Any, shape: tuple[int, ...], num_classes: int) -> dict[str,
         raise ConfigError(
             "model.unet: down_block_types, up_block_types and block_out_channels need equal lengths"
         )
+    levels = len(u.block_out_channels)
+    if len(shape) != 3:
+        raise ConfigError(f"model.backbone: the UNet takes images [C, H, W], the data are {shape}")
+    if shape[-1] % 2 ** (levels - 1) or shape[-2] % 2 ** (levels - 1):
+        raise ConfigError(
+            f"data.image_size: {shape[-1]} is not divisible by 2**{levels - 1} "
+            f"(the UNet halves it {levels - 1} time(s): model.unet.block_out_channels)"
+        )
     return {
         "sample_size": shape[-1],
         "in_channels": shape[0],

@@ -10,14 +10,24 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ..callbacks.sampler_eval import SamplerEvalCallback
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from ..fileio import atomic_write_text
-from .config import load_config, validate
+from .config import check_accelerator, load_config, validate
 from .data import DiffusionDataModule
-from .module import EMA, DiffusionModule, build_module, check_same_architecture, load_checkpoint
+from .module import (
+    EMA,
+    SAFE_GLOBALS,
+    DiffusionModule,
+    build_module,
+    check_resume,
+    load_checkpoint,
+    read_checkpoint,
+)
+from .runs import SessionTimer, TrainingSummary, make_timer, run_dir, set_threads
 
 
 def make_logger(cfg: DictConfig, out_dir: Path) -> Any:
@@ -50,10 +60,12 @@ def make_trainer(
     cbs = list(callbacks)
     if checkpoints:
         cbs.append(ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True))
+    timer = make_timer(t.max_time)  # per invocation: a resumed run trains on
+    if timer is not None:
+        cbs.append(timer)
     return pl.Trainer(
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
-        max_time=t.max_time,
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
@@ -79,46 +91,75 @@ def save_config(cfg: DictConfig, out_dir: Path) -> None:
     atomic_write_text(out_dir / "checkpoints" / "config.yaml", text)
 
 
-def _threads(cfg: DictConfig) -> None:
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(int(cfg.trainer.num_threads))
+def _threads(cfg: DictConfig, prefix: str) -> None:
+    n, why = set_threads(cfg.trainer.num_threads)
+    if rank_zero_only.rank == 0:
+        print(f"{prefix}: torch uses {n} CPU thread(s) ({why}; trainer.num_threads=N to change)")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit a model (resuming from ``ckpt_path``), evaluate the samplers, export if asked."""
+    """Fit a model (resuming from ``ckpt_path``), evaluate the samplers, export if asked.
+
+    Cheap checks come first (config, accelerator, resume compatibility, the run folder):
+    nothing is trained or written on bad input.
+    """
     validate(cfg)
-    _threads(cfg)
+    check_accelerator(cfg.trainer)
     out_dir = Path(cfg.out_dir)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = DiffusionDataModule(cfg.data)
-    dm.prepare()
-    module = build_module(cfg, dm.shape, dm.num_classes)
-    if cfg.ckpt_path is not None:
-        check_same_architecture(module, cfg.ckpt_path)
-    if cfg.export is not None:
-        module.check_exportable()
-    callbacks: list[Any] = []
-    evalcb = SamplerEvalCallback(cfg, dm, out_dir) if cfg.eval.enabled else None
-    if evalcb is not None:
-        callbacks.append(evalcb)
-    if cfg.optim.ema:
-        callbacks.append(EMA(decay=cfg.optim.ema_decay, warmup=cfg.optim.ema_warmup))
-    trainer = make_trainer(cfg, out_dir, callbacks, checkpoints=not cfg.trainer.fast_dev_run)
-    if trainer.global_rank == 0:
-        save_config(cfg, out_dir)
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
-    seconds = time.perf_counter() - start
-    if cfg.export is not None and trainer.global_rank == 0:
-        module.save_pretrained(cfg.export)
-    _finish_loggers(trainer)
+    resume = read_checkpoint(cfg.ckpt_path, "ckpt_path") if cfg.ckpt_path is not None else None
+    with run_dir(cfg):
+        _threads(cfg, "samplerlab train")
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        dm = DiffusionDataModule(cfg.data)
+        dm.prepare()
+        module = build_module(cfg, dm.shape, dm.num_classes)
+        if resume is not None:
+            check_resume(module, resume, cfg)
+        if cfg.export is not None:
+            module.check_exportable()
+        checkpoints = not cfg.trainer.fast_dev_run
+        last = out_dir / "checkpoints" / "last.ckpt" if checkpoints else None
+        callbacks: list[Any] = []
+        evalcb = SamplerEvalCallback(cfg, dm, out_dir) if cfg.eval.enabled else None
+        if evalcb is not None:
+            callbacks.append(evalcb)
+        if cfg.optim.ema:
+            callbacks.append(EMA(decay=cfg.optim.ema_decay, warmup=cfg.optim.ema_warmup))
+        trainer = make_trainer(cfg, out_dir, callbacks, checkpoints=checkpoints)
+        timer = next((c for c in trainer.callbacks if isinstance(c, SessionTimer)), None)
+        summary = TrainingSummary(cfg, timer, last)
+        # First among the callbacks: its on_train_end (the cut announcement and the summary
+        # the evaluation report opens with) runs before the evaluation's.
+        trainer.callbacks.insert(0, summary)
+        if trainer.global_rank == 0:
+            save_config(cfg, out_dir)
+        start = time.perf_counter()
+        try:
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path, weights_only=True)
+        except TrainingError as e:
+            _finish_loggers(trainer, "failed")
+            raise TrainingError(f"{e}; {_last_good(last)}") from None
+        seconds = time.perf_counter() - start
+        if cfg.export is not None and trainer.global_rank == 0:
+            module.save_pretrained(cfg.export)
+        _finish_loggers(trainer)
     return {
         "trainer": trainer,
         "module": module,
         "seconds": seconds,
         "out_dir": out_dir,
         "reports": evalcb.reports if evalcb is not None else [],
+        "training": summary.summary,
     }
+
+
+def _last_good(last: Path | None) -> str:
+    """Where the last good weights are after training stopped on a non-finite loss."""
+    if last is None or not last.is_file():
+        return "no checkpoint was written before it (none is left behind)"
+    step = read_checkpoint(last, "checkpoint").get("global_step")
+    return f"the last good checkpoint is {last} (step {step})"
 
 
 def evaluate(ckpt: str, files: list[str], overrides: list[str]) -> dict[str, Any]:
@@ -133,7 +174,8 @@ def evaluate(ckpt: str, files: list[str], overrides: list[str]) -> dict[str, Any
         raise ConfigError(
             "model: evaluate uses the checkpoint's architecture; drop model.* settings"
         )
-    _threads(cfg)
+    check_accelerator(cfg.trainer)
+    _threads(cfg, "samplerlab evaluate")
     out_dir = Path(cfg.out_dir)
     dm = DiffusionDataModule(cfg.data)
     dm.prepare()
@@ -148,9 +190,9 @@ def evaluate(ckpt: str, files: list[str], overrides: list[str]) -> dict[str, Any
     return {"trainer": trainer, "reports": evalcb.reports, "out_dir": out_dir}
 
 
-def _finish_loggers(trainer: pl.Trainer) -> None:
+def _finish_loggers(trainer: pl.Trainer, status: str = "success") -> None:
     for lg in trainer.loggers:
-        lg.finalize("success")
+        lg.finalize(status)
     if trainer.global_rank == 0:
         try:
             import wandb
