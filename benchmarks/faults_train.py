@@ -89,9 +89,9 @@ def main() -> None:
         d = work / name
         d.mkdir(exist_ok=True)
         for i in range(n):
-            Image.new(mode, (8, 8), color=(i * 13) % 255 if mode == "L" else (i, 2 * i, 3 * i)).save(
-                d / f"{i}.png"
-            )
+            Image.new(
+                mode, (8, 8), color=(i * 13) % 255 if mode == "L" else (i, 2 * i, 3 * i)
+            ).save(d / f"{i}.png")
         for i in range(corrupt):
             (d / f"bad{i}.png").write_bytes(b"\x89PNG this is not an image")
         return d
@@ -212,12 +212,19 @@ def main() -> None:
     def _():
         run("train", *TEST, "out_dir=r_rerun")
         r = run("train", *TEST, "out_dir=r_rerun")
-        r["note"] = "files: " + ", ".join(sorted(p.name for p in (work / "r_rerun" / "checkpoints").glob("*.ckpt")))
+        r["note"] = "files: " + ", ".join(
+            sorted(p.name for p in (work / "r_rerun" / "checkpoints").glob("*.ckpt"))
+        )
         return r
 
     @case("concurrent", "two concurrent runs into one folder")
     def _():
-        env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(root),
+            "OMP_NUM_THREADS": "1",
+            "WANDB_MODE": "offline",
+        }
         first = subprocess.Popen(
             [sys.executable, "-m", "samplerlab.cli", "train", *TEST, "out_dir=r_conc",
              "trainer.max_epochs=200"],
@@ -268,7 +275,13 @@ def main() -> None:
                 r["note"] = f"code ran: {marker.exists()}"
                 return r
 
-            cases.append((cid, f"malicious pickle ({'torch zip' if zipped else 'raw pickle'}) to `{entry}`", _))
+            cases.append(
+                (
+                    cid,
+                    f"malicious pickle ({'torch zip' if zipped else 'raw pickle'}) to `{entry}`",
+                    _,
+                )
+            )
 
     @case("epochs0", "`trainer.max_epochs=0`")
     def _():
@@ -362,7 +375,10 @@ def main() -> None:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-        lines = ["| id | input | rc | traceback | last line of stderr | note |", "|---|---|---:|---|---|---|"]
+        lines = [
+            "| id | input | rc | traceback | last line of stderr | note |",
+            "|---|---|---:|---|---|---|",
+        ]
         for r in results:
             last = str(r.get("last", "")).replace("|", "\\|")
             lines.append(

@@ -37,8 +37,15 @@ def _load(name: str):
         raise
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (``--help`` prints the usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="samplerlab", description=__doc__.splitlines()[0])
+    parser = Parser(prog="samplerlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_) in COMMANDS.items():
         mod = _load(name)

@@ -47,6 +47,22 @@ def test_overrides_merge_left_to_right(tmp_path):
         (["eval.feature=dino"], "eval.feature"),
         (["eval.num_samples=1"], "eval.num_samples"),
         (["noequals"], "key=value"),
+        (["eval.nfe=[10,20"], "eval.nfe=[10,20"),  # malformed YAML in an override
+        (["trainer.accelerator=tpuu"], "trainer.accelerator"),
+        (["trainer.precision=fp13"], "trainer.precision"),
+        (["trainer.strategy=dpp"], "trainer.strategy"),
+        (["trainer.max_time=4min"], "trainer.max_time"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs"),
+        (["trainer.max_steps=0"], "trainer.max_steps"),
+        (["trainer.devices=0"], "trainer.devices"),
+        (["trainer.num_threads=0"], "trainer.num_threads"),
+        (["data.name=digits", "model.backbone=unet", "data.channels=3"], "data.channels"),
+        (["data.channels=2"], "data.channels"),
+        (["data.val_fraction=1.5"], "data.val_fraction"),
+        (["data.num_workers=-1"], "data.num_workers"),
+        (["data.gmm.dim=0"], "data.gmm"),
+        (["optim.lr=-1"], "optim.lr"),
+        (["seed=100000000000000000000"], "seed"),
     ],
 )
 def test_bad_config_one_line(args, needle):
@@ -65,6 +81,13 @@ def test_unknown_key_in_file_and_missing_file(tmp_path):
         load_config(str(tmp_path / "nope.yaml"))
     with pytest.raises(ConfigError, match="presets"):
         load_config("nopreset")
+
+
+def test_argparse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["sample", "--ckpt", "x.ckpt", "--sampler", "ddim", "--steps", "2", "--seed", "1e20"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "--seed" in err[0], err
 
 
 def test_cli_prints_one_line(capsys, tmp_path):

@@ -276,3 +276,72 @@ def test_image_folder_dataset(tmp_path):
     cfg.data.root = str(empty)
     with pytest.raises(ConfigError, match="no images"):
         DiffusionDataModule(cfg.data).prepare()
+
+
+def _images(folder, n, corrupt=0):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.new("L", (8, 8), color=i * 20).save(folder / f"{i}.png")
+    for i in range(corrupt):
+        (folder / f"bad{i}.png").write_bytes(b"\x89PNG not an image")
+    return folder
+
+
+def test_bad_train_inputs_found_before_training(tmp_path, capsys):
+    ckpt = tmp_path / "base" / "checkpoints" / "last.ckpt"
+    train(load_config("test", overrides=[f"out_dir={tmp_path / 'base'}", "eval.enabled=false"]))
+    capsys.readouterr()
+    folder = ["data.name=image_folder", *TINY_UNET[2:6], "eval.feature=raw"]
+    cases = [
+        ([*folder, f"data.root={_images(tmp_path / 'bad', 6, corrupt=1)}"], "bad0.png"),
+        ([*folder, f"data.root={_images(tmp_path / 'one', 1)}"], "holds 1 image(s)"),
+        ([*TINY_UNET[:6], "data.image_size=7"], "data.image_size"),
+        ([f"ckpt_path={ckpt}", "data.gmm.dim=4", "trainer.max_epochs=2"], "shape (2,)"),
+        (
+            [f"ckpt_path={ckpt}", "model.sigma_data=0.7", "trainer.max_epochs=2"],
+            "model.sigma_data=1.0, this run has model.sigma_data=0.7",
+        ),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["trainer.accelerator=gpu"], "no usable CUDA device"))
+    for i, (overrides, needle) in enumerate(cases):
+        rc = main(["train", "test", f"out_dir={tmp_path / f'r{i}'}", *overrides])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and needle in err[0], (overrides, err)
+        assert not (tmp_path / f"r{i}" / "checkpoints").exists(), overrides
+
+
+def test_image_folder_channels_follow_the_images(tmp_path):
+    from samplerlab.trainer.data import DiffusionDataModule
+
+    gray = _images(tmp_path / "gray", 4)
+    cfg = load_config("test", overrides=["data.name=image_folder", f"data.root={gray}",
+                                         "model.backbone=unet"])  # fmt: skip
+    dm = DiffusionDataModule(cfg.data)
+    dm.prepare()
+    assert dm.shape == (1, 8, 8) and cfg.data.channels == 1  # recorded in the config
+    cfg.data.channels = 3
+    dm = DiffusionDataModule(cfg.data)
+    dm.prepare()
+    assert dm.shape == (3, 8, 8) and dm.real[0][0].shape == (3, 8, 8)
+
+
+def test_bad_sample_inputs_one_line(tmp_path, capsys):
+    train(cfg_for(tmp_path, "eval.enabled=false"))
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    (tmp_path / "adir").mkdir()
+    base = ["sample", "--ckpt", ckpt, "--sampler", "ddim", "--steps", "2"]
+    cases = [
+        (["--seed", str(10**20)], "--seed"),
+        (["--device", "gpu0"], "--device"),
+        (["--out", str(tmp_path / "adir")], "is a folder"),
+        (["--n", "0"], "--n"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "no usable CUDA device"))
+    for extra, needle in cases:
+        rc = main([*base, *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and needle in err[0], (extra, err)

@@ -437,7 +437,11 @@ def check_resume(module: DiffusionModule, ckpt: dict[str, Any], cfg: DictConfig)
             )
     t = cfg.trainer
     loops = ckpt.get("loops", {}).get("fit_loop", {})
-    done_epochs = loops.get("epoch_progress", {}).get("current", {}).get("completed")
+    # Epochs done: Lightning saves the end-of-epoch checkpoint before it counts the epoch as
+    # completed; its last batch done means the epoch is.
+    epochs = loops.get("epoch_progress", {}).get("current", {})
+    last_batch = loops.get("epoch_loop.batch_progress", {}).get("is_last_batch", False)
+    done_epochs = epochs.get("processed" if last_batch else "completed")
     step = ckpt.get("global_step")
     if done_epochs is not None and t.max_epochs != -1 and done_epochs >= t.max_epochs:
         raise ConfigError(
