@@ -180,7 +180,9 @@ class CountingDenoiser(_Wrapper):
     """Counts sequential network rounds and evaluated rows.
 
     One call is one round (a sequential network call, whatever its batch); NFE per sample
-    is ``rows / batch``. Counters are Python ints: no GPU->CPU sync.
+    is ``rows / batch``. Counters are Python ints: no GPU->CPU sync. The output must have
+    the input's shape (a shape is host metadata: checking it costs no sync); a model that
+    returns another shape would otherwise be broadcast into wrong samples.
     """
 
     def __init__(self, inner: Callable[[Tensor, Tensor], Tensor]) -> None:
@@ -191,7 +193,14 @@ class CountingDenoiser(_Wrapper):
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         self.rounds += 1
         self.rows += x.shape[0]
-        return self.inner(x, sigma)
+        out = self.inner(x, sigma)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise SamplerError(
+                f"the denoiser returned {got} for an input of shape {tuple(x.shape)}: "
+                "D(x, sigma) must return a tensor of x's shape"
+            )
+        return out
 
     def nfe(self, batch: int) -> float:
         return self.rows / batch
