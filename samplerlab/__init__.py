@@ -7,11 +7,12 @@ Python API::
     res = sl.sample(den, "dpmpp_2m", steps=10, shape=(16, 3, 32, 32), seeds=range(16))
     res.x, res.nfe, res.rounds, res.seconds
     sl.list_samplers()
+    c = sl.iia.fit(den, "iia_ddim", steps=10, shape=(3, 32, 32))  # IIA: fit, save, load
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import denoisers
+from . import denoisers, iia
 from .samplers import SAMPLERS, SamplerError, SampleResult, get_sampler, list_samplers, sample
 
 try:
@@ -26,6 +27,7 @@ __all__ = [
     "__version__",
     "denoisers",
     "get_sampler",
+    "iia",
     "list_samplers",
     "sample",
 ]

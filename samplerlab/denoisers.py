@@ -23,6 +23,7 @@ from .samplers.denoisers import (
     from_eps,
     from_v,
     from_x0,
+    maybe_compile,
 )
 from .samplers.schedules import ContinuousVP, DiscreteVP
 
@@ -34,6 +35,7 @@ __all__ = [
     "DiscreteVP",
     "EDMDenoiser",
     "FiniteCheckDenoiser",
+    "LabelledModel",
     "NonFiniteError",
     "VPDenoiser",
     "chunked",
@@ -114,25 +116,15 @@ def from_diffusers(
     hw = (size, size) if isinstance(size, int) else tuple(size)
 
     labels_all = None if class_labels is None else torch.as_tensor(class_labels).reshape(-1)
-
-    def model_fn(x_vp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # Labels are bound by closure: one for every row, or one per sample. Parallel samplers
-        # stack whole copies of the batch (block-major), which repeat the per-sample labels.
-        labels = labels_all
-        if labels is not None and labels.numel() not in (1, x_vp.shape[0]):
-            if x_vp.shape[0] % labels.numel():
-                raise SamplerError(
-                    f"class_labels has {labels.numel()} entries but the network call has "
-                    f"{x_vp.shape[0]} rows (not whole copies of the batch: with max_rows, "
-                    "use a multiple of the batch size)"
-                )
-            labels = labels.repeat(x_vp.shape[0] // labels.numel())
-        elif labels is not None and labels.numel() == 1:
-            labels = labels.expand(x_vp.shape[0])
-        if labels is not None:
-            labels = labels.to(x_vp.device)
-        return unet(x_vp.to(unet.dtype), t, class_labels=labels).sample
-
+    if labels_all is None:
+        model_fn = lambda x_vp, t: unet(x_vp.to(unet.dtype), t).sample
+        vp_compile = compile
+    else:
+        # Compile the network call itself: the labels wrapper stays a plain object whose
+        # take() gives gathered rows their own samples' labels.
+        call = maybe_compile(lambda x, t, y: unet(x, t, class_labels=y).sample, compile)
+        model_fn = LabelledModel(unet, call, labels_all)
+        vp_compile = False
     return VPDenoiser(
         model_fn,
         DiscreteVP(ddpm.alphas_cumprod.double()),
@@ -141,5 +133,49 @@ def from_diffusers(
         if clip_denoised is None
         else clip_denoised,
         data_shape=(unet.config.in_channels, *hw),
-        compile=compile,
+        compile=vp_compile,
     )
+
+
+class LabelledModel:
+    """A class-conditional network call ``f(x_vp, t)`` with one label per sample (or one
+    for all).
+
+    Row ``j`` of a call is sample ``j mod n`` of the ``n`` labels: a whole batch, or whole
+    copies of it stacked by a parallel sampler (SRDS blocks, RMM-parallel rounds, chunks of
+    either). Samplers that gather a subset of the rows name each row's sample through
+    :func:`samplerlab.samplers.core.take_rows` (PMM's midpoints, ParaDiGMS' windows), which
+    calls :meth:`take`. Labels are copied to each device once; no host sync per call.
+    """
+
+    def __init__(self, unet: torch.nn.Module, call: Any, labels: torch.Tensor) -> None:
+        self.unet = unet  # the module (for fingerprints)
+        self.call = call
+        self.labels = labels
+        self._on: dict[torch.device, torch.Tensor] = {labels.device: labels}
+
+    def _labels_on(self, device: torch.device) -> torch.Tensor:
+        if device not in self._on:
+            self._on[device] = self.labels.to(device)
+        return self._on[device]
+
+    def take(self, rows: torch.Tensor) -> LabelledModel:
+        labels = self._labels_on(rows.device)
+        n = labels.numel()
+        view = LabelledModel(self.unet, self.call, labels if n == 1 else labels[rows % n])
+        return view
+
+    def __call__(self, x_vp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        labels = self._labels_on(x_vp.device)
+        rows, n = x_vp.shape[0], labels.numel()
+        if n == 1:
+            labels = labels.expand(rows)
+        elif rows != n:
+            if rows % n:
+                raise SamplerError(
+                    f"class_labels has {n} entries but the network call has {rows} rows "
+                    "(neither the batch nor whole copies of it, and the sampler did not name "
+                    "the rows' samples)"
+                )
+            labels = labels.repeat(rows // n)
+        return self.call(x_vp.to(self.unet.dtype), t, labels)

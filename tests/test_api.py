@@ -145,7 +145,7 @@ def test_wrong_number_of_seeds(gaussian):
 
 
 def test_wrong_noise_shape(gaussian):
-    with pytest.raises(SamplerError, match=r"noise has shape \(3, 4\), expected \(2, 4\)"):
+    with pytest.raises(SamplerError, match=r"noise must be a tensor of shape \(2, 4\), got \(3"):
         sl.sample(gaussian, "euler", steps=3, shape=(2, 4), noise=torch.zeros(3, 4))
 
 

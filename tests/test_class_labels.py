@@ -46,7 +46,88 @@ def test_per_sample_labels_through_a_parallel_sampler(folder):
     assert not torch.allclose(other.x[0], serial[0]) and torch.allclose(other.x[1], serial[1])
 
 
-def test_rows_that_are_not_whole_batches_are_refused(folder):
+def test_chunks_of_copies_of_the_batch_keep_their_labels(folder):
+    """max_rows cuts SRDS's stacked copies anywhere: each chunk's rows keep their samples'
+    labels (before: refused unless max_rows was a multiple of the batch)."""
     den = from_diffusers(folder, dtype=F64, class_labels=torch.tensor([0, 1, 2]))
-    with pytest.raises(SamplerError, match="class_labels has 3 entries"):
-        sl.sample(den, "srds", steps=9, shape=(3, 1, 4, 4), dtype=F64, blocks=3, max_rows=4)
+    kw = {"steps": 9, "shape": (3, 1, 4, 4), "dtype": F64, "schedule": "time_uniform"}
+    serial = sl.sample(den, "ddim", **kw).x
+    par = sl.sample(den, "srds", blocks=3, tol=0.0, max_rows=4, **kw).x
+    torch.testing.assert_close(par, serial, rtol=0, atol=1e-10)
+
+
+def test_rows_that_name_no_samples_are_refused(folder):
+    """A call that is neither the batch nor copies of it, from a sampler that did not name
+    its rows' samples, is one line (not labels silently paired with the wrong rows)."""
+    den = from_diffusers(folder, dtype=F64, class_labels=torch.tensor([0, 1, 2]))
+    x, sigma = torch.zeros(5, 1, 4, 4, dtype=F64), torch.ones(5, dtype=F64)
+    with pytest.raises(SamplerError, match="class_labels has 3 entries but the network call has 5"):
+        den(x, sigma)
+    # Named rows (samples 2, 0, 0, 1, 2) are served.
+    rows = torch.tensor([2, 0, 0, 1, 2])
+    out = den.take(rows)(x, sigma)
+    alone = [from_diffusers(folder, dtype=F64, class_labels=torch.tensor([int(r)])) for r in rows]
+    ref = torch.cat([a(x[:1], sigma[:1]) for a in alone])
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+def test_pmm_midpoints_get_their_own_samples_labels(folder):
+    """The issue's case: PMM gathers its midpoint rows; with labels they must be each
+    sample's own (before: max-abs 0.42 against each sample alone)."""
+    labels = torch.tensor([0, 1, 2, 1, 0, 2])
+    den = from_diffusers(folder, dtype=F64, class_labels=labels)
+    kw = {"steps": 25, "dtype": F64}
+    batch = sl.sample(den, "pmm", shape=(6, 1, 4, 4), seeds=range(6), **kw).x
+    for k in range(6):
+        alone = from_diffusers(folder, dtype=F64, class_labels=labels[k : k + 1])
+        row = sl.sample(alone, "pmm", shape=(1, 1, 4, 4), seeds=[k], **kw).x
+        torch.testing.assert_close(batch[k : k + 1], row, rtol=0, atol=1e-10)
+
+
+def _label_cases() -> list[tuple[str, dict]]:
+    out: list[tuple[str, dict]] = []
+    for name, spec in sl.SAMPLERS.items():
+        out.append((name, {}))
+        out += [(name, {opt: 1.0}) for opt in spec.stochastic_options]
+    # Per-sample windows that differ in length (rows that are not whole copies of the batch).
+    out += [("paradigms", {"steps": 24, "window": 5, "tol": 0.05})]
+    out += [("paradigms", {"steps": 24, "window": 5, "tol": 0.05, "max_rows": 3})]
+    return out
+
+
+LABEL_CASES = _label_cases()
+
+
+@pytest.mark.parametrize(
+    ("name", "options"), LABEL_CASES, ids=[f"{n}-{o}" if o else n for n, o in LABEL_CASES]
+)
+def test_per_sample_labels_batch_equals_each_sample_alone(folder, name, options):
+    """With per-sample class labels, every sampler gives each sample what it gives that
+    sample alone (same seed, its own label): samplers that evaluate a subset of the rows
+    (pmm's midpoints, paradigms' windows) name the rows' samples (``take_rows``)."""
+    labels, seeds = torch.tensor([2, 0, 1, 2]), [11, 3, 42, 7]
+    kw = {"steps": 6, "dtype": F64, **options}
+    den = from_diffusers(folder, dtype=F64, class_labels=labels)
+    batch = sl.sample(den, name, shape=(4, 1, 4, 4), seeds=seeds, **kw).x
+    for k in range(4):
+        alone = from_diffusers(folder, dtype=F64, class_labels=labels[k : k + 1])
+        row = sl.sample(alone, name, shape=(1, 1, 4, 4), seeds=seeds[k : k + 1], **kw).x
+        err = float((batch[k : k + 1] - row).abs().max())
+        assert err <= 1e-10 * max(1.0, float(row.abs().max())), f"sample {k}: {err:.3e}"
+
+
+def test_sharded_replicas_keep_each_rows_label(folder):
+    """Rows split over replicas (ShardedDenoiser) keep their samples' labels, also for
+    gathered rows (pmm) and for copies of the batch (srds)."""
+    from samplerlab.samplers.parallel import ShardedDenoiser
+
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    den = from_diffusers(folder, dtype=F64, class_labels=labels)
+    sharded = ShardedDenoiser([den, den], ["cpu", "cpu"])
+    kw = {"shape": (5, 1, 4, 4), "dtype": F64, "seeds": range(5)}
+    try:
+        for name, opts in (("pmm", {"steps": 25}), ("srds", {"steps": 9, "blocks": 3})):
+            ref = sl.sample(den, name, **opts, **kw).x
+            torch.testing.assert_close(sl.sample(sharded, name, **opts, **kw).x, ref)
+    finally:
+        sharded.close()

@@ -71,7 +71,7 @@ def test_registry_entries():
         spec, b = get_sampler(name), get_sampler(base)
         assert spec.needs_coeffs and spec.deterministic
         assert [spec.nfe(n) for n in (3, 10, 20)] == [b.nfe(n) for n in (3, 10, 20)]
-        assert spec.option_names() == ["coeffs"]
+        assert spec.option_names() == ["coeffs", "allow_fingerprint_mismatch"]
 
 
 def test_edm_lemma_one_matches_heun(gaussian):

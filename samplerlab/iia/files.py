@@ -8,8 +8,6 @@ scale and library version.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,12 @@ from torch import Tensor
 
 from ..fileio import atomic_write
 from ..samplers.core import SamplerError
-from ..samplers.iia import IIACoefficients, grid_mismatch
+from ..samplers.iia import (
+    IIACoefficients,
+    check_integrity,
+    grid_mismatch,
+    model_fingerprint,
+)
 
 META_KEY = "samplerlab.iia"
 FORMAT_VERSION = 1
@@ -29,66 +32,10 @@ class IIAFileError(SamplerError):
     """A coefficient file that is missing, corrupt or fitted for another grid or model."""
 
 
-def _find_module(obj: Any, depth: int = 0) -> torch.nn.Module | None:
-    """The ``nn.Module`` behind a denoiser wrapper (attributes, wrapped callables, closures)."""
-    if isinstance(obj, torch.nn.Module):
-        return obj
-    if depth > 4 or obj is None:
-        return None
-    candidates: list[Any] = []
-    for name in ("net", "model", "unet", "module", "inner", "model_fn", "denoiser"):
-        if hasattr(type(obj), name) or name in getattr(obj, "__dict__", {}):
-            with contextlib.suppress(AttributeError):
-                candidates.append(getattr(obj, name))
-    candidates.append(getattr(obj, "__self__", None))  # bound methods
-    for cell in getattr(obj, "__closure__", None) or ():  # closures (from_diffusers' model_fn)
-        with contextlib.suppress(ValueError):  # empty cell
-            candidates.append(cell.cell_contents)
-    for c in candidates:
-        found = _find_module(c, depth + 1)
-        if found is not None:
-            return found
-    return None
-
-
-def _hash_tensor(h: Any, name: str, t: Tensor) -> None:
-    t = t.detach().to("cpu").contiguous()
-    h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
 def fingerprint(denoiser: Any) -> str:
-    """A short hash identifying the model behind ``denoiser``.
-
-    Order of preference: a ``fingerprint`` attribute or method of the denoiser (a hook for
-    checkpoint-backed denoisers); the bytes of the weights of the ``nn.Module`` found
-    through the wrapper; the tensors held by an analytic model (e.g. a Gaussian mixture's
-    weights, means and stds); else the denoiser's ``repr``.
-    """
-    own = getattr(denoiser, "fingerprint", None)
-    if own is not None:
-        return str(own() if callable(own) else own)
-    inner = getattr(denoiser, "inner", None)  # samplerlab wrappers (Counting, Chunked, ...)
-    if inner is not None and not isinstance(denoiser, torch.nn.Module):
-        return fingerprint(inner)
-    h = hashlib.sha256()
-    h.update(type(denoiser).__qualname__.encode())
-    module = _find_module(denoiser)
-    if module is not None:
-        h.update(b"weights;")
-        for name, t in sorted(module.state_dict().items()):
-            _hash_tensor(h, name, t)
-    else:
-        tensors = {k: v for k, v in vars(denoiser).items() if isinstance(v, Tensor)}
-        vp = getattr(denoiser, "vp", None)
-        if vp is not None and isinstance(getattr(vp, "alphas_cumprod", None), Tensor):
-            tensors["vp.alphas_cumprod"] = vp.alphas_cumprod
-        if tensors:
-            for name in sorted(tensors):
-                _hash_tensor(h, name, tensors[name])
-        else:
-            h.update(repr(denoiser).encode())
-    return h.hexdigest()[:16]
+    """A short hash identifying the model behind ``denoiser`` (see
+    :func:`samplerlab.samplers.iia.model_fingerprint`)."""
+    return model_fingerprint(denoiser)
 
 
 def library_version() -> str:
@@ -132,11 +79,17 @@ def save(coeffs: IIACoefficients, path: str | Path) -> Path:
 
 
 def load(
-    path: str | Path, *, denoiser: Any = None, sigmas: Tensor | None = None
+    path: str | Path,
+    *,
+    denoiser: Any = None,
+    sigmas: Tensor | None = None,
+    allow_fingerprint_mismatch: bool = False,
 ) -> IIACoefficients:
     """Read a coefficient file; check the grid (``sigmas``) and model (``denoiser``) if given.
 
-    Every failure is one :class:`IIAFileError` line naming the file and how to refit.
+    Always checked: the scalars are finite and are the ones the fit wrote (the fit stores a
+    digest of its output). Every failure is one :class:`IIAFileError` line naming the file
+    and how to refit; ``allow_fingerprint_mismatch=True`` accepts another model's file.
     """
     from safetensors import safe_open
 
@@ -175,12 +128,17 @@ def load(
                 f"IIA coefficient file {path} was fitted on another grid {mismatch}; "
                 f"{_refit_hint(meta, path)}"
             )
+    try:
+        check_integrity(coeffs, f"file {path}")
+    except SamplerError as e:
+        raise IIAFileError(str(e)) from None
     if denoiser is not None:
         want = meta.get("fingerprint")
         got = fingerprint(denoiser)
-        if want != got:
+        if want != got and not allow_fingerprint_mismatch:
             raise IIAFileError(
                 f"IIA coefficient file {path} was fitted for another model (fingerprint {want}, "
-                f"this model {got}); {_refit_hint(meta, path)}"
+                f"this model {got}); {_refit_hint(meta, path)}, or pass "
+                "allow_fingerprint_mismatch=True"
             )
     return coeffs

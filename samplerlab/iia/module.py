@@ -39,6 +39,7 @@ from ..samplers.iia import (
     StepTerms,
     available_columns,
     check_sampler,
+    coefficients_digest,
     default_coefficients,
     fine_grid,
     fine_nfe,
@@ -241,7 +242,7 @@ class IIAFitModule(L.LightningModule):
 
 
 def _device_of(denoiser: Any) -> torch.device:
-    from .files import _find_module
+    from ..samplers.iia import _find_module
 
     module = _find_module(denoiser)
     if module is not None:
@@ -407,12 +408,7 @@ def fit(
         "world_size": trainer.world_size,
         "local_error": module.local_error.detach().cpu().tolist(),
     }
-    return IIACoefficients(
-        sampler,
-        host.clone(),
-        module.coefficients.detach().cpu().to(torch.float64),
-        fitted,
-        form,
-        r,
-        metadata,
-    )
+    coefficients = module.coefficients.detach().cpu().to(torch.float64)
+    # What this fit produced: loading checks it (a file edited after the fit is refused).
+    metadata["coeffs_digest"] = coefficients_digest(coefficients, fitted, host)
+    return IIACoefficients(sampler, host.clone(), coefficients, fitted, form, r, metadata)

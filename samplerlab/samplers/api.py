@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,13 +50,25 @@ def build_sigmas(
     opts = dict(schedule_options or {})
     if schedule is None and name == spec.default_schedule:
         opts = {**spec.default_schedule_options, **opts}
-    sigma_min = float(opts.pop("sigma_min", sigma_min))
-    sigma_max = float(opts.pop("sigma_max", sigma_max))
+    sigma_min = opts.pop("sigma_min", sigma_min)  # values checked by get_sigmas
+    sigma_max = opts.pop("sigma_max", sigma_max)
     return get_sigmas(name, grid_steps, sigma_min=sigma_min, sigma_max=sigma_max, vp=vp, **opts)
 
 
+# Largest grid a sampler call may plan: far beyond any sampler's useful range (a DDPM table
+# has 1000 steps), small enough that the grid and the loop are refused before any work.
+MAX_GRID_STEPS = 100_000
+# Seeds are 63-bit non-negative integers (what every generator accepts without wrapping).
+MAX_SEED = 2**63 - 1
+
+
 def _check_shape(denoiser: Any, shape: Sequence[int]) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in shape)
+    try:
+        shape = tuple(operator.index(s) for s in shape)
+    except TypeError:
+        raise SamplerError(
+            f"shape must be a sequence of integers (n, *dims), got {shape!r}"
+        ) from None
     if len(shape) < 2 or shape[0] < 1 or any(s < 1 for s in shape):
         raise SamplerError(f"shape must be (n, *dims) with positive sizes, got {shape}")
     want = getattr(denoiser, "data_shape", None)
@@ -65,6 +78,50 @@ def _check_shape(denoiser: Any, shape: Sequence[int]) -> tuple[int, ...]:
             f"(n, {', '.join(map(str, want))})"
         )
     return shape
+
+
+def _check_seeds(seeds: Iterable[int] | None, n: int) -> list[int]:
+    """``seeds`` as a list of ``n`` integers in ``[0, 2**63 - 1]`` (default ``range(n)``)."""
+    if seeds is None:
+        return list(range(n))
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
+        raise SamplerError(f"seeds must be a sequence of {n} integers, got {seeds!r}")
+    out = []
+    for s in seeds:
+        try:
+            v = operator.index(s)
+        except TypeError:
+            raise SamplerError(f"seeds must be integers, got {s!r}") from None
+        if not 0 <= v <= MAX_SEED:
+            raise SamplerError(f"seed {v} is out of range: seeds must be in [0, 2**63 - 1]")
+        out.append(v)
+    if len(out) != n:
+        raise SamplerError(f"got {len(out)} seeds for {n} samples")
+    return out
+
+
+def check_device(device: torch.device | str, key: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine (one line if not)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SamplerError(f"{key} {device!r} is not a device ({first[:80]})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SamplerError(f"{key} {str(dev)!r}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SamplerError(
+                f"{key} {str(dev)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise SamplerError(f"{key} {str(dev)!r}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps", "meta"):
+        accel = getattr(torch, dev.type, None)
+        available = getattr(accel, "is_available", None)
+        if not callable(available) or not available():
+            raise SamplerError(f"{key} {str(dev)!r} is not available on this machine")
+    return dev
 
 
 def sample(
@@ -91,20 +148,39 @@ def sample(
     the sampler's registry entry says (``samplerlab samplers``); ``sigmas`` overrides the
     schedule. Raises :class:`NonFiniteError` naming the round if a sample is NaN/Inf.
     """
+    if not callable(denoiser):
+        raise SamplerError(f"the denoiser must be a callable D(x, sigma), got {type(denoiser)}")
     spec = get_sampler(name)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise SamplerError(f"steps must be an integer >= 1, got {steps!r}")
+    if steps > MAX_GRID_STEPS:
+        raise SamplerError(f"steps={steps} is more than samplerlab plans ({MAX_GRID_STEPS})")
     shape = _check_shape(denoiser, shape)
     n = shape[0]
     spec.check_options(options)
-    seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
-    if len(seeds) != n:
-        raise SamplerError(f"got {len(seeds)} seeds for {n} samples")
+    seeds = _check_seeds(seeds, n)
+    if noise is not None and (not isinstance(noise, Tensor) or tuple(noise.shape) != shape):
+        got = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
+        raise SamplerError(f"noise must be a tensor of shape {shape}, got {got}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise SamplerError(
+            f"dtype must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}"
+        )
+    if schedule_options is not None and not isinstance(schedule_options, Mapping):
+        raise SamplerError(
+            f"schedule_options must be a mapping (e.g. {{'rho': 7}}), got {schedule_options!r}"
+        )
     if device is None:
         device = noise.device if noise is not None else "cpu"
-    device = torch.device(device)
+    device = check_device(device)
+    noise_device = check_device(noise_device, "noise_device")
 
     grid_steps, planned = spec.plan_for(steps, options)
+    if grid_steps > MAX_GRID_STEPS:
+        raise SamplerError(
+            f"sampler '{name}' plans {grid_steps} grid steps for steps={steps}, more than "
+            f"samplerlab plans ({MAX_GRID_STEPS})"
+        )
     if sigmas is None:
         sigmas = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
     else:
@@ -121,8 +197,6 @@ def sample(
         if noise is None:
             z = source.randn(shape, device=device, dtype=dtype)
         else:
-            if tuple(noise.shape) != shape:
-                raise SamplerError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
             z = noise.to(device, dtype)
         # x = z sqrt(sigma_0^2 + prior_std^2), with each row's own sigma_0 on a per-row grid.
         prior_std = float(getattr(denoiser, "prior_std", 0.0))

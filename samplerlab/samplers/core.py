@@ -26,6 +26,19 @@ class SamplerError(ValueError):
     """Bad input to a sampler, a schedule or the sampling API (one clear line)."""
 
 
+def take_rows(denoiser: Denoiser, rows: Tensor) -> Denoiser:
+    """The denoiser for a call whose row ``j`` belongs to sample ``rows[j]`` of the batch.
+
+    A sampler that evaluates a gathered subset of its rows (PMM's midpoints, ParaDiGMS'
+    windows) names each row's sample this way, so that per-sample conditioning (class
+    labels) follows the rows. A call of whole copies of the batch (row ``j`` is sample
+    ``j mod batch``) needs nothing. Denoisers without per-sample state are returned as
+    they are; ``rows`` is a device tensor (no host sync).
+    """
+    take = getattr(denoiser, "take", None)
+    return denoiser if take is None else take(rows)
+
+
 def append_dims(v: Tensor, ndim: int) -> Tensor:
     """Append trailing singleton dims so a per-row ``[B]`` vector broadcasts against ``x``."""
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -30,9 +33,13 @@ def ancestral_sigmas(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Ten
 
     DDIM's ``sigma_ts = eta sqrt((1-abar_s)/(1-abar_t)) sqrt(1 - abar_t/abar_s)`` in EDM
     coordinates is ``sigma_up = eta sigma_next sqrt(1 - sigma_next^2/sigma^2)``; the
-    deterministic part moves to ``sigma_down = sqrt(sigma_next^2 - sigma_up^2)``.
+    deterministic part moves to ``sigma_down = sqrt(sigma_next^2 - sigma_up^2)``. For
+    ``eta > 1`` the formula would ask for more noise than the step ends at; ``sigma_up`` is
+    capped at ``sigma_next`` (k-diffusion's ``get_ancestral_step``), which makes the step
+    ``x0_hat + sigma_next z``: the most noise the grid allows.
     """
     sigma_up = eta * sigma_next * (1 - sigma_next**2 / sigma**2).clamp_min(0).sqrt()
+    sigma_up = torch.minimum(sigma_up, sigma_next)
     sigma_down = (sigma_next**2 - sigma_up**2).clamp_min(0).sqrt()
     return sigma_down, sigma_up
 
@@ -71,7 +78,13 @@ def sample_ddim(
     noise: NoiseSource | None = None,
     eta: float = 0.0,
 ) -> Tensor:
-    """DDIM (Song et al. 2021) in sigma space; one noise draw per step when ``eta > 0``."""
+    """DDIM (Song et al. 2021) in sigma space; one noise draw per step when ``eta > 0``.
+
+    ``eta > 1`` is allowed and capped per step at the noise level the step ends at (see
+    :func:`ancestral_sigmas`).
+    """
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not math.isfinite(eta):
+        raise SamplerError(f"ddim option eta must be a finite number >= 0, got {eta!r}")
     if eta < 0:
         raise SamplerError(f"eta must be >= 0, got {eta}")
     for _, sigma, sigma_next in Grid(sigmas, x):

@@ -9,13 +9,14 @@ time schedule, or None), ``prior_std`` (the std of the data term of the initial 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .core import SamplerError, append_dims
+from .core import SamplerError, append_dims, take_rows
 from .schedules import ContinuousVP, DiscreteVP, VPSchedule
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -78,6 +79,15 @@ class VPDenoiser:
         self.sigma_max = vp.sigma_max
         self.prior_std = 1.0
         self.data_shape = data_shape
+
+    def take(self, rows: Tensor) -> VPDenoiser:
+        """This model for the rows ``rows`` of the batch (see :func:`core.take_rows`)."""
+        fn = take_rows(self.model_fn, rows)
+        if fn is self.model_fn:
+            return self
+        view = copy.copy(self)
+        view.model_fn = fn
+        return view
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         # Schedule math in at least float32 (in bf16, t = 999 rounds to 1000, off the table).
@@ -151,6 +161,15 @@ class EDMDenoiser:
         self.prior_std = 0.0
         self.data_shape = data_shape
 
+    def take(self, rows: Tensor) -> EDMDenoiser:
+        """This model for the rows ``rows`` of the batch (see :func:`core.take_rows`)."""
+        net = take_rows(self.net, rows)
+        if net is self.net:
+            return self
+        view = copy.copy(self)
+        view.net = net
+        return view
+
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         sigma = sigma.to(x.dtype)
         if not self.preconditioned:
@@ -175,23 +194,49 @@ class _Wrapper:
             raise AttributeError(name)
         return getattr(self.inner, name)
 
+    def take(self, rows: Tensor) -> Any:
+        """This wrapper around the inner denoiser for the rows ``rows`` (core.take_rows)."""
+        inner = take_rows(self.inner, rows)
+        if inner is self.inner:
+            return self
+        view = copy.copy(self)
+        view.inner = inner
+        return view
+
 
 class CountingDenoiser(_Wrapper):
     """Counts sequential network rounds and evaluated rows.
 
     One call is one round (a sequential network call, whatever its batch); NFE per sample
-    is ``rows / batch``. Counters are Python ints: no GPU->CPU sync.
+    is ``rows / batch``. Counters are Python ints: no GPU->CPU sync. The output must have
+    the input's shape (a shape is host metadata: checking it costs no sync); a model that
+    returns another shape would otherwise be broadcast into wrong samples.
     """
 
-    def __init__(self, inner: Callable[[Tensor, Tensor], Tensor]) -> None:
+    def __init__(
+        self, inner: Callable[[Tensor, Tensor], Tensor], parent: CountingDenoiser | None = None
+    ) -> None:
         super().__init__(inner)
         self.rounds = 0
         self.rows = 0
+        self.parent = parent  # views for row subsets (take) count into their parent
+
+    def take(self, rows: Tensor) -> CountingDenoiser:
+        inner = take_rows(self.inner, rows)
+        return self if inner is self.inner else CountingDenoiser(inner, self.parent or self)
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        self.rounds += 1
-        self.rows += x.shape[0]
-        return self.inner(x, sigma)
+        counts = self.parent or self
+        counts.rounds += 1
+        counts.rows += x.shape[0]
+        out = self.inner(x, sigma)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise SamplerError(
+                f"the denoiser returned {got} for an input of shape {tuple(x.shape)}: "
+                "D(x, sigma) must return a tensor of x's shape"
+            )
+        return out
 
     def nfe(self, batch: int) -> float:
         return self.rows / batch
@@ -213,12 +258,16 @@ class ChunkedDenoiser(_Wrapper):
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         if x.shape[0] <= self.max_rows:
             return self.inner(x, sigma)
-        return torch.cat(
-            [
-                self.inner(xc, sc)
-                for xc, sc in zip(x.split(self.max_rows), sigma.split(self.max_rows), strict=True)
-            ]
-        )
+        out, start = [], 0
+        for xc, sc in zip(x.split(self.max_rows), sigma.split(self.max_rows), strict=True):
+            # Chunk rows start..start+len of this call (per-sample conditioning follows them).
+            if getattr(self.inner, "take", None) is None:
+                part = self.inner
+            else:
+                part = take_rows(self.inner, torch.arange(start, start + len(xc), device=x.device))
+            out.append(part(xc, sc))
+            start += len(xc)
+        return torch.cat(out)
 
 
 def chunked(

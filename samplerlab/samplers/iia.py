@@ -30,7 +30,10 @@ reparametrised; :meth:`IIACoefficients.vp_coefficients` converts them to the pap
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,23 +286,163 @@ def step_terms(
 
 
 # --------------------------------------------------------------------------------------
+# Binding coefficients to their model: fingerprints and integrity.
+# --------------------------------------------------------------------------------------
+
+
+def _find_module(obj: Any, depth: int = 0) -> torch.nn.Module | None:
+    """The ``nn.Module`` behind a denoiser wrapper (attributes, wrapped callables, closures)."""
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if depth > 4 or obj is None:
+        return None
+    candidates: list[Any] = []
+    for name in ("net", "model", "unet", "module", "inner", "model_fn", "denoiser"):
+        if hasattr(type(obj), name) or name in getattr(obj, "__dict__", {}):
+            with contextlib.suppress(AttributeError):
+                candidates.append(getattr(obj, name))
+    candidates.append(getattr(obj, "__self__", None))  # bound methods
+    for cell in getattr(obj, "__closure__", None) or ():  # closures (from_diffusers' model_fn)
+        with contextlib.suppress(ValueError):  # empty cell
+            candidates.append(cell.cell_contents)
+    for c in candidates:
+        found = _find_module(c, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _hash_tensor(h: Any, name: str, t: Tensor) -> None:
+    t = t.detach().to("cpu").contiguous()
+    h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+# Module -> (state key, digest): the weights are hashed again only after they changed (every
+# in-place update, an optimiser step or load_state_dict, bumps a tensor's version counter).
+_WEIGHT_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _weights_digest(module: torch.nn.Module) -> bytes:
+    state = sorted(module.state_dict().items())
+    key = tuple((n, t.data_ptr(), t._version, tuple(t.shape), t.dtype) for n, t in state)
+    hit = _WEIGHT_DIGESTS.get(module)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    h = hashlib.sha256(b"weights;")
+    for name, t in state:
+        _hash_tensor(h, name, t)
+    _WEIGHT_DIGESTS[module] = (key, h.digest())
+    return h.digest()
+
+
+def model_fingerprint(denoiser: Any) -> str:
+    """A short hash identifying the model behind ``denoiser``.
+
+    Order of preference: a ``fingerprint`` attribute or method of the denoiser (a hook for
+    checkpoint-backed denoisers); the bytes of the weights of the ``nn.Module`` found
+    through the wrapper (cached until the weights change); the tensors held by an analytic
+    model (e.g. a Gaussian mixture's weights, means and stds); else the denoiser's ``repr``.
+    """
+    own = getattr(denoiser, "fingerprint", None)
+    if own is not None:
+        return str(own() if callable(own) else own)
+    inner = getattr(denoiser, "inner", None)  # samplerlab wrappers (Counting, Chunked, ...)
+    if inner is not None and not isinstance(denoiser, torch.nn.Module):
+        return model_fingerprint(inner)
+    h = hashlib.sha256()
+    h.update(type(denoiser).__qualname__.encode())
+    module = _find_module(denoiser)
+    if module is not None:
+        h.update(_weights_digest(module))
+    else:
+        tensors = {k: v for k, v in vars(denoiser).items() if isinstance(v, Tensor)}
+        vp = getattr(denoiser, "vp", None)
+        if vp is not None and isinstance(getattr(vp, "alphas_cumprod", None), Tensor):
+            tensors["vp.alphas_cumprod"] = vp.alphas_cumprod
+        if tensors:
+            for name in sorted(tensors):
+                _hash_tensor(h, name, tensors[name])
+        else:
+            h.update(repr(denoiser).encode())
+    return h.hexdigest()[:16]
+
+
+def coefficients_digest(coeffs: Tensor, mask: Tensor, sigmas: Tensor) -> str:
+    """A short hash of a fit's output (scalars, mask and grid), stored with the fit."""
+    h = hashlib.sha256(b"iia;")
+    _hash_tensor(h, "coeffs", coeffs.to(torch.float64))
+    _hash_tensor(h, "mask", mask.to(torch.bool))
+    _hash_tensor(h, "sigmas", sigmas.to(torch.float64))
+    return h.hexdigest()[:16]
+
+
+def check_fingerprint(
+    coeffs: IIACoefficients, denoiser: Any, source: str, *, allow_mismatch: bool = False
+) -> None:
+    """Refuse coefficients fitted on another model (their stored fingerprint is not the
+    denoiser's). Coefficients without a stored fingerprint (built by hand) are not checked;
+    ``allow_mismatch`` skips the check for those who know the models share their dynamics."""
+    want = coeffs.metadata.get("fingerprint")
+    if want is None or allow_mismatch:
+        return
+    got = model_fingerprint(denoiser)
+    if str(want) != got:
+        raise SamplerError(
+            f"IIA coefficients {source} were fitted for another model (fingerprint {want}, "
+            f"this model {got}); refit them on this model, or pass "
+            "allow_fingerprint_mismatch=True to use them anyway"
+        )
+
+
+def check_integrity(coeffs: IIACoefficients, source: str) -> None:
+    """Refuse non-finite scalars, and scalars that are not those the fit stored (the fit
+    records a digest of its output; an edited file keeps the fit's metadata, not its digest)."""
+    if not bool(torch.isfinite(coeffs.coeffs).all()):
+        raise SamplerError(f"IIA coefficients {source} contain NaN or Inf; fit them again")
+    want = coeffs.metadata.get("coeffs_digest")
+    if want is None:
+        return
+    got = coefficients_digest(coeffs.coeffs, coeffs.mask, coeffs.sigmas)
+    if str(want) != got:
+        raise SamplerError(
+            f"IIA coefficients {source} are not the ones their fit produced (digest {want}, "
+            f"contents {got}): the values were changed after fitting; fit them again"
+        )
+
+
+# --------------------------------------------------------------------------------------
 # Samplers.
 # --------------------------------------------------------------------------------------
 
 
 def resolve_coefficients(
-    coeffs: IIACoefficients | str | Path | None, name: str, grid: Grid
+    coeffs: IIACoefficients | str | Path | None,
+    name: str,
+    grid: Grid,
+    denoiser: Any = None,
+    allow_fingerprint_mismatch: bool = False,
 ) -> IIACoefficients | None:
-    """Load (for a path) and check coefficients against the sampler and the grid."""
+    """Load (for a path) and check coefficients against the sampler, the grid and the model
+    (the fingerprint stored by the fit, when ``denoiser`` is given)."""
     if coeffs is None:
         return None
+    if not isinstance(allow_fingerprint_mismatch, bool):
+        raise SamplerError(
+            f"allow_fingerprint_mismatch must be True or False, got {allow_fingerprint_mismatch!r}"
+        )
+    source = "(in memory)"
     if isinstance(coeffs, (str, Path)):
+        source = str(coeffs)
         # Lazy: the file format needs safetensors (kept out of this torch-only package).
         from importlib import import_module
 
         coeffs = import_module("samplerlab.iia.files").load(coeffs)
     if not isinstance(coeffs, IIACoefficients):
         raise SamplerError(f"coeffs must be IIACoefficients or a file path, got {type(coeffs)}")
+    check_integrity(coeffs, source)
+    if denoiser is not None:
+        check_fingerprint(coeffs, denoiser, source, allow_mismatch=allow_fingerprint_mismatch)
     if coeffs.sampler != name:
         raise SamplerError(
             f"coefficients were fitted for {coeffs.sampler}, not {name}; refit with "
@@ -336,9 +479,10 @@ def _sample(
     x: Tensor,
     sigmas: Tensor,
     coeffs: IIACoefficients | str | Path | None,
+    allow_fingerprint_mismatch: bool = False,
 ) -> Tensor:
     grid = Grid(sigmas, x)
-    table = resolve_coefficients(coeffs, name, grid)
+    table = resolve_coefficients(coeffs, name, grid, denoiser, allow_fingerprint_mismatch)
     form = table.form if table is not None else "default"
     r = table.r if table is not None else 0
     history = None
@@ -372,12 +516,15 @@ def sample_iia_ddim(
     *,
     noise: NoiseSource | None = None,
     coeffs: IIACoefficients | str | Path | None = None,
+    allow_fingerprint_mismatch: bool = False,
 ) -> Tensor:
     """IIA-DDIM (Zhang et al. 2024, eq. 6; eq. 8 for the ``guided`` form).
 
-    Without ``coeffs`` this is DDIM (eta = 0) exactly.
+    Without ``coeffs`` this is DDIM (eta = 0) exactly. Coefficients are checked against
+    the grid and, when their fit stored one, the model's fingerprint: another model's
+    coefficients are refused unless ``allow_fingerprint_mismatch=True`` (all IIA samplers).
     """
-    return _sample("iia_ddim", denoiser, x, sigmas, coeffs)
+    return _sample("iia_ddim", denoiser, x, sigmas, coeffs, allow_fingerprint_mismatch)
 
 
 @torch.no_grad()
@@ -388,9 +535,10 @@ def sample_iia_dpmpp_2m(
     *,
     noise: NoiseSource | None = None,
     coeffs: IIACoefficients | str | Path | None = None,
+    allow_fingerprint_mismatch: bool = False,
 ) -> Tensor:
     """IIA-DPM-Solver++(2M) (Zhang et al. 2024, eq. 23); without ``coeffs`` DPM-Solver++(2M)."""
-    return _sample("iia_dpmpp_2m", denoiser, x, sigmas, coeffs)
+    return _sample("iia_dpmpp_2m", denoiser, x, sigmas, coeffs, allow_fingerprint_mismatch)
 
 
 @torch.no_grad()
@@ -401,9 +549,10 @@ def sample_iia_edm(
     *,
     noise: NoiseSource | None = None,
     coeffs: IIACoefficients | str | Path | None = None,
+    allow_fingerprint_mismatch: bool = False,
 ) -> Tensor:
     """IIA-EDM (Zhang et al. 2024, eqs. 17-19, Alg. 1); without ``coeffs`` EDM Heun."""
-    return _sample("iia_edm", denoiser, x, sigmas, coeffs)
+    return _sample("iia_edm", denoiser, x, sigmas, coeffs, allow_fingerprint_mismatch)
 
 
 @torch.no_grad()
@@ -414,9 +563,10 @@ def sample_biia_edm(
     *,
     noise: NoiseSource | None = None,
     coeffs: IIACoefficients | str | Path | None = None,
+    allow_fingerprint_mismatch: bool = False,
 ) -> Tensor:
     """BIIA-EDM (Zhang et al. 2024, eqs. 13-16, Alg. 2); without ``coeffs`` EDM Heun."""
-    return _sample("biia_edm", denoiser, x, sigmas, coeffs)
+    return _sample("biia_edm", denoiser, x, sigmas, coeffs, allow_fingerprint_mismatch)
 
 
 # --------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .core import Denoiser
+from .core import Denoiser, take_rows
 from .ddpm import ddpm_coefficients
 from .denoisers import chunked
 from .noise import NoiseSource
@@ -112,7 +112,7 @@ def sample_paradigms(
         draws = [Z[jj_d, kk_d]] if Z is not None else []
         # Drifts of the whole window in ONE batched call (step(x_j) - x_j).
         delta = torch.zeros((W, batch, *x.shape[1:]), device=dev, dtype=x.dtype)
-        delta[wi_d, kk_d] = spec.run(den, rows, grid, draws) - rows
+        delta[wi_d, kk_d] = spec.run(take_rows(den, kk_d), rows, grid, draws) - rows
         # Picard update by cumulative sums from the window start.
         X_new = X[b_d, cols][None] + delta.cumsum(0)
         # Error of each refined state against the previous iterate.

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .core import Denoiser, SamplerError
+from .core import Denoiser, SamplerError, take_rows
 from .noise import NoiseSource, ReplayNoise, randn_like
 
 # Inner solvers whose one-step restarts on a per-row grid reproduce their serial run
@@ -193,12 +194,23 @@ class ShardedDenoiser:
             raise AttributeError(name)
         return getattr(self.replicas[0], name)
 
-    def _run_shard(self, k: int, x: Tensor, sigma: Tensor) -> Tensor:
+    def take(self, rows: Tensor) -> ShardedDenoiser:
+        """The replicas for the rows ``rows`` of the batch (see :func:`core.take_rows`)."""
+        view = copy.copy(self)
+        pairs = zip(self.replicas, self.devices, strict=True)
+        view.replicas = [take_rows(r, rows.to(d, non_blocking=True)) for r, d in pairs]
+        return view
+
+    def _run_shard(self, k: int, x: Tensor, sigma: Tensor, start: int = 0) -> Tensor:
         device, stream = self.devices[k], self._streams[k]
+        replica = self.replicas[k]
+        if getattr(replica, "take", None) is not None:
+            # This shard is rows start..start+len of the call (per-sample conditioning).
+            replica = take_rows(replica, torch.arange(start, start + len(x), device=device))
         if stream is None:
-            return self.replicas[k](x.to(device), sigma.to(device))
+            return replica(x.to(device), sigma.to(device))
         with torch.cuda.device(device), torch.cuda.stream(stream):
-            out = self.replicas[k](x.to(device, non_blocking=True), sigma.to(device))
+            out = replica(x.to(device, non_blocking=True), sigma.to(device))
         stream.synchronize()
         return out
 
@@ -211,9 +223,12 @@ class ShardedDenoiser:
             outs = [self._run_shard(0, x, sigma)]
         else:
             xs, ss = x.tensor_split(n), sigma.tensor_split(n)
+            starts = [sum(len(xc) for xc in xs[:k]) for k in range(n)]
             jobs = [(k, xc, sc) for k, (xc, sc) in enumerate(zip(xs, ss, strict=True)) if len(xc)]
             with self._lock:
-                futures = [self._pool.submit(self._run_shard, k, xc, sc) for k, xc, sc in jobs]
+                futures = [
+                    self._pool.submit(self._run_shard, k, xc, sc, starts[k]) for k, xc, sc in jobs
+                ]
                 outs = [f.result() for f in futures]
         for o in outs:
             if o.is_cuda:

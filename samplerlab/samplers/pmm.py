@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .core import Denoiser, Grid, SamplerError, append_dims, to_d
+from .core import Denoiser, Grid, SamplerError, append_dims, take_rows, to_d
 from .ddpm import DDPM_VARIANTS, ddpm_coefficients
 from .noise import NoiseSource, default_noise
 
@@ -207,7 +207,7 @@ def step_pmm(
     def drift(pts: Tensor, rows: Tensor, sub: Tensor) -> Tensor:
         # Each midpoint at its own sub-step time sigma_i of its own row (pitfall §4.6.5).
         s = sigmas[sub, rows]
-        return to_d(pts, s, denoiser(pts, s))
+        return to_d(pts, s, take_rows(denoiser, rows)(pts, s))
 
     W = torch.stack([a(coeffs[i][2]) * z[i] for i in range(K)])
     return poisson_midpoint_step(

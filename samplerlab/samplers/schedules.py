@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -335,6 +336,11 @@ def get_sigmas(
             )
     if final not in ("append", "replace"):
         raise SamplerError(f"schedule option final must be 'append' or 'replace', got {final!r}")
+    for key, value in {"sigma_min": sigma_min, "sigma_max": sigma_max, **kwargs}.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise SamplerError(f"schedule option {key} must be a number, got {value!r}")
+        if not math.isfinite(value) or (key == "rho" and value <= 0):
+            raise SamplerError(f"schedule option {key} must be finite (rho > 0), got {value!r}")
     if not 0 < sigma_min < sigma_max:
         raise SamplerError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
     if final == "replace":
