@@ -174,14 +174,14 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: str | Path, report: dict[str, Any]) -> dict[str, Path]:
+def write_report(out_dir: str | Path, report: dict[str, Any], plot: bool = True) -> dict[str, Path]:
+    """``report.json``, ``report.md`` and (``plot``) ``fid_vs_nfe.png``, each atomically."""
     out = Path(out_dir)
     rows = report["results"]
     floor = report.get("fid_floor")
-    paths = {
-        "json": atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n"),
-        "png": plot_fid_vs_nfe(out / "fid_vs_nfe.png", rows, floor),
-    }
+    paths = {"json": atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")}
+    if plot:
+        paths["png"] = plot_fid_vs_nfe(out / "fid_vs_nfe.png", rows, floor)
     md = [f"# samplerlab report: {report.get('name', '')}\n"]
     planned, finished = report.get("planned"), report.get("finished", len(rows))
     if planned is not None and finished < planned:

@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -45,7 +46,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from ..errors import ConfigError
 from ..samplers import SAMPLERS, NonFiniteError, get_sampler, sample
 from ..samplers.api import build_sigmas
-from ..samplers.core import append_dims
+from ..samplers.core import SamplerError, append_dims
 from ..samplers.denoisers import _Wrapper
 from ..samplers.registry import SamplerSpec
 from ..trainer.data import DiffusionDataModule, dataset_id
@@ -155,6 +156,19 @@ class Dist:
 def fid_of_features(real: dict[str, Tensor], gen: dict[str, Tensor]) -> float:
     """FID between the real statistics and generated feature sums."""
     return fid_from_stats(real, gen)
+
+
+class ShapeCheckedDenoiser(_Wrapper):
+    """Refuses a network output whose shape differs from its input's (a silent broadcast
+    would give wrong samples): the job becomes an error row naming both shapes."""
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        out = self.inner(x, sigma)
+        if tuple(out.shape) != tuple(x.shape):
+            raise SamplerError(
+                f"the denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)}"
+            )
+        return out
 
 
 class ProbeDenoiser(_Wrapper):
@@ -308,7 +322,11 @@ class Evaluator:
             except Exception as e:
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 if not msg.startswith("eval."):
-                    msg = f"eval.samplers.{job.label}: {one_line(e)}"
+                    given = [
+                        f"{k}={v!r}" for k, v in {**job.schedule_options, **job.options}.items()
+                    ]
+                    where = f" ({', '.join(given)})" if given else ""
+                    msg = f"eval.samplers.{job.label}{where}: {one_line(e)}"
                 if msg not in problems:
                     problems.append(msg)
         if problems:
@@ -521,7 +539,7 @@ class Evaluator:
             for start in range(0, len(seeds), ev.batch_size):
                 batch = seeds[start : start + ev.batch_size]
                 res = sample(
-                    denoiser,
+                    ShapeCheckedDenoiser(denoiser),
                     job.sampler,
                     steps=job.steps,
                     shape=(len(batch), *self.dm.shape),
@@ -657,6 +675,7 @@ class Evaluator:
         rows: list[dict[str, Any]] = []
         grids: dict[str, str] = {}
         meta = {"epoch": epoch, "step": step, "stage": stage, "planned": len(self.jobs)}
+        last_plot = -math.inf
         bar = tqdm(
             total=len(self.jobs),
             desc="samplerlab eval",
@@ -684,8 +703,10 @@ class Evaluator:
                 grids[tag] = row["grid"]
             rows.append(row)
             bar.update(1)
-            if d.rank == 0:
-                write_report(self.out_dir, self._report(rows, grids, real, meta))
+            if d.rank == 0:  # the plot at most every 20 s: it costs more than a small row
+                plot = time.monotonic() - last_plot > 20
+                write_report(self.out_dir, self._report(rows, grids, real, meta), plot=plot)
+                last_plot = time.monotonic() if plot else last_plot
             rank_zero_info(
                 f"samplerlab eval: {job.label} budget {job.budget} ({job.steps} steps): "
                 + (
@@ -845,7 +866,7 @@ class SamplerEvalCallback(Callback):
         for k, v in metrics.items():
             trainer.callback_metrics[k] = torch.tensor(v)
         if trainer.global_rank == 0:
-            write_report(self.out_dir, report)
+            write_report(self.out_dir, report, plot=False)  # the stage; the plot is written
             log_wandb(trainer, report, evaluator.last_grids, self.out_dir, metrics)
         return report
 
