@@ -102,3 +102,49 @@ def test_evaluate_with_inception_fid(tmp_path, inception_file):
     assert row["fid"] > 0 and row["fid"] > 2 * report["fid_floor"] > 0
     assert report["feature"].startswith("inception-")
     assert list((tmp_path / "cache").glob("real-*inception*"))  # real statistics cached
+
+
+class _Payload:
+    """Unpickling this object runs ``Path(marker).touch()`` (a stand-in for any code)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".pt"])
+def test_malicious_inception_weights_never_run(tmp_path, suffix):
+    """A weights file holding a pickled payload is refused before the payload runs."""
+    marker = tmp_path / "pwned"
+    bad = tmp_path / f"evil{suffix}"
+    torch.save({"Conv2d_1a_3x3.conv.weight": _Payload(marker)}, bad)
+    ev = OmegaConf.create({"feature": "inception", "inception_weights": str(bad)})
+    with pytest.raises(ConfigError) as e:
+        build_features(ev, OmegaConf.create({"name": "digits"}), (1, 8, 8))
+    msg = str(e.value)
+    assert not marker.exists()  # the payload never ran
+    assert str(bad) in msg and "eval.inception_weights" in msg and "\n" not in msg
+
+
+def test_inception_weights_as_safetensors(tmp_path, inception_file):
+    """The same weights as a safetensors file give the same features."""
+    from safetensors.torch import save_file
+
+    sd = torch.load(inception_file, weights_only=True)
+    st = tmp_path / "inception.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(st))
+    data = OmegaConf.create({"name": "digits"})
+    a, _ = build_features(
+        OmegaConf.create({"feature": "inception", "inception_weights": str(inception_file)}),
+        data,
+        (1, 8, 8),
+    )
+    b, _ = build_features(
+        OmegaConf.create({"feature": "inception", "inception_weights": str(st)}), data, (1, 8, 8)
+    )
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    torch.testing.assert_close(a(x), b(x))

@@ -83,18 +83,41 @@ class ClassifierFeatures(nn.Module):
         return self.net.features(x.clamp(-1, 1).to(w.dtype)).double()
 
 
+def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+    """A plain state dict from ``path`` without running code from it: safetensors, or
+    ``torch.load(weights_only=True)`` (tensors and containers only; a pickled payload is
+    refused before it can run)."""
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(p))
+    else:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise ValueError("not a state dict of tensors")
+    return sd
+
+
 class InceptionFeatures(nn.Module):
-    """torch-fidelity InceptionV3 pool features of images quantised to uint8 (as torchmetrics)."""
+    """torch-fidelity InceptionV3 pool features of images quantised to uint8 (as torchmetrics).
+
+    The weights file is read as a plain state dict (:func:`load_state_dict_file`, never
+    unpickled) and handed to torch-fidelity's architecture in place of its download.
+    """
 
     def __init__(self, weights: str | Path) -> None:
         super().__init__()
+        from unittest import mock
+
+        import torch_fidelity.feature_extractor_inceptionv3 as fe
         from torchmetrics.image.fid import NoTrainInceptionV3
 
-        self.net = NoTrainInceptionV3(
-            name="inception-v3-compat",
-            features_list=["2048"],
-            feature_extractor_weights_path=str(weights),
-        )
+        state = load_state_dict_file(weights)
+        # torch-fidelity unpickles a weights *path* (weights_only=False); given no path it
+        # asks load_state_dict_from_url, which here returns the safely loaded dict.
+        with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: state):
+            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
         self.num_features = 2048
 
     def train(self, mode: bool = True) -> InceptionFeatures:

@@ -54,6 +54,8 @@ def save_samples_png(path: str | Path, x: Tensor, scale: int | None = None) -> P
 
 
 def plot_fid_vs_nfe(path: str | Path, rows: Sequence[dict[str, Any]], floor: float | None) -> Path:
+    """FID against each row's realised NFE (log-log), with bootstrap error bars; rows that
+    spent more than their budget are drawn hollow and labelled "over budget"."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,27 +67,42 @@ def plot_fid_vs_nfe(path: str | Path, rows: Sequence[dict[str, Any]], floor: flo
     # cycle of them, so that no two curves look alike.
     colors = plt.get_cmap("tab20").colors
     markers, styles = "osD^vPX*", ["-", "--", ":", "-."]
+    any_over = False
     for i, label in enumerate(labels):
         pts = sorted(
-            (r["nfe"], r["fid"])
+            (r["nfe"], r["fid"], r.get("fid_std") or 0.0, bool(r.get("over_budget")))
             for r in rows
             if r["label"] == label and r["status"] == "ok" and r["fid"] is not None
         )
-        if pts:
-            ax.plot(
-                *zip(*pts, strict=True),
-                color=colors[i % len(colors)],
-                marker=markers[i % len(markers)],
-                ls=styles[(i // len(colors)) % len(styles)],
-                label=label,
-            )
+        if not pts:
+            continue
+        color, marker = colors[i % len(colors)], markers[i % len(markers)]
+        nfe, fid, std, over = zip(*pts, strict=True)
+        over_any = any(over)
+        any_over |= over_any
+        ax.errorbar(
+            nfe,
+            fid,
+            yerr=std,
+            color=color,
+            marker="none",
+            ls=styles[(i // len(colors)) % len(styles)],
+            capsize=2,
+            label=label + (" (over budget)" if over_any else ""),
+        )
+        for x, y, _s, o in pts:
+            ax.plot(x, y, marker=marker, color=color, mfc="none" if o else color, ls="none")
     if floor is not None:
         ax.axhline(floor, color="k", ls="--", lw=1, label="data vs data")
-    ax.set_xlabel("NFE per sample")
-    ax.set_ylabel("FID")
+    xlabel = "realised NFE per sample (log)"
+    if any_over:
+        xlabel += "; hollow markers: over their NFE budget"
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("FID (± bootstrap std)")
+    ax.set_xscale("log")
     ax.set_yscale("log")
     ax.legend(fontsize=7, ncol=1 + len(labels) // 16, loc="upper left", bbox_to_anchor=(1.01, 1))
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
 
     def write(tmp: str) -> None:
@@ -97,21 +114,68 @@ def plot_fid_vs_nfe(path: str | Path, rows: Sequence[dict[str, Any]], floor: flo
         plt.close(fig)
 
 
+def _fid_text(r: dict[str, Any]) -> str:
+    if r["fid"] is None:
+        return "—"
+    std = r.get("fid_std")
+    return f"{r['fid']:.3f}" + (f" ± {std:.2g}" if std is not None else "")
+
+
+def within_noise(best: dict[str, Any], r: dict[str, Any], z: float = 2.0) -> bool:
+    """``r``'s FID is within ``z`` combined bootstrap standard deviations of ``best``'s."""
+    s = math.hypot(best.get("fid_std") or 0.0, r.get("fid_std") or 0.0)
+    return r["fid"] - best["fid"] <= z * s
+
+
+def pick_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One "pick this" line per NFE budget: the lowest-FID ``ok`` row that kept its budget,
+    and every other such row within 2 combined bootstrap standard deviations of it."""
+    out = []
+    for budget in sorted({r["budget"] for r in rows}):
+        cands = [
+            r
+            for r in rows
+            if r["budget"] == budget
+            and r["status"] == "ok"
+            and r["fid"] is not None
+            and not r.get("over_budget")
+        ]
+        if not cands:
+            out.append(f"- **Pick at {budget} NFE:** none (no row finished within its budget)")
+            continue
+        best = min(cands, key=lambda r: r["fid"])
+        close = sorted(
+            (r for r in cands if r is not best and within_noise(best, r)), key=lambda r: r["fid"]
+        )
+        line = f"- **Pick at {budget} NFE:** `{best['label']}` (FID {_fid_text(best)})"
+        if close:
+            line += "; within its noise: " + ", ".join(
+                f"`{r['label']}` ({_fid_text(r)})" for r in close
+            )
+        else:
+            line += "; no other sampler within its noise"
+        out.append(line)
+    return out
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     head = "| sampler | NFE budget | steps | NFE | rounds | seconds | FID | status |\n"
     head += "|---|---:|---:|---:|---:|---:|---:|---|\n"
     lines = []
     for r in rows:
-        fid = "—" if r["fid"] is None else f"{r['fid']:.3f}"
-        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error', '')}"
+        status = r["status"]
+        if status != "ok":
+            status += f": {str(r.get('error', '')).replace('|', '/')}"
+        nfe = f"{r['nfe']:.2f}" + (" (over budget)" if r.get("over_budget") else "")
         lines.append(
-            f"| {r['label']} | {r['budget']} | {r['steps']} | {r['nfe']:.2f} | {r['rounds']} "
-            f"| {r['seconds']:.2f} | {fid} | {status} |"
+            f"| {r['label']} | {r['budget']} | {r['steps']} | {nfe} | {r['rounds']} "
+            f"| {r['seconds']:.2f} | {_fid_text(r)} | {status} |"
         )
     return head + "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: str | Path, report: dict[str, Any]) -> dict[str, Path]:
+def write_report(out_dir: str | Path, report: dict[str, Any], plot: bool = True) -> dict[str, Path]:
+    """``report.json``, ``report.md`` and (``plot``) ``fid_vs_nfe.png``, each atomically."""
     out = Path(out_dir)
     # What was trained (samplerlab.trainer.runs.TrainingSummary) opens both files.
     training = report.get("training")
@@ -119,18 +183,32 @@ def write_report(out_dir: str | Path, report: dict[str, Any]) -> dict[str, Path]
         report = {"training": training, **{k: v for k, v in report.items() if k != "training"}}
     rows = report["results"]
     floor = report.get("fid_floor")
-    paths = {
-        "json": atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n"),
-        "png": plot_fid_vs_nfe(out / "fid_vs_nfe.png", rows, floor),
-    }
+    paths = {"json": atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")}
+    if plot:
+        paths["png"] = plot_fid_vs_nfe(out / "fid_vs_nfe.png", rows, floor)
     md = [f"# samplerlab report: {report.get('name', '')}\n"]
     if training is not None:
         line = training["line"]
         md.append(f"**WARNING: {line}.**\n" if training.get("cut_by_max_time") else f"{line}.\n")
+    planned, finished = report.get("planned"), report.get("finished", len(rows))
+    if planned is not None and finished < planned:
+        md.append(f"**In progress: {finished} of {planned} rows finished.**\n")
+    md.append("\n".join(pick_lines(rows)) + "\n")
+    ckpt = report.get("checkpoint") or {}
+    where = f"checkpoint `{ckpt['path']}`, " if ckpt.get("path") else ""
     md.append(
         f"{report['num_samples']} samples per sampler and NFE budget, features "
-        f"`{report['feature']}`, epoch {report.get('epoch')}, step {report.get('step')}, "
+        f"`{report['feature']}`, {where}epoch {report.get('epoch')}, step {report.get('step')}, "
         f"{report.get('world_size', 1)} process(es).\n"
+    )
+    nb = report.get("fid_bootstrap")
+    md.append(
+        "FID ± its standard deviation over "
+        + (f"{nb} bootstrap resamples of the generated features" if nb else "(no bootstrap)")
+        + '; "within its noise": at most 2 combined standard deviations above the best. '
+        'NFE is realised (measured); "over budget" rows spent more than their budget and '
+        "are never picked. `diverged`: samples reach more than "
+        f"{report.get('diverge_factor', 10):g} x the data's half-range from its midpoint.\n"
     )
     if floor is not None:
         md.append(

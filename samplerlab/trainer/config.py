@@ -139,6 +139,7 @@ class IIAConfig:
     M: int = 3
     num_samples: int = 16
     seed: int = 0
+    check_model: bool = True  # a coefficient file must come from the evaluated model
 
 
 @dataclass
@@ -162,6 +163,9 @@ class EvalConfig:
     dtype: str = "float32"
     max_rows: int | None = None  # cap rows per network call
     compile: bool = False  # torch.compile the network call (CUDA graphs: mode reduce-overhead)
+    fid_bootstrap: int = 50  # bootstrap resamples of the generated features (FID std); 0: none
+    diverge_factor: float = 10.0  # "diverged": samples beyond this x the data's half-range
+    resume: bool = True  # reuse the finished rows of the same evaluation (rows.jsonl)
     iia: IIAConfig = field(default_factory=IIAConfig)
 
 
@@ -270,10 +274,13 @@ def validate(cfg: DictConfig) -> None:
         ("eval.num_samples", 2),
         ("eval.batch_size", 1),
         ("data.image_size", 1),
+        ("eval.fid_bootstrap", 0),
     ):
         sect, name = key.split(".")
         if cfg[sect][name] < low:
             raise ConfigError(f"{key}: must be >= {low}, got {cfg[sect][name]}")
+    if not cfg.eval.diverge_factor > 0:
+        raise ConfigError(f"eval.diverge_factor: must be > 0, got {cfg.eval.diverge_factor}")
     if any(int(n) < 1 for n in cfg.eval.nfe):
         raise ConfigError(f"eval.nfe: budgets must be >= 1, got {list(cfg.eval.nfe)}")
     if cfg.data.channels is not None and cfg.data.channels not in (1, 3):

@@ -122,6 +122,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks: list[Any] = []
         evalcb = SamplerEvalCallback(cfg, dm, out_dir) if cfg.eval.enabled else None
         if evalcb is not None:
+            evalcb.check(module)  # every evaluation job dry-runs now, before any training
             callbacks.append(evalcb)
         if cfg.optim.ema:
             callbacks.append(EMA(decay=cfg.optim.ema_decay, warmup=cfg.optim.ema_warmup))
@@ -183,7 +184,7 @@ def evaluate(ckpt: str, files: list[str], overrides: list[str]) -> dict[str, Any
         raise ConfigError(
             f"data: the checkpoint's model takes {module.data_shape}, data are {dm.shape}"
         )
-    evalcb = SamplerEvalCallback(cfg, dm, out_dir)
+    evalcb = SamplerEvalCallback(cfg, dm, out_dir, checkpoint=ckpt)
     trainer = make_trainer(cfg, out_dir, [evalcb], checkpoints=False)
     trainer.validate(module, datamodule=dm, verbose=False)
     _finish_loggers(trainer)

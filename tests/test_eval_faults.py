@@ -1,0 +1,448 @@
+"""Evaluations that survive faults: checks before any work, error rows of any exception,
+resumable rows, diverged and over-budget rows, FID with its spread, a content-keyed cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from samplerlab.analytic import GaussianMixture
+from samplerlab.callbacks import sampler_eval
+from samplerlab.callbacks.sampler_eval import Evaluator, SamplerEvalCallback
+from samplerlab.errors import ConfigError
+from samplerlab.trainer.config import load_config
+from samplerlab.trainer.data import DiffusionDataModule
+from samplerlab.trainer.module import build_module
+
+CPU = torch.device("cpu")
+
+
+def make(tmp_path, *overrides, out="run"):
+    cfg = load_config("test", overrides=[f"out_dir={tmp_path / out}", *overrides])
+    dm = DiffusionDataModule(cfg.data)
+    return Evaluator(cfg, dm, tmp_path / out), cfg
+
+
+def exact_gmm(cfg):
+    g = cfg.data.gmm
+    return GaussianMixture.default(dim=g.dim, components=g.components, seed=g.seed)
+
+
+def callback(tmp_path, *overrides):
+    cfg = load_config("test", overrides=[f"out_dir={tmp_path / 'run'}", *overrides])
+    dm = DiffusionDataModule(cfg.data)
+    dm.prepare()
+    return SamplerEvalCallback(cfg, dm, tmp_path / "run"), build_module(cfg, dm.shape, 0)
+
+
+# --- checks before any work ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("eval.samplers.ddim.options.eta=abc", "eval.samplers.ddim"),
+        ("eval.samplers.euler.schedule_options.rho=0", "eval.samplers.euler"),
+        ("eval.samplers.euler.schedule_options.sigma_min=-1", "eval.samplers.euler"),
+        ("eval.samplers.x.sampler=iia_ddim", "eval.samplers.x.coeffs"),  # file missing
+    ],
+)
+def test_bad_job_fails_before_training(tmp_path, override, key):
+    extra = [f"eval.samplers.x.coeffs={tmp_path / 'none.safetensors'}"] if "x." in override else []
+    cb, module = callback(tmp_path, override, *extra)
+    with pytest.raises(ConfigError) as e:
+        cb.check(module)
+    assert key in str(e.value) and "\n" not in str(e.value)
+
+
+def test_train_with_a_bad_option_value_trains_nothing(tmp_path):
+    from samplerlab.trainer.run import train
+
+    cfg = load_config(
+        "test", overrides=[f"out_dir={tmp_path / 'run'}", "eval.samplers.ddim.options.eta=abc"]
+    )
+    with pytest.raises(ConfigError, match=r"eval\.samplers\.ddim"):
+        train(cfg)
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
+
+
+def test_every_problem_is_listed_at_once(tmp_path):
+    cb, module = callback(
+        tmp_path,
+        "eval.samplers.ddim.options.eta=abc",
+        "eval.samplers.euler.schedule_options.rho=0",
+    )
+    with pytest.raises(ConfigError) as e:
+        cb.check(module)
+    msg = str(e.value)
+    assert "eval.samplers.ddim" in msg and "eval.samplers.euler" in msg
+    assert "rho=0" in msg and "eta='abc'" in msg
+
+
+def _fit_file(tmp_path, den, steps, name="c.safetensors"):
+    from samplerlab import iia
+
+    c = iia.fit(den, "iia_ddim", steps=steps, M=2, num_samples=4, progress=False)
+    return iia.save(c, tmp_path / name)
+
+
+def test_coefficient_file_of_another_grid_or_model_fails_first(tmp_path):
+    cb, module = callback(tmp_path, "eval.all_samplers=false")
+    den = module.make_denoiser(module.net)
+    other_grid = _fit_file(tmp_path, den, 3, "grid3.safetensors")
+    opts = ["eval.samplers.ddim.enabled=false", "eval.samplers.euler.enabled=false"]
+    cb, module = callback(
+        tmp_path, *opts, "eval.samplers.x.sampler=iia_ddim", f"eval.samplers.x.coeffs={other_grid}"
+    )
+    with pytest.raises(ConfigError, match=r"eval\.samplers\.x\.coeffs.*another grid"):
+        cb.check(module, stage="validate")
+    # Same grid, another model (the evaluated weights differ from the fitted ones).
+    matching = _fit_file(tmp_path, den, 2, "grid2.safetensors")
+    cb, module = callback(
+        tmp_path,
+        *opts,
+        "eval.nfe=[2]",
+        "eval.samplers.x.sampler=iia_ddim",
+        f"eval.samplers.x.coeffs={matching}",
+    )
+    torch.nn.init.constant_(next(module.net.parameters()), 0.5)
+    with pytest.raises(ConfigError, match=r"another model .*eval\.iia\.check_model=false"):
+        cb.check(module, stage="validate")
+    # Training a new model: a file cannot match it.
+    cb2, module2 = callback(
+        tmp_path,
+        *opts,
+        "eval.nfe=[2]",
+        "eval.samplers.x.sampler=iia_ddim",
+        f"eval.samplers.x.coeffs={matching}",
+    )
+    with pytest.raises(ConfigError, match="trains a new one"):
+        cb2.check(module2, stage="fit")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_read_only_output_fails_first(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError, match="cannot write into"):
+            make(tmp_path, out="ro/run")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_unwritable_output_fails_first(tmp_path, monkeypatch):
+    """As the read-only test, for a process that may write anywhere (root, CI containers)."""
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(sampler_eval.tempfile, "mkstemp", refuse)
+    with pytest.raises(ConfigError, match=r"out_dir: cannot write into .*Permission denied"):
+        make(tmp_path)
+
+
+def test_output_file_that_is_a_folder_fails_first(tmp_path):
+    (tmp_path / "run" / "report.json").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"report\.json is a folder"):
+        make(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="not a folder"):
+        make(tmp_path, out="file")
+
+
+# --- faults are rows -------------------------------------------------------------------------
+
+
+def test_any_exception_is_that_jobs_error_row(tmp_path, monkeypatch):
+    real_sample = sampler_eval.sample
+
+    def flaky(den, name, **kw):
+        if name == "ddim":
+            raise KeyError("boom")
+        return real_sample(den, name, **kw)
+
+    monkeypatch.setattr(sampler_eval, "sample", flaky)
+    ev, cfg = make(tmp_path)
+    rep = ev.evaluate(exact_gmm(cfg), CPU)
+    by = {(r["label"], r["budget"]): r for r in rep["results"]}
+    assert len(by) == 4
+    for b in (2, 4):
+        assert by["ddim", b]["status"] == "error" and by["ddim", b]["error"] == "KeyError: 'boom'"
+        assert by["euler", b]["status"] == "ok" and by["euler", b]["fid"] is not None
+    assert "KeyError: 'boom'" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_wrong_shape_denoiser_is_an_error_row(tmp_path):
+    ev, cfg = make(tmp_path)
+    mix = exact_gmm(cfg)
+
+    def narrow(x, sigma):
+        return mix(x, sigma)[:, :1]  # [B, 1] would broadcast silently against [B, 2]
+
+    narrow.data_shape = mix.data_shape
+    rep = ev.evaluate(narrow, CPU)
+    for r in rep["results"]:
+        assert r["status"] == "error" and "shape" in r["error"], r
+
+
+class Interrupt(BaseException):
+    """Stands in for a kill between two rows."""
+
+
+def test_killed_evaluation_resumes_and_skips_finished_rows(tmp_path, monkeypatch):
+    real_sample = sampler_eval.sample
+    calls: list[tuple[str, int]] = []
+
+    def counting(den, name, *, steps, **kw):
+        calls.append((name, steps))
+        if len(calls) == 3 and kill:
+            raise Interrupt()
+        return real_sample(den, name, steps=steps, **kw)
+
+    monkeypatch.setattr(sampler_eval, "sample", counting)
+    kill = True
+    ev, cfg = make(tmp_path)
+    with pytest.raises(Interrupt):
+        ev.evaluate(exact_gmm(cfg), CPU)
+    lines = (tmp_path / "run" / "rows.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # two rows finished before the kill, each kept
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "2 of 4 rows finished" in md  # the report was rewritten as rows finished
+    kill, calls[:] = False, []
+    ev2, _ = make(tmp_path)
+    rep = ev2.evaluate(exact_gmm(cfg), CPU)
+    assert len(calls) == 2  # only the two missing rows ran
+    assert [r.get("resumed", False) for r in rep["results"]] == [True, True, False, False]
+    fresh, _ = make(tmp_path, out="fresh")
+    ref = fresh.evaluate(exact_gmm(cfg), CPU)
+    for a, b in zip(rep["results"], ref["results"], strict=True):
+        assert a["fid"] == pytest.approx(b["fid"], rel=1e-9)
+    # Another model: nothing is reused.
+    calls[:] = []
+    ev3, _ = make(tmp_path)
+    ev3.evaluate(exact_gmm(cfg), CPU, model_id="another-model")
+    assert len(calls) == 4
+
+
+def test_diverged_samples_are_not_ok(tmp_path):
+    ev, cfg = make(tmp_path)
+    mix = exact_gmm(cfg)
+
+    def blown_up(x, sigma):
+        return mix(x, sigma) * 1e6  # like coefficients scaled by 1e6: finite, absurd
+
+    blown_up.data_shape = mix.data_shape
+    rep = ev.evaluate(blown_up, CPU)
+    for r in rep["results"]:
+        assert r["status"] == "diverged" and r["fid"] is None and r["range_ratio"] > 1e4, r
+    assert "diverged" in (tmp_path / "run" / "report.md").read_text()
+    # The exact model's samples stay within the data's range.
+    ev2, _ = make(tmp_path, out="exact")
+    for r in ev2.evaluate(mix, CPU)["results"]:
+        assert r["status"] == "ok" and r["range_ratio"] < 3
+
+
+def test_pmm_at_few_steps_is_diverged(tmp_path):
+    ev, cfg = make(tmp_path, "eval.all_samplers=false", "eval.samplers.ddim.sampler=pmm")
+    ev.jobs = [j for j in ev.jobs if j.label == "ddim"]
+    for r in ev.evaluate(exact_gmm(cfg), CPU)["results"]:
+        assert r["status"] == "diverged", r
+
+
+def test_over_budget_rows_are_marked_and_plotted_at_their_nfe(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    figs = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def keep(self, *a, **k):
+        figs.append(self)
+        return real_savefig(self, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    ev, cfg = make(tmp_path, "eval.samplers.ddim.sampler=srds", "eval.nfe=[4]")
+    rep = ev.evaluate(exact_gmm(cfg), CPU)
+    by = {r["label"]: r for r in rep["results"]}
+    assert by["ddim"]["nfe"] > 4 and by["ddim"]["over_budget"]
+    assert by["euler"]["nfe"] == 4 and not by["euler"]["over_budget"]
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "(over budget)" in md
+    pick = next(line for line in md.splitlines() if "Pick at 4 NFE" in line)
+    assert "`euler`" in pick and "`ddim`" not in pick  # an over-budget row is never picked
+    ax = figs[-1].axes[0]
+    assert ax.get_xscale() == "log"
+    xs = {float(x) for line in ax.get_lines() for x in line.get_xdata()}
+    assert by["ddim"]["nfe"] in xs and 4.0 in xs  # plotted at the realised NFE
+
+
+# --- FID and its spread ----------------------------------------------------------------------
+
+
+def test_no_private_torchmetrics_api():
+    root = Path(sampler_eval.__file__).parent
+    for p in root.glob("*.py"):
+        for line in p.read_text().splitlines():
+            if "torchmetrics" in line and "import" in line:
+                names = line.split("import", 1)[1].replace("(", "").split(",")
+                assert not any(n.strip().startswith("_") for n in names), (p, line)
+
+
+def test_frechet_distance_matches_torchmetrics_public_fid():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from samplerlab.callbacks.fid import fid_from_stats, stats_of
+
+    class Ident(torch.nn.Module):
+        num_features = 5
+
+        def forward(self, x):
+            return x.double()
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(300, 5, generator=g, dtype=torch.float64)
+    b = (
+        torch.randn(200, 5, generator=g, dtype=torch.float64)
+        @ torch.randn(5, 5, generator=g, dtype=torch.float64)
+        + 0.3
+    )
+    m = FrechetInceptionDistance(feature=Ident())
+    m.update(a, real=True)
+    m.update(b, real=False)
+    assert fid_from_stats(stats_of(a), stats_of(b)) == pytest.approx(float(m.compute()), rel=1e-6)
+
+
+def test_bootstrap_std_matches_the_spread_over_independent_sets():
+    from samplerlab.callbacks.fid import bootstrap_fid_std, fid_from_stats, stats_of
+
+    g = torch.Generator().manual_seed(1)
+    cov = torch.tensor([[1.0, 0.3, 0.0], [0.3, 0.5, 0.1], [0.0, 0.1, 0.2]], dtype=torch.float64)
+    chol = torch.linalg.cholesky(cov)
+    real = stats_of(torch.randn(5000, 3, generator=g, dtype=torch.float64) @ chol.T)
+
+    def draw(n):
+        return (torch.randn(n, 3, generator=g, dtype=torch.float64) @ chol.T) * 1.2 + 0.1
+
+    fids = torch.tensor([fid_from_stats(real, stats_of(draw(200))) for _ in range(60)])
+    boot = torch.tensor([bootstrap_fid_std(real, draw(200), 60, seed=s) for s in range(8)])
+    ratio = float(boot.mean() / fids.std())
+    assert 0.6 < ratio < 1.6, ratio
+
+
+def test_rows_carry_fid_std_and_report_opens_with_pick_lines(tmp_path):
+    ev, cfg = make(tmp_path)
+    rep = ev.evaluate(exact_gmm(cfg), CPU)
+    assert all(r["fid_std"] is not None and r["fid_std"] > 0 for r in rep["results"])
+    md = (tmp_path / "run" / "report.md").read_text().splitlines()
+    first = [line for line in md if line.strip()][1:3]
+    assert first[0].startswith("- **Pick at 2 NFE:**") and first[1].startswith("- **Pick at 4")
+
+
+def test_pick_lines_name_best_and_those_within_noise():
+    from samplerlab.callbacks.report import pick_lines
+
+    def row(label, fid, std, budget=10, status="ok", over=False):
+        return dict(
+            label=label, fid=fid, fid_std=std, budget=budget, status=status, over_budget=over
+        )
+
+    rows = [
+        row("a", 3.0, 0.2),
+        row("b", 3.3, 0.2),  # 0.3 <= 2 * 0.28: within
+        row("c", 5.0, 0.2),
+        row("d", 1.0, 0.1, over=True),  # over budget: never picked
+        row("e", None, None, status="error"),
+    ]
+    (line,) = pick_lines(rows)
+    assert "`a`" in line and "`b`" in line and "`c`" not in line and "`d`" not in line
+
+
+# --- the real-statistics cache ---------------------------------------------------------------
+
+
+def _images(root, n=6, seed=0):
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        px = torch.randint(0, 256, (4, 4), generator=gen, dtype=torch.uint8).numpy()
+        Image.fromarray(px).save(root / f"{i}.png")
+
+
+def test_cache_is_rebuilt_after_the_images_change(tmp_path):
+    root = tmp_path / "img"
+    _images(root)
+    data = [
+        "data.name=image_folder",
+        f"data.root={root}",
+        "data.image_size=4",
+        "eval.feature=raw",
+        f"eval.cache_dir={tmp_path / 'cache'}",
+    ]
+    ev, _ = make(tmp_path, *data)
+    first = ev.real_stats(CPU)["all"]["sum"].clone()
+    _images(root, seed=1)  # same names and count, other pixels
+    st = (root / "0.png").stat()
+    os.utime(root / "0.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    ev2, _ = make(tmp_path, *data)
+    second = ev2.real_stats(CPU)["all"]["sum"]
+    assert not torch.allclose(first, second)
+    assert len(list((tmp_path / "cache").glob("real-*.pt"))) == 2
+
+
+def test_corrupt_cache_is_rebuilt_with_a_note(tmp_path):
+    ev, _ = make(tmp_path)
+    good = ev.real_stats(CPU)["all"]["sum"].clone()
+    path = ev.cache_path()
+    path.write_bytes(b"not a torch file")
+    ev2, _ = make(tmp_path)
+    torch.testing.assert_close(ev2.real_stats(CPU)["all"]["sum"], good)
+    assert any(str(path) in n and "corrupt" in n for n in ev2.notes)
+    torch.load(path, weights_only=True)  # rewritten
+
+
+# --- evaluate: checkpoint, stale grids, one progress bar -------------------------------------
+
+
+def test_evaluate_records_checkpoint_and_clears_stale_grids(tmp_path):
+    from samplerlab.trainer.run import evaluate, train
+
+    train(load_config("test", overrides=[f"out_dir={tmp_path / 't'}", "eval.enabled=false"]))
+    ckpt = tmp_path / "t" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True, mmap=True)
+    out = tmp_path / "e"
+    evaluate(str(ckpt), [], [f"out_dir={out}"])
+    assert {p.name for p in (out / "grids").iterdir()} == {
+        f"{s}_nfe{b}.png" for s in ("euler", "ddim") for b in (2, 4)
+    }
+    (report,) = evaluate(str(ckpt), [], [f"out_dir={out}", "eval.samplers.ddim.enabled=false"])[
+        "reports"
+    ]
+    assert {p.name for p in (out / "grids").iterdir()} == {"euler_nfe2.png", "euler_nfe4.png"}
+    assert report["checkpoint"]["path"] == str(ckpt.resolve())
+    assert (report["epoch"], report["step"]) == (saved["epoch"], saved["global_step"])
+    assert report["step"] > 0
+    md = (out / "report.md").read_text()
+    assert str(ckpt.resolve()) in md and f"step {saved['global_step']}" in md
+    assert json.loads((out / "report.json").read_text())["checkpoint"]["step"] == report["step"]
+
+
+def test_one_progress_bar_and_quiet_iia_fits(tmp_path, capfd):
+    ev, cfg = make(
+        tmp_path,
+        "trainer.enable_progress_bar=true",
+        "eval.samplers.ddim.sampler=iia_ddim",
+        "eval.iia.M=2",
+        "eval.iia.num_samples=4",
+    )
+    ev.evaluate(exact_gmm(cfg), CPU)
+    err = capfd.readouterr().err
+    assert "samplerlab eval" in err and "4/4" in err  # one bar over the four jobs
+    for banner in ("GPU available", "TPU available", "max_epochs", "Training:"):
+        assert banner not in err, banner
