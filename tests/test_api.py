@@ -15,9 +15,9 @@ from samplerlab.samplers.schedules import ContinuousVP, karras
 F64 = torch.float64
 
 
-def _one_line(exc: pytest.ExceptionInfo) -> str:
+def _one_line(exc: pytest.ExceptionInfo, limit: int = 300) -> str:
     msg = str(exc.value)
-    assert "\n" not in msg and len(msg) < 300, msg
+    assert "\n" not in msg and len(msg) < limit, msg
     return msg
 
 
@@ -89,7 +89,8 @@ def test_list_samplers_and_get_sampler():
 def test_unknown_sampler(gaussian):
     with pytest.raises(SamplerError, match=r"unknown sampler 'eulr'; valid: .*euler") as e:
         sl.sample(gaussian, "eulr", steps=3, shape=(1, 4))
-    assert all(n in _one_line(e) for n in SAMPLERS)
+    # One line, though the registry's names alone take ~350 characters.
+    assert all(n in _one_line(e, limit=800) for n in SAMPLERS)
 
 
 def test_unknown_schedule(gaussian):

@@ -207,3 +207,233 @@ def test_from_diffusers_reads_the_scheduler_config(folders):
     ref = DDPMScheduler(beta_schedule="linear").alphas_cumprod.double()
     assert torch.equal(den.vp.alphas_cumprod, ref)
     assert from_diffusers(folders["clip"]).clip_denoised
+
+
+# ---------------------------------------------------------------------------------------
+# The contenders against diffusers' schedulers (same UNet, same grid, same noise).
+# ---------------------------------------------------------------------------------------
+
+from diffusers import (  # noqa: E402
+    DEISMultistepScheduler,
+    DPMSolverSinglestepScheduler,
+    EulerAncestralDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    LMSDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+
+# diffusers keeps its sigmas in float32 (and DPMSolverMultistepScheduler its state): with
+# its own grid the difference to ours is float32-limited (measured 3e-9 .. 4e-7 relative in
+# float64); in float64 runs the schedulers that compute in the model's dtype are given our
+# float64 grid (`_exact`) and must then agree to rounding.
+MULTISTEP_TOL = 1e-5
+EXACT_TOL = {torch.float64: 1e-12, torch.float32: MULTISTEP_TOL}
+
+
+def _exact(sch, sigmas: torch.Tensor, dtype) -> None:
+    """In float64, run the oracle on our float64 sigma grid and tables."""
+    if dtype == torch.float64:
+        _f64(sch)
+        sch.sigmas = sigmas.clone()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+@pytest.mark.parametrize("steps", [6, 20])
+def test_unipc_matches_diffusers(folders, dtype, order, variant, steps):
+    den, unet, z = _setup(folders["epsilon"], dtype)
+    # diffusers' bh1 step to sigma = 0 is NaN (B(h) = -h = -inf times 0): bh1 is compared on
+    # its final_sigmas_type="sigma_min" grid, which ends at the table's sigma_min.
+    final = "zero" if variant == "bh2" else "sigma_min"
+    sch = UniPCMultistepScheduler(
+        beta_schedule="linear", solver_order=order, solver_type=variant, final_sigmas_type=final
+    )
+    sch.set_timesteps(steps)
+    sigmas = _grid(den, sch.timesteps)
+    if final == "sigma_min":
+        sigmas[-1] = den.vp.sigmas[0]
+    assert torch.allclose(sigmas, sch.sigmas.double(), rtol=1e-6)
+    _exact(sch, sigmas, dtype)
+    ref = _diffusers_loop(unet, sch, z)
+    ours = _ours("unipc", den, z, sigmas, order=order, variant=variant, lower_order_final=True)
+    ours = ours / math.sqrt(1 + float(sigmas[-1]) ** 2)  # x_vp (= x at sigma = 0)
+    assert _rel(ours, ref) <= EXACT_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("steps", [6, 20])
+def test_deis_matches_diffusers(folders, dtype, order, steps):
+    den, unet, z = _setup(folders["epsilon"], dtype)
+    sch = DEISMultistepScheduler(beta_schedule="linear", solver_order=order)
+    sch.set_timesteps(steps)
+    # diffusers' DEIS ends at the table's sigma_min (t = 0), not at 0; its state is x_vp.
+    sigmas = torch.cat([den.vp.sigmas[sch.timesteps.long()], den.vp.sigmas[:1]])
+    _exact(sch, sigmas, dtype)
+    ref = _diffusers_loop(unet, sch, z)
+    ours = _ours("deis", den, z, sigmas, order=order, lower_order_final=steps < 15)
+    ours_vp = ours / math.sqrt(1 + float(sigmas[-1]) ** 2)
+    assert _rel(ours_vp, ref) <= EXACT_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("steps", [8, 20])
+def test_dpmpp_3m_matches_diffusers(folders, dtype, steps):
+    den, unet, z = _setup(folders["epsilon"], dtype)
+    sch = DPMSolverMultistepScheduler(
+        beta_schedule="linear", algorithm_type="dpmsolver++", solver_order=3
+    )
+    sch.set_timesteps(steps)
+    ref = _diffusers_loop(unet, sch, z)
+    # diffusers lowers the last two orders below 15 steps (lower_order_final).
+    ours = _ours("dpmpp_3m", den, z, _grid(den, sch.timesteps), lower_order_final=steps < 15)
+    assert _rel(ours, ref) <= MULTISTEP_TOL
+
+
+def _sde_draws(steps: int, dtype) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    return [torch.randn(SHAPE, generator=g, dtype=dtype) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("steps", [6, 20])
+def test_dpmpp_2m_sde_matches_diffusers_with_same_noise(folders, dtype, steps):
+    den, unet, z = _setup(folders["epsilon"], dtype)
+    sch = DPMSolverMultistepScheduler(
+        beta_schedule="linear", algorithm_type="sde-dpmsolver++", solver_order=2
+    )
+    sch.set_timesteps(steps)
+    draws = _sde_draws(steps, dtype)
+    x = z.clone()
+    with torch.no_grad():
+        for t, d in zip(sch.timesteps, draws, strict=True):
+            x = sch.step(unet(x, t).sample, t, x, variance_noise=d).prev_sample
+    # Ours draws no noise on the step to sigma = 0 (diffusers multiplies its draw by 0).
+    noise = ReplayNoise(draws[:-1])
+    ours = _ours("dpmpp_2m_sde", den, z, _grid(den, sch.timesteps), noise=noise)
+    assert _rel(ours, x) <= MULTISTEP_TOL
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dpmpp_3m_sde_first_steps_match_diffusers_heun_form(folders, dtype):
+    """Orders 1 and 2 of (3M) SDE are diffusers' sde-dpmsolver++ with ``solver_type="heun"``
+    (the phi_2 form); its order-3 step is not compared: diffusers' D2 weight there is not the
+    exact integral (see test_contenders.py::test_3m_sde_weights_are_the_exact_integrals)."""
+    den, unet, z = _setup(folders["epsilon"], dtype)
+    sch = DPMSolverMultistepScheduler(
+        beta_schedule="linear",
+        algorithm_type="sde-dpmsolver++",
+        solver_order=3,
+        solver_type="heun",
+    )
+    sch.set_timesteps(3)  # orders 1, 2, then the step to 0
+    draws = _sde_draws(3, dtype)
+    x = z.clone()
+    with torch.no_grad():
+        for t, d in zip(sch.timesteps, draws, strict=True):
+            x = sch.step(unet(x, t).sample, t, x, variance_noise=d).prev_sample
+    ours = _ours("dpmpp_3m_sde", den, z, _grid(den, sch.timesteps), noise=ReplayNoise(draws[:-1]))
+    assert _rel(ours, x) <= MULTISTEP_TOL
+
+
+# The k-diffusion-style schedulers default to Stable Diffusion's betas; use the DDPM table.
+LINEAR = {"beta_start": 0.0001, "beta_end": 0.02}
+
+
+def _karras_style_loop(unet, sch, z, sigma0: float, monkeypatch=None, module=None, draws=None):
+    """diffusers' k-diffusion-style schedulers work in EDM coordinates (scale_model_input
+    divides by sqrt(sigma^2 + 1)); ``draws`` replace their ``randn_tensor``."""
+    if draws is not None:
+        served = iter(draws)
+        monkeypatch.setattr(module + ".randn_tensor", lambda *a, **k: next(served))
+    x = z * math.sqrt(1 + sigma0**2)
+    with torch.no_grad():
+        for t in sch.timesteps:
+            x = sch.step(unet(sch.scale_model_input(x, t), t).sample, t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("steps", [5, 12])
+def test_lms_matches_diffusers(folders, dtype, steps):
+    den, unet, z = _setup(folders["epsilon"], dtype)
+    sch = LMSDiscreteScheduler(beta_schedule="linear", **LINEAR, timestep_spacing="leading")
+    sch.set_timesteps(steps)
+    sigmas = _grid(den, sch.timesteps)
+    assert torch.allclose(sigmas, sch.sigmas.double(), rtol=1e-6)
+    _exact(sch, sigmas, dtype)
+    ref = _karras_style_loop(unet, sch, z, float(sigmas[0]))
+    ours = _ours("lms", den, z, sigmas)
+    assert _rel(ours, ref) <= EXACT_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_euler_ancestral_matches_diffusers_with_same_noise(folders, dtype, monkeypatch):
+    den, unet, z = _setup(folders["epsilon"], dtype)
+    sch = EulerAncestralDiscreteScheduler(
+        beta_schedule="linear", **LINEAR, timestep_spacing="leading"
+    )
+    sch.set_timesteps(10)
+    draws = _sde_draws(10, dtype)
+    sigmas = _grid(den, sch.timesteps)
+    assert torch.allclose(sigmas, sch.sigmas.double(), rtol=1e-6)
+    _exact(sch, sigmas, dtype)
+    mod = "diffusers.schedulers.scheduling_euler_ancestral_discrete"
+    ref = _karras_style_loop(unet, sch, z, float(sigmas[0]), monkeypatch, mod, draws)
+    ours = _ours("euler_ancestral", den, z, sigmas, noise=ReplayNoise(draws))
+    # Its step upcasts the state to float32 whatever the dtype: measured 1.3e-7.
+    assert _rel(ours, ref) <= MULTISTEP_TOL
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dpm_2_ancestral_matches_kdpm2_ancestral_with_same_noise(folders, dtype, monkeypatch):
+    den, unet, z = _setup(folders["epsilon"], dtype)
+    sch = KDPM2AncestralDiscreteScheduler(
+        beta_schedule="linear", **LINEAR, timestep_spacing="leading"
+    )
+    sch.set_timesteps(8)
+    draws = _sde_draws(7, dtype)  # one per step that does not end at 0
+    sigmas = torch.cat([sch.sigmas[::2].double(), torch.zeros(1, dtype=torch.float64)])
+    assert torch.allclose(sigmas[:-1], _grid(den, sch.timesteps[::2]), rtol=1e-6)
+    mod = "diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete"
+    ref = _karras_style_loop(unet, sch, z, float(sigmas[0]), monkeypatch, mod, draws)
+    ours = _ours("dpm_2_ancestral", den, z, sigmas[:-1], noise=ReplayNoise(draws))
+    assert _rel(ours, ref) <= MULTISTEP_TOL
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("order", [1, 2])
+def test_singlestep_dpmpp_matches_diffusers(folders, dtype, order):
+    """Singlestep DPM-Solver++ (``algorithm="dpmsolver++"``) against diffusers'
+    DPMSolverSinglestepScheduler. diffusers evaluates at its grid points; its sigmas are
+    replaced by ours (step boundaries and our log-SNR midpoints) and its UNet is called at
+    the table time of each sigma, as our wrapper does."""
+    den, unet, z = _setup(folders["epsilon"], dtype)
+    steps = 5
+    ours_grid = _grid(den, torch.linspace(999, 99, steps).round().long())  # 5 steps, then 0
+    orders = [order] * (steps - 1) + [1]
+    # diffusers' evaluation points: each step's start, then its midpoint for order 2.
+    points, order_list = [], []
+    for i in range(steps):
+        s, t = float(ours_grid[i]), float(ours_grid[i + 1])
+        points.append(s)
+        order_list.append(1)
+        if orders[i] == 2:
+            points.append(s * math.sqrt(t / s))  # lambda half way
+            order_list.append(2)
+    sch = DPMSolverSinglestepScheduler(
+        beta_schedule="linear", algorithm_type="dpmsolver++", solver_order=2
+    )
+    sch.set_timesteps(len(points))
+    _f64(sch)
+    sch.sigmas = torch.tensor([*points, 0.0], dtype=torch.float64)
+    sch.order_list = order_list
+    sch.set_begin_index(0)
+    x = z.clone()
+    with torch.no_grad():
+        for sig in points:
+            t = den.vp.t(torch.tensor([sig], dtype=torch.float64)).to(dtype)
+            x = sch.step(unet(x, t).sample, t, x).prev_sample
+    ours = _ours("dpm_solver_2", den, z, ours_grid, orders=orders, algorithm="dpmsolver++")
+    assert _rel(ours, x) <= EXACT_TOL[dtype]

@@ -14,7 +14,7 @@ from torch import Tensor
 from .core import Denoiser, SamplerError, append_dims, check_grid
 from .denoisers import CountingDenoiser, FiniteCheckDenoiser, NonFiniteError
 from .noise import PerSampleNoise
-from .registry import SamplerSpec, get_sampler
+from .registry import SamplerSpec, get_sampler, resolve
 from .schedules import get_sigmas
 
 
@@ -140,7 +140,8 @@ def sample(
     noise_device: torch.device | str = "cpu",
     **options: Any,
 ) -> SampleResult:
-    """Draw ``shape[0]`` samples with the registered sampler ``name``.
+    """Draw ``shape[0]`` samples with the registered sampler ``name`` (or an alias such as
+    ``"DPM++ 2M Karras"``: see ``registry.ALIASES``).
 
     Sample ``k`` depends only on ``seeds[k]`` (default ``range(n)``). ``noise`` is optional
     standard-normal initial noise ``[n, ...]`` used instead of the seeded draw (later
@@ -150,6 +151,8 @@ def sample(
     """
     if not callable(denoiser):
         raise SamplerError(f"the denoiser must be a callable D(x, sigma), got {type(denoiser)}")
+    # A library's name ("DPM++ 2M Karras", "UniPCMultistepScheduler") -> sampler, options, grid.
+    name, options, schedule, schedule_options = resolve(name, options, schedule, schedule_options)
     spec = get_sampler(name)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise SamplerError(f"steps must be an integer >= 1, got {steps!r}")

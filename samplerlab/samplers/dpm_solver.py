@@ -44,10 +44,22 @@ def dpm_solver_fast_orders(nfe: int, order: int) -> list[int]:
     return orders
 
 
+ALGORITHMS = ("dpmsolver", "dpmsolver++")
+
+
 def step_dpm_solver(
-    denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, *, order: int = 1
+    denoiser: Denoiser,
+    x: Tensor,
+    sigma: Tensor,
+    sigma_next: Tensor,
+    *,
+    order: int = 1,
+    algorithm: str = "dpmsolver",
 ) -> Tensor:
-    """One singlestep DPM-Solver-``order`` step (Lu et al. 2022, Alg. 1/2, eqs. 3.3-3.5)."""
+    """One singlestep DPM-Solver-``order`` step (Lu et al. 2022, Alg. 1/2, eqs. 3.3-3.5);
+    ``algorithm="dpmsolver++"``: the data-prediction singlestep DPM-Solver++ step."""
+    if algorithm == "dpmsolver++":
+        return step_dpmpp_singlestep(denoiser, x, sigma, sigma_next, order=order)
     n = x.ndim
     final = sigma_next == 0
     t = torch.where(final, sigma / 2, sigma_next)  # any positive value: final rows are replaced
@@ -86,6 +98,52 @@ def step_dpm_solver(
     return where_rows(final, denoised, out)
 
 
+def step_dpmpp_singlestep(
+    denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, *, order: int = 1
+) -> Tensor:
+    """One singlestep DPM-Solver++ step on the data prediction (Lu et al. 2022b, Alg. 1:
+    DPM-Solver++(2S), r1 = 1/2; App. A: DPM-Solver++(3S), r1 = 1/3, r2 = 2/3), in EDM
+    coordinates: ``x_t = (sigma_t/sigma_s) x - (e^{-h} - 1) D_s + ...``."""
+    n = x.ndim
+    final = sigma_next == 0
+    t = torch.where(final, sigma / 2, sigma_next)  # any positive value: final rows are replaced
+    h = torch.log(sigma / t)
+    denoised = denoiser(x, sigma)
+    a = lambda v: append_dims(v, n)
+    # DPM-Solver++-1 from sigma (the base of every order).
+    first = a(t / sigma) * x - a(torch.expm1(-h)) * denoised
+    if order == 1:
+        out = first
+    elif order == 2:
+        r1 = 0.5
+        s1 = sigma * torch.exp(-r1 * h)
+        # Intermediate point at lambda_s + r1 h and its data prediction.
+        u = a(s1 / sigma) * x - a(torch.expm1(-r1 * h)) * denoised
+        d_1 = denoiser(u, s1)
+        # Second-order update: D = (1 - 1/(2 r1)) D_s + 1/(2 r1) D_1.
+        out = first - a(torch.expm1(-h) / (2 * r1)) * (d_1 - denoised)
+    elif order == 3:
+        r1, r2 = 1 / 3, 2 / 3
+        s1, s2 = sigma * torch.exp(-r1 * h), sigma * torch.exp(-r2 * h)
+        # First intermediate point at lambda_s + r1 h.
+        u1 = a(s1 / sigma) * x - a(torch.expm1(-r1 * h)) * denoised
+        d_1 = denoiser(u1, s1)
+        # Second intermediate point at lambda_s + r2 h (second-order, phi_2 form).
+        phi_22 = torch.expm1(-r2 * h) / (r2 * h) + 1
+        u2 = (
+            a(s2 / sigma) * x
+            - a(torch.expm1(-r2 * h)) * denoised
+            + a((r2 / r1) * phi_22) * (d_1 - denoised)
+        )
+        d_2 = denoiser(u2, s2)
+        # Third-order update.
+        phi_2 = torch.expm1(-h) / h + 1
+        out = first + a(phi_2 / r2) * (d_2 - denoised)
+    else:
+        raise SamplerError(f"DPM-Solver order must be 1, 2 or 3, got {order!r}")
+    return where_rows(final, denoised, out)
+
+
 @torch.no_grad()
 def sample_dpm_solver(
     denoiser: Denoiser,
@@ -95,12 +153,19 @@ def sample_dpm_solver(
     noise: NoiseSource | None = None,
     order: int = 3,
     orders: list[int] | None = None,
+    algorithm: str = "dpmsolver",
 ) -> Tensor:
     """Singlestep DPM-Solver (Lu et al. 2022) with one order per step.
 
     ``orders`` (one per step, e.g. from :func:`dpm_solver_fast_orders`) overrides the
-    fixed ``order``. Steps that end at sigma = 0 are first order.
+    fixed ``order``. Steps that end at sigma = 0 are first order. ``algorithm``:
+    ``dpmsolver`` (noise prediction, the paper's) or ``dpmsolver++`` (singlestep
+    DPM-Solver++ on the data prediction, Lu et al. 2022b; diffusers' default).
     """
+    if algorithm not in ALGORITHMS:
+        raise SamplerError(
+            f"unknown DPM-Solver algorithm '{algorithm}'; valid: {', '.join(ALGORITHMS)}"
+        )
     grid = Grid(sigmas, x)
     if orders is None:
         orders = [order] * len(grid)
@@ -108,7 +173,7 @@ def sample_dpm_solver(
         raise SamplerError(f"orders has {len(orders)} entries for a grid of {len(grid)} steps")
     for i, sigma, sigma_next in grid:
         k = 1 if grid.all_final(i) else orders[i]
-        x = step_dpm_solver(denoiser, x, sigma, sigma_next, order=k)
+        x = step_dpm_solver(denoiser, x, sigma, sigma_next, order=k, algorithm=algorithm)
     return x
 
 

@@ -6,12 +6,28 @@ A new entry is picked up by the parametrised tests, ``samplerlab samplers`` and
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import ddim, ddpm, dpm_solver, edm, paradigms, parallel, pmm, rmm, srds
+from . import (
+    adaptive,
+    ancestral,
+    ddim,
+    ddpm,
+    dpm_solver,
+    edm,
+    multistep,
+    paradigms,
+    parallel,
+    pmm,
+    rmm,
+    sde,
+    srds,
+    unipc,
+)
 from .core import SamplerError
 from .iia import sample_biia_edm, sample_iia_ddim, sample_iia_dpmpp_2m, sample_iia_edm
 
@@ -141,14 +157,142 @@ class SamplerSpec:
         return self.fn(denoiser, x, sigmas, **{**self.defaults, **options})
 
 
+# --- the contenders of k-diffusion and diffusers (issue 11) ---------------------------
+# Defaults (grids and options) chosen on the analytic panel: benchmarks/bench_panel.py,
+# benchmarks/results/panel.md.
+_DPM_GRID: dict[str, Any] = {
+    "default_schedule": "logsnr",
+    "default_schedule_options": {"final": "replace"},
+    "vp_schedule": "time_quadratic",
+}
+CONTENDERS: dict[str, SamplerSpec] = {
+    "unipc": SamplerSpec(
+        "unipc",
+        unipc.sample_unipc,
+        "UniPC (Zhao et al. 2023): UniP predictor + UniC corrector on the data prediction; "
+        "order=1|2|3, variant=bh1|bh2",
+        deterministic=True,
+        nfe=lambda n: n,
+        order=3,
+        multistep=True,
+        **_DPM_GRID,
+    ),
+    "deis": SamplerSpec(
+        "deis",
+        multistep.sample_deis,
+        "DEIS (Zhang & Chen 2023): multistep exponential integrator, log-rho Lagrange "
+        "polynomial of the noise history; order=1|2|3",
+        deterministic=True,
+        nfe=lambda n: n,
+        order=3,
+        multistep=True,
+        **_DPM_GRID,
+    ),
+    "ipndm": SamplerSpec(
+        "ipndm",
+        multistep.sample_ipndm,
+        "improved PNDM (Zhang & Chen 2023; Zhou et al. 2024): fixed Adams-Bashforth-4 on the "
+        "PF-ODE slope with lower-order warm-up",
+        deterministic=True,
+        nfe=lambda n: n,
+        order=2,
+        multistep=True,
+    ),
+    "lms": SamplerSpec(
+        "lms",
+        multistep.sample_lms,
+        "linear multistep (Adams-Bashforth in sigma, order 4; k-diffusion / diffusers LMS)",
+        deterministic=True,
+        nfe=lambda n: n,
+        order=2,
+        multistep=True,
+    ),
+    "dpmpp_3m": SamplerSpec(
+        "dpmpp_3m",
+        multistep.sample_dpmpp_3m,
+        "DPM-Solver++(3M) multistep on the data prediction (Lu et al. 2022b)",
+        deterministic=True,
+        nfe=lambda n: n,
+        order=3,
+        multistep=True,
+        **_DPM_GRID,
+    ),
+    "dpmpp_2m_sde": SamplerSpec(
+        "dpmpp_2m_sde",
+        sde.sample_dpmpp_2m_sde,
+        "DPM-Solver++(2M) SDE (Lu et al. 2022b; diffusers' sde-dpmsolver++); eta=1",
+        deterministic=False,
+        nfe=lambda n: n,
+        multistep=True,
+    ),
+    "dpmpp_3m_sde": SamplerSpec(
+        "dpmpp_3m_sde",
+        sde.sample_dpmpp_3m_sde,
+        "DPM-Solver++(3M) SDE (Lu et al. 2022b; k-diffusion); eta=1",
+        deterministic=False,
+        nfe=lambda n: n,
+        multistep=True,
+    ),
+    "dpmpp_sde": SamplerSpec(
+        "dpmpp_sde",
+        sde.sample_dpmpp_sde,
+        "DPM-Solver++ SDE, singlestep (Lu et al. 2022b; k-diffusion); Brownian noise "
+        "at both stages",
+        deterministic=False,
+        nfe=lambda n: 2 * n - 1,
+    ),
+    "dpmpp_2s_ancestral": SamplerSpec(
+        "dpmpp_2s_ancestral",
+        ancestral.sample_dpmpp_2s_ancestral,
+        "DPM-Solver++(2S) ancestral (Lu et al. 2022b, Alg. 1 + ancestral noise)",
+        deterministic=False,
+        nfe=lambda n: 2 * n - 1,
+    ),
+    "dpm_2": SamplerSpec(
+        "dpm_2",
+        ancestral.sample_dpm_2,
+        "DPM-2 (Karras et al. 2022): second order, midpoint in log sigma; s_churn>0 stochastic",
+        deterministic=True,
+        nfe=lambda n: 2 * n - 1,
+        order=2,
+        stochastic_options=("s_churn",),
+    ),
+    "dpm_2_ancestral": SamplerSpec(
+        "dpm_2_ancestral",
+        ancestral.sample_dpm_2_ancestral,
+        "DPM-2 ancestral (k-diffusion; diffusers' KDPM2AncestralDiscreteScheduler)",
+        deterministic=False,
+        nfe=lambda n: 2 * n - 1,
+    ),
+    "euler_ancestral": SamplerSpec(
+        "euler_ancestral",
+        ancestral.sample_euler_ancestral,
+        "Euler ancestral ('Euler a'; = DDIM eta=1, the DDPM posterior step)",
+        deterministic=False,
+        nfe=lambda n: n,
+    ),
+    "dpm_adaptive": SamplerSpec(
+        "dpm_adaptive",
+        adaptive.sample_dpm_adaptive,
+        "adaptive step-size DPM-Solver-23 (Lu et al. 2022, App. C): per-sample error "
+        "control (rtol, atol); steps sets the first trial step; NFE realised",
+        deterministic=True,
+        nfe=lambda n: 3 * n,
+        nfe_exact=False,
+        multistep=True,
+        **_DPM_GRID,
+    ),
+}
+
 SAMPLERS: dict[str, SamplerSpec] = {
     "euler": SamplerSpec(
         "euler",
-        ddim.sample_euler,
-        "Euler on the probability-flow ODE (Karras et al. 2022)",
+        ancestral.sample_euler_churn,
+        "Euler on the probability-flow ODE (Karras et al. 2022); s_churn>0 stochastic",
         deterministic=True,
         nfe=lambda n: n,
         order=1,
+        stochastic_options=("s_churn",),
     ),
     "ddim": SamplerSpec(
         "ddim",
@@ -335,16 +479,157 @@ SAMPLERS: dict[str, SamplerSpec] = {
         needs_coeffs=True,
         multistep=True,
     ),
+    # --- the contenders of k-diffusion and diffusers (issue 11) ---
+    **CONTENDERS,
 }
 
 
 def get_sampler(name: str) -> SamplerSpec:
     """The registry entry of ``name``, or one clear error listing the valid names."""
     if name not in SAMPLERS:
-        raise SamplerError(f"unknown sampler '{name}'; valid: {', '.join(SAMPLERS)}")
+        close = difflib.get_close_matches(name, [*SAMPLERS, *ALIASES], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise SamplerError(
+            f"unknown sampler '{name}'; valid: {', '.join(SAMPLERS)}, or an alias listed by "
+            f"`samplerlab samplers`{hint}"
+        )
     return SAMPLERS[name]
 
 
 def list_samplers() -> dict[str, str]:
     """Sampler names with their one-line descriptions."""
     return {name: spec.description for name, spec in SAMPLERS.items()}
+
+
+# --- aliases: the names users search for (issue 11) ------------------------------------
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A library's sampler name as (registry sampler, options, grid).
+
+    ``schedule`` ``None`` keeps the sampler's default grid. A1111's plain names use the
+    model's time grid (k-diffusion's ``get_sigmas``: uniform in the table's time, then 0 =
+    ``time_uniform``), its "Karras" names the Karras grid (rho 7, then 0); diffusers' class
+    names their default ``timestep_spacing="linspace"`` (timesteps rounded to the table)
+    with the final sigma 0 (``final="replace"`` for the multistep/singlestep solvers).
+    """
+
+    sampler: str
+    source: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    schedule: str | None = None
+    schedule_options: Mapping[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+_KARRAS = {"schedule": "karras"}
+_A1111 = {"schedule": "time_uniform"}
+_DIFF_MS = {"schedule": "linspace", "schedule_options": {"final": "replace"}}
+_DIFF_K = {"schedule": "linspace"}
+
+ALIASES: dict[str, Alias] = {
+    # AUTOMATIC1111 / Forge / ComfyUI-style names (k-diffusion samplers).
+    "Euler": Alias("euler", "A1111", **_A1111),
+    "Euler a": Alias("euler_ancestral", "A1111", **_A1111),
+    "Heun": Alias("edm_heun", "A1111", **_A1111),
+    "LMS": Alias("lms", "A1111", **_A1111),
+    "LMS Karras": Alias("lms", "A1111", **_KARRAS),
+    "DPM2": Alias("dpm_2", "A1111", **_A1111),
+    "DPM2 Karras": Alias("dpm_2", "A1111", **_KARRAS),
+    "DPM2 a": Alias("dpm_2_ancestral", "A1111", **_A1111),
+    "DPM2 a Karras": Alias("dpm_2_ancestral", "A1111", **_KARRAS),
+    "DPM++ 2S a": Alias("dpmpp_2s_ancestral", "A1111", **_A1111),
+    "DPM++ 2S a Karras": Alias("dpmpp_2s_ancestral", "A1111", **_KARRAS),
+    "DPM++ 2M": Alias("dpmpp_2m", "A1111", **_A1111),
+    "DPM++ 2M Karras": Alias("dpmpp_2m", "A1111", **_KARRAS),
+    "DPM++ SDE": Alias("dpmpp_sde", "A1111", **_A1111),
+    "DPM++ SDE Karras": Alias("dpmpp_sde", "A1111", **_KARRAS),
+    "DPM++ 2M SDE": Alias("dpmpp_2m_sde", "A1111", **_A1111),
+    "DPM++ 2M SDE Karras": Alias("dpmpp_2m_sde", "A1111", **_KARRAS),
+    "DPM++ 3M SDE": Alias("dpmpp_3m_sde", "A1111", **_A1111),
+    "DPM++ 3M SDE Karras": Alias("dpmpp_3m_sde", "A1111", **_KARRAS),
+    "DPM fast": Alias(
+        "dpm_solver_3", "A1111", schedule="logsnr", note="DPM-Solver-fast on a log-SNR grid"
+    ),
+    "DPM adaptive": Alias("dpm_adaptive", "A1111"),
+    "UniPC": Alias(
+        "unipc",
+        "A1111",
+        {"order": 3, "variant": "bh1", "lower_order_final": True},
+        note="A1111's UniPC settings: bh1, order 3",
+        **_A1111,
+    ),
+    "DDIM": Alias(
+        "ddim",
+        "A1111",
+        schedule="leading",
+        schedule_options={"steps_offset": 1},
+        note="A1111's 'uniform' DDIM timesteps",
+    ),
+    # diffusers scheduler classes with their default configurations.
+    "DPMSolverMultistepScheduler": Alias("dpmpp_2m", "diffusers", **_DIFF_MS),
+    "DPMSolverSinglestepScheduler": Alias(
+        "dpm_solver_2",
+        "diffusers",
+        {"algorithm": "dpmsolver++"},
+        note="intermediate points at half log-SNR (diffusers: at its grid points)",
+        **_DIFF_MS,
+    ),
+    "UniPCMultistepScheduler": Alias(
+        "unipc", "diffusers", {"order": 2, "variant": "bh2", "lower_order_final": True}, **_DIFF_MS
+    ),
+    "DEISMultistepScheduler": Alias(
+        "deis",
+        "diffusers",
+        {"order": 2, "lower_order_final": True},
+        note="ends at 0 (diffusers: at the table's sigma_min)",
+        **_DIFF_MS,
+    ),
+    "LMSDiscreteScheduler": Alias("lms", "diffusers", **_DIFF_K),
+    "EulerDiscreteScheduler": Alias("euler", "diffusers", **_DIFF_K),
+    "EulerAncestralDiscreteScheduler": Alias("euler_ancestral", "diffusers", **_DIFF_K),
+    "HeunDiscreteScheduler": Alias("edm_heun", "diffusers", **_DIFF_K),
+    "KDPM2DiscreteScheduler": Alias("dpm_2", "diffusers", **_DIFF_K),
+    "KDPM2AncestralDiscreteScheduler": Alias("dpm_2_ancestral", "diffusers", **_DIFF_K),
+    "DPMSolverSDEScheduler": Alias("dpmpp_sde", "diffusers", **_DIFF_K),
+    "DDIMScheduler": Alias("ddim", "diffusers", schedule="leading"),
+    "DDPMScheduler": Alias("ddpm", "diffusers", schedule="leading"),
+}
+
+
+def _key(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").split())
+
+
+_ALIAS_KEYS = {_key(k): k for k in ALIASES}
+
+
+def find_alias(name: str) -> str | None:
+    """The alias ``name`` refers to (case and spacing ignored), or ``None``."""
+    if name in SAMPLERS:
+        return None
+    return _ALIAS_KEYS.get(_key(name))
+
+
+def resolve(
+    name: str,
+    options: Mapping[str, Any],
+    schedule: str | None,
+    schedule_options: Mapping[str, Any] | None,
+) -> tuple[str, dict[str, Any], str | None, dict[str, Any] | None]:
+    """``(sampler, options, schedule, schedule_options)`` for a registry name or an alias;
+    the caller's options and schedule override the alias's."""
+    key = find_alias(name)
+    if key is None:
+        return (
+            name,
+            dict(options),
+            schedule,
+            None if schedule_options is None else dict(schedule_options),
+        )
+    alias = ALIASES[key]
+    if schedule is None and alias.schedule is not None:
+        schedule = alias.schedule
+        schedule_options = {**alias.schedule_options, **(schedule_options or {})}
+    return alias.sampler, {**alias.options, **options}, schedule, schedule_options

@@ -1,0 +1,205 @@
+"""Stochastic DPM-Solver++ samplers: (2M) SDE, (3M) SDE and the singlestep SDE solver.
+
+EDM sigma coordinates, ``lambda = -log sigma``, ``h = lambda_t - lambda_s``. The exact
+solution of the data-prediction reverse SDE over one step (Lu et al. 2022b, "DPM-Solver++",
+§5 / eq. 18; Gonzalez et al. 2023 "SEEDS") is
+``x_t = (sigma_t/sigma_s) e^{-eta h} x_s + int (1+eta) e^{-(1+eta)(h - u)} x0(u) du
++ sigma_t sqrt(1 - e^{-2 eta h}) z``; ``eta = 1`` is the reverse SDE, ``eta = 0`` the ODE.
+Every random draw comes from the per-sample ``noise`` source.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .core import Denoiser, Grid, SamplerError, append_dims, where_rows
+from .multistep import grid64, positive_next, push
+from .noise import NoiseSource, randn_like
+
+
+def _check(eta: float, s_noise: float) -> None:
+    if eta < 0 or s_noise < 0:
+        raise SamplerError("eta and s_noise must be >= 0")
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> Tensor:
+    """DPM-Solver++(2M) SDE (Lu et al. 2022b, §5, the multistep second-order SDE solver;
+    diffusers' ``algorithm_type="sde-dpmsolver++"``, midpoint form): with ``h_eta = (1 +
+    eta) h``, ``x_t = (sigma_t/sigma_s) e^{-eta h} x + (1 - e^{-h_eta}) D_s + 1/2 (1 -
+    e^{-h_eta}) (D_s - D_prev)/r0 + sigma_t sqrt(1 - e^{-2 eta h}) s_noise z``. One draw per
+    step that does not end at 0; ``eta = 0`` is DPM-Solver++(2M).
+    """
+    _check(eta, s_noise)
+    grid = Grid(sigmas, x)
+    g = grid64(grid, x)
+    n = x.ndim
+    a = lambda v: append_dims(v.to(x.dtype), n)
+    old: Tensor | None = None
+    for i, sigma, _ in grid:
+        s, sn = g[i], g[i + 1]
+        # Data prediction at the current point.
+        denoised = denoiser(x, sigma)
+        final, t = positive_next(s, sn)
+        h = torch.log(s / t)
+        w = -torch.expm1(-(1 + eta) * h)  # 1 - e^{-h_eta}
+        # First-order SDE part.
+        x_next = a(t / s * torch.exp(-eta * h)) * x + a(w) * denoised
+        if old is not None:
+            # Second-order correction from the previous data prediction (midpoint form).
+            r0 = torch.log(g[i - 1] / s) / h
+            x_next = x_next + a(0.5 * w / r0) * (denoised - old)
+        if eta > 0 and not grid.all_final(i):
+            # Fresh noise of the exact SDE variance.
+            z = randn_like(noise, x)
+            x_next = x_next + a(t * (-torch.expm1(-2 * eta * h)).sqrt() * s_noise) * z
+        # Rows ending at sigma = 0 take the denoise step.
+        x = where_rows(final, denoised, x_next)
+        old = denoised
+    return x
+
+
+def sde_coefficients(h: Tensor, eta: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(w0, phi_2, phi_3)``: the weights of ``D_s``, ``D1`` and ``D2`` in a DPM-Solver++
+    SDE step with ``h_eta = (1 + eta) h``: ``w0 = 1 - e^{-h_eta}``, ``phi_2 = (e^{-h_eta} -
+    1)/h_eta + 1`` and ``phi_3 = (e^{-h_eta} - 1 + h_eta)/h_eta^2 - 1/2`` (the exact
+    integrals of ``(1+eta) e^{-(1+eta)(h-u)} (u/h)^k / k!`` over ``[0, h]``, k = 0, 1, 2,
+    with ``phi_3`` entering with a minus sign)."""
+    he = (1 + eta) * h
+    w0 = -torch.expm1(-he)
+    phi_2 = torch.expm1(-he) / he + 1
+    phi_3 = (torch.expm1(-he) + he) / he**2 - 0.5
+    return w0, phi_2, phi_3
+
+
+@torch.no_grad()
+def sample_dpmpp_3m_sde(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> Tensor:
+    """DPM-Solver++(3M) SDE (Lu et al. 2022b, §5 with the third-order multistep expansion
+    of App. B; k-diffusion's ``sample_dpmpp_3m_sde``): the data prediction is expanded to
+    second order in ``lambda`` from the last three outputs (divided differences ``D1``,
+    ``D2``) and integrated exactly against the SDE kernel (:func:`sde_coefficients`):
+    ``x_t = (sigma_t/sigma_s) e^{-eta h} x + w0 D_s + phi_2 D1 - phi_3 D2 + noise``.
+    The second step is second order (``phi_2`` form). ``eta = 0`` is the ODE solver.
+    """
+    _check(eta, s_noise)
+    grid = Grid(sigmas, x)
+    g = grid64(grid, x)
+    n = x.ndim
+    a = lambda v: append_dims(v.to(x.dtype), n)
+    hist: list[Tensor] = []
+    for i, sigma, _ in grid:
+        s, sn = g[i], g[i + 1]
+        # Data prediction at the current point.
+        denoised = denoiser(x, sigma)
+        final, t = positive_next(s, sn)
+        h = torch.log(s / t)
+        w0, phi_2, phi_3 = sde_coefficients(h, eta)
+        # First-order SDE part.
+        x_next = a(t / s * torch.exp(-eta * h)) * x + a(w0) * denoised
+        if len(hist) == 1:
+            # Second order: D1 = (D_s - D_prev)/r0.
+            r0 = torch.log(g[i - 1] / s) / h
+            x_next = x_next + a(phi_2 / r0) * (denoised - hist[-1])
+        elif len(hist) == 2:
+            # Third order: divided differences of the last three data predictions.
+            r0 = torch.log(g[i - 1] / s) / h
+            r1 = torch.log(g[i - 2] / g[i - 1]) / h
+            d1_0 = (denoised - hist[-1]) / a(r0)
+            d1_1 = (hist[-1] - hist[-2]) / a(r1)
+            d1 = d1_0 + a(r0 / (r0 + r1)) * (d1_0 - d1_1)
+            d2 = (d1_0 - d1_1) / a(r0 + r1)
+            x_next = x_next + a(phi_2) * d1 - a(phi_3) * d2
+        if eta > 0 and not grid.all_final(i):
+            # Fresh noise of the exact SDE variance.
+            z = randn_like(noise, x)
+            x_next = x_next + a(t * (-torch.expm1(-2 * eta * h)).sqrt() * s_noise) * z
+        # Rows ending at sigma = 0 take the denoise step.
+        x = where_rows(final, denoised, x_next)
+        hist = push(hist, denoised, 2)
+    return x
+
+
+def ancestral_step_sigmas(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Tensor, Tensor]:
+    """``(sigma_down, sigma_up)`` of an ancestral step from ``sigma`` to ``sigma_next``:
+    ``sigma_up = min(sigma_next, eta sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2))``,
+    ``sigma_down = sqrt(sigma_next^2 - sigma_up^2)`` (the DDPM posterior for ``eta = 1``)."""
+    up = torch.minimum(
+        sigma_next,
+        eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).clamp_min(0).sqrt(),
+    )
+    return (sigma_next**2 - up**2).clamp_min(0).sqrt(), up
+
+
+@torch.no_grad()
+def sample_dpmpp_sde(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    r: float = 0.5,
+) -> Tensor:
+    """DPM-Solver++ SDE, singlestep (Lu et al. 2022b, §5: DPM-Solver++(2S) with ancestral
+    noise at both stages; k-diffusion's ``sample_dpmpp_sde``). Per step from ``sigma`` to
+    ``sigma_next`` with the intermediate ``s = lambda + r h``: an ancestral DPM-Solver++-1
+    step to ``s``, the network there, then an ancestral step to ``sigma_next`` with the
+    data prediction ``(1 - 1/(2r)) D + 1/(2r) D_s``. The two noises are the increments of
+    one Brownian path in sigma over ``[s, sigma]`` and ``[sigma_next, sigma]`` (what
+    k-diffusion's Brownian tree gives), built from two independent per-sample draws. A
+    step to sigma = 0 is the denoise step. NFE = 2N - 1.
+    """
+    _check(eta, s_noise)
+    if not 0 < r < 1:
+        raise SamplerError(f"r must be in (0, 1), got {r}")
+    grid = Grid(sigmas, x)
+    g = grid64(grid, x)
+    n = x.ndim
+    a = lambda v: append_dims(v.to(x.dtype), n)
+    for i, sigma, _ in grid:
+        s0, sn = g[i], g[i + 1]
+        # Data prediction at the current point.
+        denoised = denoiser(x, sigma)
+        if grid.all_final(i):
+            x = denoised
+            continue
+        final, t = positive_next(s0, sn)
+        h = torch.log(s0 / t)
+        s1 = s0 * torch.exp(-r * h)
+        # Brownian increments in sigma: W(s1) - W(s0) and W(t) - W(s0), normalised.
+        z1, z2 = randn_like(noise, x), randn_like(noise, x)
+        c = ((s0 - s1) / (s0 - t)).sqrt()
+        n1 = z1
+        n2 = a(c) * z1 + a((1 - c**2).clamp_min(0).sqrt()) * z2
+        # Stage 1: ancestral DPM-Solver++-1 step to s1.
+        down, up = ancestral_step_sigmas(s0, s1, eta)
+        x_2 = a(down / s0) * x - a(torch.expm1(torch.log(s0 / down).neg())) * denoised
+        x_2 = x_2 + a(up * s_noise) * n1
+        denoised_2 = denoiser(x_2, s1.to(x.dtype))
+        # Stage 2: ancestral step to t with the combined data prediction.
+        fac = 1 / (2 * r)
+        down, up = ancestral_step_sigmas(s0, t, eta)
+        d = (1 - fac) * denoised + fac * denoised_2
+        x_next = a(down / s0) * x - a(torch.expm1(torch.log(s0 / down).neg())) * d
+        x_next = x_next + a(up * s_noise) * n2
+        # Rows ending at sigma = 0 take the denoise step.
+        x = where_rows(final, denoised, x_next)
+    return x
