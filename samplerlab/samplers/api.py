@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import Any
 
 import torch
@@ -81,6 +82,7 @@ def sample(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     noise_device: torch.device | str = "cpu",
+    calibration: Any = None,
     **options: Any,
 ) -> SampleResult:
     """Draw ``shape[0]`` samples with the registered sampler ``name``.
@@ -89,7 +91,9 @@ def sample(
     standard-normal initial noise ``[n, ...]`` used instead of the seeded draw (later
     random draws of stochastic samplers still come from the seeds). ``steps`` means what
     the sampler's registry entry says (``samplerlab samplers``); ``sigmas`` overrides the
-    schedule. Raises :class:`NonFiniteError` naming the round if a sample is NaN/Inf.
+    schedule. ``calibration`` (a ``samplerlab.calibrate.Calibration`` or its file) runs on
+    the grid calibrated for this model, sampler and ``steps`` instead. Raises
+    :class:`NonFiniteError` naming the round if a sample is NaN/Inf.
     """
     spec = get_sampler(name)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -105,6 +109,12 @@ def sample(
     device = torch.device(device)
 
     grid_steps, planned = spec.plan_for(steps, options)
+    if calibration is not None:
+        # Calibrated grid (samplerlab.calibrate): checked against sampler, steps and model.
+        if sigmas is not None or schedule is not None:
+            raise SamplerError("pass calibration= or sigmas=/schedule=, not both")
+        resolve = import_module("samplerlab.calibrate.grid").resolve
+        sigmas = resolve(calibration, name, steps, options, denoiser)
     if sigmas is None:
         sigmas = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
     else:
