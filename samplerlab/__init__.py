@@ -11,7 +11,7 @@ Python API::
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import denoisers
+from . import calibrate, denoisers
 from .samplers import SAMPLERS, SamplerError, SampleResult, get_sampler, list_samplers, sample
 
 try:
@@ -24,6 +24,7 @@ __all__ = [
     "SampleResult",
     "SamplerError",
     "__version__",
+    "calibrate",
     "denoisers",
     "get_sampler",
     "list_samplers",

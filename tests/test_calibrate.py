@@ -192,3 +192,32 @@ def test_every_deterministic_sampler_calibrates(gmm, name):
     assert bool((c.sigmas[1:] < c.sigmas[:-1]).all()) and float(c.sigmas[-2]) >= gmm.sigma_min
     res = sl.sample(gmm, name, steps=steps, shape=(3, 4), calibration=c, dtype=torch.float64)
     assert bool(torch.isfinite(res.x).all())
+
+
+def test_cli_calibrate_writes_a_file_and_refuses_bad_input(tmp_path, capsys):
+    from samplerlab.cli import main
+
+    out = tmp_path / "cal.safetensors"
+    iia_out = tmp_path / "iia.safetensors"
+    argv = ["calibrate", "--model", "gmm", "--sampler", "ddim", "--steps", "4", "--samples", "6",
+            "--iterations", "2", "--teacher-steps", "20", "--no-progress", "--out", str(out),
+            "--iia", "iia_ddim", "--M", "2", "--iia-out", str(iia_out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "wrote" in capsys.readouterr().out
+    gmm8 = GaussianMixture.default()
+    c = calibrate.load(out, denoiser=gmm8, sampler="ddim", steps=4)
+    co = iia.load(iia_out, denoiser=gmm8, sigmas=c.sigmas)
+    assert co.metadata["calibrated"] is True
+    res = sl.sample(gmm8, "iia_ddim", steps=4, shape=(2, 8), calibration=str(out), coeffs=co)
+    assert bool(torch.isfinite(res.x).all())
+    for bad, msg in (
+        (["--sampler", "ddpm"], "stochastic"),
+        (["--sampler", "nope"], "unknown sampler"),
+        (["--iia", "iia_dpmpp_2m"], "runs on the grid of dpmpp_2m, not ddim"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--option", "bogus=1"], "unknown option 'bogus'"),
+    ):
+        rc = main(["calibrate", "--sampler", "ddim", "--out", str(tmp_path / "x"), *bad])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "x").exists()

@@ -47,6 +47,7 @@ class Job:
     schedule_options: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     coeffs: str | None = None  # IIA: fit | default | a path
+    calibration: str | None = None  # calibrated grid: fit | a path (samplerlab.calibrate)
 
 
 def steps_for_budget(
@@ -88,9 +89,12 @@ def plan_jobs(ev: DictConfig) -> list[Job]:
                     schedule_options=dict(e.get("schedule_options") or {}),
                     options=dict(options),
                     coeffs=(e.get("coeffs") or ev.iia.coeffs) if spec.needs_coeffs else None,
+                    calibration=e.get("calibration"),
                 )
             )
-    return jobs
+    from ..calibrate.evaluation import calibrated_jobs  # "+cal" twins (eval.calibrate)
+
+    return calibrated_jobs(ev, jobs)
 
 
 class Dist:
@@ -195,7 +199,7 @@ class Evaluator:
 
     # --- one job --------------------------------------------------------------------------
 
-    def _coeffs(self, job: Job, denoiser: Any) -> Any:
+    def _coeffs(self, job: Job, denoiser: Any, calibration: Any = None) -> Any:
         """IIA coefficients for ``job``: a file, fitted now, or None (default coefficients)."""
         if job.coeffs in (None, "default"):
             return None
@@ -212,8 +216,10 @@ class Evaluator:
             denoiser,
             job.sampler,
             steps=job.steps,
-            schedule=job.schedule,
-            schedule_options=job.schedule_options or None,  # the grid run_job samples on
+            # The grid run_job samples on: the schedule, or a calibrated grid.
+            schedule=job.schedule if calibration is None else None,
+            schedule_options=(job.schedule_options or None) if calibration is None else None,
+            calibration=calibration,
             M=c.M,
             num_samples=c.num_samples,
             seed=c.seed,
@@ -242,8 +248,15 @@ class Evaluator:
         error, rows, rounds, seconds, grid = "", 0.0, 0, 0.0, []
         exc: Exception | None = None
         options = dict(job.options)
+        calibration = None
         try:
-            coeffs = self._coeffs(job, denoiser)
+            if job.calibration is not None:
+                from ..calibrate.evaluation import job_calibration
+
+                calibration = job_calibration(self.ev, job, denoiser, self.dm.shape, self._device)
+                # The calibrated grid replaces the schedule.
+                options["calibration"] = calibration
+            coeffs = self._coeffs(job, denoiser, calibration)
             if coeffs is not None:
                 options["coeffs"] = coeffs
             for start in range(0, len(seeds), ev.batch_size):
@@ -254,8 +267,10 @@ class Evaluator:
                     steps=job.steps,
                     shape=(len(batch), *self.dm.shape),
                     seeds=batch,
-                    schedule=job.schedule,
-                    schedule_options=job.schedule_options or None,
+                    schedule=None if calibration is not None else job.schedule,
+                    schedule_options=None
+                    if calibration is not None
+                    else job.schedule_options or None,
                     device=device,
                     dtype=dtype,
                     **options,
@@ -285,6 +300,11 @@ class Evaluator:
             "fid": None,
             "status": "ok",
         }
+        if calibration is not None:
+            from ..calibrate.evaluation import cost_fields, cost_note
+
+            row.update(cost_fields(calibration))
+            self._note(cost_note(job, calibration))
         if failed:
             row["status"] = "non-finite" if failed == 1 else "error"
             row["error"] = error or "on another rank"

@@ -127,6 +127,7 @@ class SamplerEntry:
     schedule_options: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     coeffs: str | None = None  # IIA samplers: a coefficient file, "fit", or "default"
+    calibration: str | None = None  # a calibrated grid: "fit" (samplerlab.calibrate) or a file
 
 
 @dataclass
@@ -134,6 +135,15 @@ class IIAConfig:
     coeffs: str = "fit"  # fit | default | a file (for every IIA sampler without its own)
     M: int = 3
     num_samples: int = 16
+    seed: int = 0
+
+
+@dataclass
+class CalibrateConfig:
+    samplers: list[str] = field(default_factory=list)  # race "<label>+cal" twins of these
+    num_samples: int = 64
+    iterations: int = 10
+    teacher_steps: int = 100
     seed: int = 0
 
 
@@ -159,6 +169,7 @@ class EvalConfig:
     max_rows: int | None = None  # cap rows per network call
     compile: bool = False  # torch.compile the network call (CUDA graphs: mode reduce-overhead)
     iia: IIAConfig = field(default_factory=IIAConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
 
 
 @dataclass
