@@ -12,7 +12,7 @@ Python API::
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import denoisers, iia
+from . import calibrate, denoisers, iia
 from .samplers import SAMPLERS, SamplerError, SampleResult, get_sampler, list_samplers, sample
 
 try:
@@ -25,6 +25,7 @@ __all__ = [
     "SampleResult",
     "SamplerError",
     "__version__",
+    "calibrate",
     "denoisers",
     "get_sampler",
     "iia",

@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "sample": ("samplerlab.commands.sample", "draw samples from a checkpoint with one sampler"),
     "iia-fit": ("samplerlab.commands.iia_fit", "fit IIA coefficients and write a coefficient file"),
+    "calibrate": (
+        "samplerlab.commands.calibrate",
+        "fit a sampler's time grid to a model and write a calibration file",
+    ),
     "bench": (
         "samplerlab.commands.bench",
         "quality and speed vs NFE, no training",

@@ -79,6 +79,7 @@ class Job:
     schedule_options: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     coeffs: str | None = None  # IIA: fit | default | a path
+    calibration: str | None = None  # calibrated grid: fit | a path (samplerlab.calibrate)
 
 
 def steps_for_budget(
@@ -123,9 +124,12 @@ def plan_jobs(ev: DictConfig) -> list[Job]:
                     schedule_options=dict(e.get("schedule_options") or {}),
                     options=dict(options),
                     coeffs=(e.get("coeffs") or ev.iia.coeffs) if spec.needs_coeffs else None,
+                    calibration=e.get("calibration"),
                 )
             )
-    return jobs
+    from ..calibrate.evaluation import calibrated_jobs  # "+cal" twins (eval.calibrate)
+
+    return calibrated_jobs(ev, jobs)
 
 
 class Dist:
@@ -453,7 +457,7 @@ class Evaluator:
             )
         return coeffs
 
-    def _coeffs(self, job: Job, denoiser: Any) -> Any:
+    def _coeffs(self, job: Job, denoiser: Any, calibration: Any = None) -> Any:
         """IIA coefficients for ``job``: a file, fitted now, or None (default coefficients)."""
         if job.coeffs in (None, "default"):
             return None
@@ -469,8 +473,10 @@ class Evaluator:
                 denoiser,
                 job.sampler,
                 steps=job.steps,
-                schedule=job.schedule,
-                schedule_options=job.schedule_options or None,  # the grid run_job samples on
+                # The grid run_job samples on: the schedule, or a calibrated grid.
+                schedule=job.schedule if calibration is None else None,
+                schedule_options=(job.schedule_options or None) if calibration is None else None,
+                calibration=calibration,
                 M=c.M,
                 num_samples=c.num_samples,
                 seed=c.seed,
@@ -532,8 +538,15 @@ class Evaluator:
             spec = get_sampler(job.sampler)
             if "max_rows" in spec.option_names() and "max_rows" not in options:
                 options["max_rows"] = int(ev.max_rows)
+        calibration = None
         try:
-            coeffs = self._coeffs(job, denoiser)
+            if job.calibration is not None:
+                from ..calibrate.evaluation import job_calibration
+
+                calibration = job_calibration(self.ev, job, denoiser, self.dm.shape, self._device)
+                # The calibrated grid replaces the schedule.
+                options["calibration"] = calibration
+            coeffs = self._coeffs(job, denoiser, calibration)
             if coeffs is not None:
                 options["coeffs"] = coeffs
             for start in range(0, len(seeds), ev.batch_size):
@@ -544,8 +557,10 @@ class Evaluator:
                     steps=job.steps,
                     shape=(len(batch), *self.dm.shape),
                     seeds=batch,
-                    schedule=job.schedule,
-                    schedule_options=job.schedule_options or None,
+                    schedule=None if calibration is not None else job.schedule,
+                    schedule_options=None
+                    if calibration is not None
+                    else job.schedule_options or None,
                     device=device,
                     dtype=dtype,
                     **options,
@@ -587,6 +602,11 @@ class Evaluator:
             "status": "ok",
         }
         self._grid = None
+        if calibration is not None:
+            from ..calibrate.evaluation import cost_fields, cost_note
+
+            row.update(cost_fields(calibration))
+            self._note(cost_note(job, calibration))
         if failed:
             row["status"] = "non-finite" if failed == 1 else "error"
             row["error"] = error or "on another rank"

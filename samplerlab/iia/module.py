@@ -278,6 +278,7 @@ def fit(
     schedule: str | None = None,
     schedule_options: dict[str, Any] | None = None,
     sigmas: Tensor | None = None,
+    calibration: Any = None,
     M: int = 3,
     num_samples: int = 16,
     batch_size: int | None = None,
@@ -301,7 +302,8 @@ def fit(
     Args:
         sampler: ``iia_ddim``, ``iia_dpmpp_2m``, ``iia_edm`` or ``biia_edm``.
         steps: as for ``samplerlab.sample`` (grid steps; the registry's schedule); or
-            ``sigmas``, an explicit ``[N+1]`` grid. Sampling must use the same grid.
+            ``sigmas``, an explicit ``[N+1]`` grid; or ``calibration``, a grid calibrated
+            for the base sampler (``samplerlab.calibrate``). Sampling must use the same grid.
         M: fine sub-steps per coarse step; ``num_samples``: fitting noises (seeded per
             sample, so the result is independent of ``batch_size`` and ``devices``);
         r: past terms of the EDM forms; ``ridge``: relative ridge of the solve;
@@ -328,6 +330,14 @@ def fit(
     if not ridge >= 0:
         raise ConfigError(f"ridge must be >= 0, got {ridge!r}")
     spec = get_sampler(sampler)
+    if calibration is not None:
+        # A calibrated grid of the base sampler (samplerlab.calibrate), checked for sampler,
+        # steps and model.
+        from ..calibrate.grid import resolve
+
+        if sigmas is not None or schedule is not None or steps is None:
+            raise ConfigError("calibration= needs steps= and no sigmas= or schedule=")
+        sigmas = resolve(calibration, sampler, steps, None, denoiser)
     if sigmas is None:
         if steps is None:
             raise ConfigError("give steps or sigmas")
@@ -407,6 +417,7 @@ def fit(
         "fit_extra_nfe_per_sample": n_fitted * fine_nfe(sampler, M),
         "world_size": trainer.world_size,
         "local_error": module.local_error.detach().cpu().tolist(),
+        "calibrated": calibration is not None,
     }
     coefficients = module.coefficients.detach().cpu().to(torch.float64)
     # What this fit produced: loading checks it (a file edited after the fit is refused).

@@ -6,6 +6,7 @@ import operator
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import Any
 
 import torch
@@ -138,6 +139,7 @@ def sample(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     noise_device: torch.device | str = "cpu",
+    calibration: Any = None,
     **options: Any,
 ) -> SampleResult:
     """Draw ``shape[0]`` samples with the registered sampler ``name`` (or an alias such as
@@ -147,7 +149,9 @@ def sample(
     standard-normal initial noise ``[n, ...]`` used instead of the seeded draw (later
     random draws of stochastic samplers still come from the seeds). ``steps`` means what
     the sampler's registry entry says (``samplerlab samplers``); ``sigmas`` overrides the
-    schedule. Raises :class:`NonFiniteError` naming the round if a sample is NaN/Inf.
+    schedule. ``calibration`` (a ``samplerlab.calibrate.Calibration`` or its file) runs on
+    the grid calibrated for this model, sampler and ``steps`` instead. Raises
+    :class:`NonFiniteError` naming the round if a sample is NaN/Inf.
     """
     if not callable(denoiser):
         raise SamplerError(f"the denoiser must be a callable D(x, sigma), got {type(denoiser)}")
@@ -184,6 +188,12 @@ def sample(
             f"sampler '{name}' plans {grid_steps} grid steps for steps={steps}, more than "
             f"samplerlab plans ({MAX_GRID_STEPS})"
         )
+    if calibration is not None:
+        # Calibrated grid (samplerlab.calibrate): checked against sampler, steps and model.
+        if sigmas is not None or schedule is not None:
+            raise SamplerError("pass calibration= or sigmas=/schedule=, not both")
+        calibrated_grid = import_module("samplerlab.calibrate.grid").resolve
+        sigmas = calibrated_grid(calibration, name, steps, options, denoiser)
     if sigmas is None:
         sigmas = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
     else:

@@ -131,6 +131,7 @@ class SamplerEntry:
     schedule_options: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     coeffs: str | None = None  # IIA samplers: a coefficient file, "fit", or "default"
+    calibration: str | None = None  # a calibrated grid: "fit" (samplerlab.calibrate) or a file
 
 
 @dataclass
@@ -140,6 +141,15 @@ class IIAConfig:
     num_samples: int = 16
     seed: int = 0
     check_model: bool = True  # a coefficient file must come from the evaluated model
+
+
+@dataclass
+class CalibrateConfig:
+    samplers: list[str] = field(default_factory=list)  # race "<label>+cal" twins of these
+    num_samples: int = 64
+    iterations: int = 10
+    teacher_steps: int = 100
+    seed: int = 0
 
 
 @dataclass
@@ -167,6 +177,7 @@ class EvalConfig:
     diverge_factor: float = 10.0  # "diverged": samples beyond this x the data's half-range
     resume: bool = True  # reuse the finished rows of the same evaluation (rows.jsonl)
     iia: IIAConfig = field(default_factory=IIAConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
 
 
 @dataclass
