@@ -69,6 +69,7 @@ def main() -> None:
                 for _ in range(args.steps):
                     step()
                 rates[n].append(args.steps / (time.perf_counter() - t))
+                print(f"threads {n}: {rates[n][-1]:.2f} steps/s", flush=True)
     finally:
         for p in spinners:
             p.kill()

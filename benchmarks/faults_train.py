@@ -254,9 +254,11 @@ def main() -> None:
         if c.is_file():
             import torch
 
-            sd = torch.load(c, map_location="cpu", weights_only=False)["state_dict"]
+            sd = torch.load(c, map_location="cpu", weights_only=True)["state_dict"]
             finite = all(bool(v.isfinite().all()) for v in sd.values() if v.is_floating_point())
             r["note"] = f"last.ckpt finite: {finite}"
+        else:
+            r["note"] = "no last.ckpt"
         return r
 
     for entry in ("sample", "evaluate", "iia-fit", "train"):

@@ -76,7 +76,7 @@ def test_train_writes_checkpoint_config_and_report(tmp_path):
 
 def test_ema_differs_from_live_weights(tmp_path):
     out = train(cfg_for(tmp_path, "trainer.max_epochs=2", "eval.enabled=false"))
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     ema, live = ckpt["state_dict"], ckpt["current_model_state"]
     assert any(not torch.equal(ema[k], live[k]) for k in ema)
     assert out["module"].ema_net() is out["module"].net  # after fit the module holds the EMA

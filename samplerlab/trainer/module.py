@@ -214,15 +214,12 @@ class DiffusionModule(pl.LightningModule):
         loss = getattr(self, "_step_loss", None)
         if loss is None:
             return
+        self._step_loss = None
         checks = [loss.float().reshape(1)]
         if str(self.trainer.precision) not in ("16-mixed", "16"):  # GradScaler skips inf steps
             grads = [p.grad for p in self.parameters() if p.grad is not None]
             if grads:
-                checks.append(
-                    torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-                    .reshape(1)
-                    .float()
-                )
+                checks.append(torch.nn.utils.get_total_norm(grads).reshape(1).float())
         values = torch.cat(checks)
         bad = not bool(torch.isfinite(values).all())
         if self.trainer.world_size > 1:
