@@ -314,18 +314,25 @@ def test_bad_train_inputs_found_before_training(tmp_path, capsys):
 
 
 def test_image_folder_channels_follow_the_images(tmp_path):
+    from PIL import Image
+
     from samplerlab.trainer.data import DiffusionDataModule
 
-    gray = _images(tmp_path / "gray", 4)
-    cfg = load_config("test", overrides=["data.name=image_folder", f"data.root={gray}",
-                                         "model.backbone=unet"])  # fmt: skip
+    rgb = tmp_path / "rgb"
+    rgb.mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), color=(i * 40, 10, 200)).save(rgb / f"{i}.png")
+    for folder, want in ((_images(tmp_path / "gray", 4), 1), (rgb, 3)):
+        cfg = load_config("test", overrides=["data.name=image_folder", f"data.root={folder}",
+                                             "model.backbone=unet"])  # fmt: skip
+        dm = DiffusionDataModule(cfg.data)
+        dm.prepare()
+        assert dm.shape == (want, 8, 8) and dm.real[0][0].shape == (want, 8, 8), folder
+        assert cfg.data.channels == want  # recorded in the saved config
+    cfg.data.channels = 1  # an explicit choice wins: RGB images read as grayscale
     dm = DiffusionDataModule(cfg.data)
     dm.prepare()
-    assert dm.shape == (1, 8, 8) and cfg.data.channels == 1  # recorded in the config
-    cfg.data.channels = 3
-    dm = DiffusionDataModule(cfg.data)
-    dm.prepare()
-    assert dm.shape == (3, 8, 8) and dm.real[0][0].shape == (3, 8, 8)
+    assert dm.shape == (1, 8, 8)
 
 
 def test_bad_sample_inputs_one_line(tmp_path, capsys):
