@@ -219,7 +219,7 @@ class DiffusionModule(pl.LightningModule):
         if str(self.trainer.precision) not in ("16-mixed", "16"):  # GradScaler skips inf steps
             grads = [p.grad for p in self.parameters() if p.grad is not None]
             if grads:
-                checks.append(torch.nn.utils.get_total_norm(grads).reshape(1).float())
+                checks.append(_total_norm(grads).reshape(1).float())
         values = torch.cat(checks)
         bad = not bool(torch.isfinite(values).all())
         if self.trainer.world_size > 1:
@@ -272,6 +272,14 @@ class DiffusionModule(pl.LightningModule):
         )
         sched.save_pretrained(folder / "scheduler")
         return folder
+
+
+def _total_norm(grads: list[Tensor]) -> Tensor:
+    """The 2-norm of all gradients together (torch >= 2.6 has it built in)."""
+    total = getattr(torch.nn.utils, "get_total_norm", None)
+    if total is not None:
+        return total(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 def _betas(ac: Tensor) -> Tensor:
