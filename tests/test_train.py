@@ -352,3 +352,15 @@ def test_bad_sample_inputs_one_line(tmp_path, capsys):
         rc = main([*base, *extra])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and needle in err[0], (extra, err)
+
+
+def test_resume_vp_with_another_table_length_is_refused(tmp_path, capsys):
+    base = ["model.parameterization=eps", "eval.enabled=false"]
+    train(cfg_for(tmp_path, *base))
+    capsys.readouterr()
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    rc = main(["train", "test", f"out_dir={tmp_path / 'r2'}", *base, f"ckpt_path={ckpt}",
+               "trainer.max_epochs=2", "model.num_train_timesteps=500"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "model.num_train_timesteps=1000, this run has model.num_train_timesteps=500" in err[0]

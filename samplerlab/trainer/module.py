@@ -404,10 +404,10 @@ def load_denoiser(path: str | Path) -> Any:
     return load_checkpoint(path)[0].denoiser
 
 
-# Model keys that change the network or what its output means: resuming with another value
-# would train the old weights as if they were something else.
+# Model keys that change the network; the preconditioning keys (EDM: sigma_data, VP: the
+# table length) change what its output means: resuming with another value would train the
+# old weights as if they were something else.
 _ARCH_KEYS = ("backbone", "parameterization", "num_classes", "unet", "mlp", "beta_schedule")
-_MEANING_KEYS = ("sigma_data", "num_train_timesteps")
 
 
 def check_resume(module: DiffusionModule, ckpt: dict[str, Any], cfg: DictConfig) -> None:
@@ -433,7 +433,8 @@ def check_resume(module: DiffusionModule, ckpt: dict[str, Any], cfg: DictConfig)
             f"ckpt_path: {p} was trained on data of shape {old_shape}, these data are "
             f"{tuple(module.data_shape)}; resume with the same data.* settings"
         )
-    for k in _MEANING_KEYS:
+    keys = ("sigma_data",) if new.get("parameterization") == "edm" else ("num_train_timesteps",)
+    for k in keys:
         if k in old and old.get(k) != new.get(k):
             raise ConfigError(
                 f"ckpt_path: {p} was trained with model.{k}={old[k]}, this run has "
