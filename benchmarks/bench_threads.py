@@ -69,12 +69,13 @@ def main() -> None:
                 for _ in range(args.steps):
                     step()
                 rates[n].append(args.steps / (time.perf_counter() - t))
+                print(f"threads {n}: {rates[n][-1]:.2f} steps/s", flush=True)
     finally:
         for p in spinners:
             p.kill()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines = [
-        f"Digits UNet training steps/s ({cpus} usable CPUs, load average before: "
+        f"Digits UNet training steps/s ({cpus} usable CPUs, load average at the end: "
         f"{os.getloadavg()[0]:.1f}, {args.load} extra busy process(es), "
         f"{args.rounds} rounds x {args.steps} steps)",
         "",

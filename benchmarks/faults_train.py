@@ -31,7 +31,7 @@ class Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: D105
+    def __reduce__(self):
         return (open, (str(self.marker), "w"))
 
 
@@ -76,7 +76,7 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.root).resolve()
     work = Path(tempfile.mkdtemp(prefix="faults_train_"))
-    run = lambda *a, **k: cli(root, work, *a, **k)  # noqa: E731
+    run = lambda *a, **k: cli(root, work, *a, **k)
 
     # A trained tiny checkpoint for the loading cases.
     base = run("train", *TEST, "out_dir=base", "trainer.max_epochs=2")
@@ -254,9 +254,11 @@ def main() -> None:
         if c.is_file():
             import torch
 
-            sd = torch.load(c, map_location="cpu", weights_only=False)["state_dict"]
+            sd = torch.load(c, map_location="cpu", weights_only=True)["state_dict"]
             finite = all(bool(v.isfinite().all()) for v in sd.values() if v.is_floating_point())
             r["note"] = f"last.ckpt finite: {finite}"
+        else:
+            r["note"] = "no last.ckpt"
         return r
 
     for entry in ("sample", "evaluate", "iia-fit", "train"):

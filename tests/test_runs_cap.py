@@ -10,7 +10,6 @@ import torch
 from samplerlab.cli import main
 from samplerlab.trainer.config import PRESETS, RunConfig, load_config
 from samplerlab.trainer.run import train
-from samplerlab.trainer.runs import choose_threads
 
 # Enough steps that a 2-second cap always cuts: 57 steps per epoch, 1000 epochs.
 LONG = ["trainer.max_epochs=1000", "data.gmm.num_samples=4096"]
@@ -78,6 +77,7 @@ def test_bad_max_time_is_one_line():
 
 def test_thread_choice(monkeypatch):
     import samplerlab.trainer.runs as runs
+    from samplerlab.trainer.runs import choose_threads
 
     assert choose_threads(3) == (3, "trainer.num_threads")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")

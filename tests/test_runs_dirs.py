@@ -11,8 +11,6 @@ from samplerlab.cli import main
 from samplerlab.errors import ConfigError
 from samplerlab.trainer.config import load_config
 from samplerlab.trainer.run import train
-from samplerlab.trainer.runs import LOCK_NAME as RUN_LOCK
-from samplerlab.trainer.runs import RunLock
 
 
 def cfg_for(tmp_path, *overrides):
@@ -27,8 +25,10 @@ def test_rerun_into_a_used_folder_is_refused(tmp_path, capsys):
     train(cfg_for(tmp_path, "eval.enabled=false"))
     run = tmp_path / "run"
 
+    from samplerlab.trainer.runs import LOCK_NAME
+
     def stamps():  # every file but the lock (its text names the last process that held it)
-        return {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.name != RUN_LOCK}
+        return {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.name != LOCK_NAME}
 
     before = stamps()
     rc = main(["train", "test", f"out_dir={run}", "eval.enabled=false"])
@@ -64,6 +64,8 @@ def test_resume_into_its_own_folder_continues_the_run(tmp_path):
 
 
 def test_a_second_writer_is_locked_out(tmp_path, capsys):
+    from samplerlab.trainer.runs import RunLock
+
     run = tmp_path / "run"
     run.mkdir()
     holder = RunLock(run)

@@ -6,7 +6,6 @@ import math
 import torch
 
 from samplerlab.cli import main
-from samplerlab.errors import TrainingError
 from samplerlab.trainer.config import load_config
 from samplerlab.trainer.module import DiffusionModule
 from samplerlab.trainer.run import train
@@ -42,6 +41,8 @@ def test_nan_mid_run_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(DiffusionModule, "loss", poisoned)
     cfg = load_config("test", overrides=[f"out_dir={tmp_path / 'run'}", "trainer.max_epochs=3"])
+    from samplerlab.errors import TrainingError
+
     try:
         train(cfg)
         raise AssertionError("training went on after a NaN loss")
@@ -65,6 +66,8 @@ def test_inf_gradient_with_a_finite_loss_is_caught(tmp_path, monkeypatch):
 
     monkeypatch.setattr(DiffusionModule, "on_before_optimizer_step", huge_grads)
     cfg = load_config("test", overrides=[f"out_dir={tmp_path / 'run'}", "eval.enabled=false"])
+    from samplerlab.errors import TrainingError
+
     try:
         train(cfg)
         raise AssertionError("training went on after an inf gradient")

@@ -76,7 +76,7 @@ def test_train_writes_checkpoint_config_and_report(tmp_path):
 
 def test_ema_differs_from_live_weights(tmp_path):
     out = train(cfg_for(tmp_path, "trainer.max_epochs=2", "eval.enabled=false"))
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     ema, live = ckpt["state_dict"], ckpt["current_model_state"]
     assert any(not torch.equal(ema[k], live[k]) for k in ema)
     assert out["module"].ema_net() is out["module"].net  # after fit the module holds the EMA
@@ -314,18 +314,25 @@ def test_bad_train_inputs_found_before_training(tmp_path, capsys):
 
 
 def test_image_folder_channels_follow_the_images(tmp_path):
+    from PIL import Image
+
     from samplerlab.trainer.data import DiffusionDataModule
 
-    gray = _images(tmp_path / "gray", 4)
-    cfg = load_config("test", overrides=["data.name=image_folder", f"data.root={gray}",
-                                         "model.backbone=unet"])  # fmt: skip
+    rgb = tmp_path / "rgb"
+    rgb.mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), color=(i * 40, 10, 200)).save(rgb / f"{i}.png")
+    for folder, want in ((_images(tmp_path / "gray", 4), 1), (rgb, 3)):
+        cfg = load_config("test", overrides=["data.name=image_folder", f"data.root={folder}",
+                                             "model.backbone=unet"])  # fmt: skip
+        dm = DiffusionDataModule(cfg.data)
+        dm.prepare()
+        assert dm.shape == (want, 8, 8) and dm.real[0][0].shape == (want, 8, 8), folder
+        assert cfg.data.channels == want  # recorded in the saved config
+    cfg.data.channels = 1  # an explicit choice wins: RGB images read as grayscale
     dm = DiffusionDataModule(cfg.data)
     dm.prepare()
-    assert dm.shape == (1, 8, 8) and cfg.data.channels == 1  # recorded in the config
-    cfg.data.channels = 3
-    dm = DiffusionDataModule(cfg.data)
-    dm.prepare()
-    assert dm.shape == (3, 8, 8) and dm.real[0][0].shape == (3, 8, 8)
+    assert dm.shape == (1, 8, 8)
 
 
 def test_bad_sample_inputs_one_line(tmp_path, capsys):
@@ -345,3 +352,15 @@ def test_bad_sample_inputs_one_line(tmp_path, capsys):
         rc = main([*base, *extra])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and needle in err[0], (extra, err)
+
+
+def test_resume_vp_with_another_table_length_is_refused(tmp_path, capsys):
+    base = ["model.parameterization=eps", "eval.enabled=false"]
+    train(cfg_for(tmp_path, *base))
+    capsys.readouterr()
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    rc = main(["train", "test", f"out_dir={tmp_path / 'r2'}", *base, f"ckpt_path={ckpt}",
+               "trainer.max_epochs=2", "model.num_train_timesteps=500"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "model.num_train_timesteps=1000, this run has model.num_train_timesteps=500" in err[0]

@@ -214,15 +214,12 @@ class DiffusionModule(pl.LightningModule):
         loss = getattr(self, "_step_loss", None)
         if loss is None:
             return
+        self._step_loss = None
         checks = [loss.float().reshape(1)]
         if str(self.trainer.precision) not in ("16-mixed", "16"):  # GradScaler skips inf steps
             grads = [p.grad for p in self.parameters() if p.grad is not None]
             if grads:
-                checks.append(
-                    torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-                    .reshape(1)
-                    .float()
-                )
+                checks.append(_total_norm(grads).reshape(1).float())
         values = torch.cat(checks)
         bad = not bool(torch.isfinite(values).all())
         if self.trainer.world_size > 1:
@@ -275,6 +272,14 @@ class DiffusionModule(pl.LightningModule):
         )
         sched.save_pretrained(folder / "scheduler")
         return folder
+
+
+def _total_norm(grads: list[Tensor]) -> Tensor:
+    """The 2-norm of all gradients together (torch >= 2.6 has it built in)."""
+    total = getattr(torch.nn.utils, "get_total_norm", None)
+    if total is not None:
+        return total(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 def _betas(ac: Tensor) -> Tensor:
@@ -399,10 +404,10 @@ def load_denoiser(path: str | Path) -> Any:
     return load_checkpoint(path)[0].denoiser
 
 
-# Model keys that change the network or what its output means: resuming with another value
-# would train the old weights as if they were something else.
+# Model keys that change the network; the preconditioning keys (EDM: sigma_data, VP: the
+# table length) change what its output means: resuming with another value would train the
+# old weights as if they were something else.
 _ARCH_KEYS = ("backbone", "parameterization", "num_classes", "unet", "mlp", "beta_schedule")
-_MEANING_KEYS = ("sigma_data", "num_train_timesteps")
 
 
 def check_resume(module: DiffusionModule, ckpt: dict[str, Any], cfg: DictConfig) -> None:
@@ -428,7 +433,8 @@ def check_resume(module: DiffusionModule, ckpt: dict[str, Any], cfg: DictConfig)
             f"ckpt_path: {p} was trained on data of shape {old_shape}, these data are "
             f"{tuple(module.data_shape)}; resume with the same data.* settings"
         )
-    for k in _MEANING_KEYS:
+    keys = ("sigma_data",) if new.get("parameterization") == "edm" else ("num_train_timesteps",)
+    for k in keys:
         if k in old and old.get(k) != new.get(k):
             raise ConfigError(
                 f"ckpt_path: {p} was trained with model.{k}={old[k]}, this run has "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ from .module import (
     read_checkpoint,
 )
 from .runs import SessionTimer, TrainingSummary, make_timer, run_dir, set_threads
+
+_FIT_WEIGHTS_ONLY = "weights_only" in inspect.signature(pl.Trainer.fit).parameters
 
 
 def make_logger(cfg: DictConfig, out_dir: Path) -> Any:
@@ -136,8 +139,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             save_config(cfg, out_dir)
         start = time.perf_counter()
         try:
+            # Lightning's own restore reads the checkpoint weights-only too (already checked
+            # by read_checkpoint above; Lightning < 2.6 has no weights_only argument).
+            safe = {"weights_only": True} if _FIT_WEIGHTS_ONLY else {}
             with torch.serialization.safe_globals(SAFE_GLOBALS):
-                trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path, weights_only=True)
+                trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path, **safe)
         except TrainingError as e:
             _finish_loggers(trainer, "failed")
             raise TrainingError(f"{e}; {_last_good(last)}") from None

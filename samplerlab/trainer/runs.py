@@ -141,10 +141,11 @@ def claim_run_dir(cfg: DictConfig) -> RunLock | None:
         resumes_here = cfg.ckpt_path is not None and _inside(cfg.ckpt_path, out)
         if used and not resumes_here:
             if not cfg.overwrite:
+                last = out / "checkpoints" / "last.ckpt"
+                resume = f"resume it with ckpt_path={last}, " if last.is_file() else ""
                 raise ConfigError(
                     f"out_dir: {out} already holds a run ({used[0]}); choose another name=..., "
-                    f"resume it with ckpt_path={out / 'checkpoints' / 'last.ckpt'}, "
-                    "or pass overwrite=true to replace it"
+                    f"{resume}or pass overwrite=true to replace it"
                 )
             for child in out.iterdir():
                 if child.name == LOCK_NAME:
