@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from seedsets import fmt_spread, stream_seed
 from torch import Tensor
 
 import samplerlab as sl
@@ -48,6 +47,9 @@ from samplerlab.bench import (
 from samplerlab.samplers.dpm_solver import sample_dpm_solver
 from samplerlab.samplers.noise import PerSampleNoise
 from samplerlab.samplers.schedules import logsnr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # seedsets.py beside this file
+from seedsets import fmt_spread, stream_seed
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
