@@ -6,7 +6,12 @@ Coefficients are fitted on the fitting seeds (``samplerlab.iia.fit``) and evalua
 disjoint held-out seeds. Also reports the one-time cost of the fit as a function of M.
 
     PYTHONPATH=$PWD python benchmarks/bench_iia.py [--M 10] [--samples 64] [--n 256]
-        [--diagnose 10]
+        [--seed-sets 4] [--json results.json] [--out results.md] [--diagnose 10]
+
+Every number is measured on ``--seed-sets`` independent seed sets (set ``s``: held-out
+noise from its own ``eval`` stream, fitting noise from the fit's seed block ``s``) and
+reported as mean ± std (min–max) over the sets; per-set results are saved as they finish
+(``--json``; a rerun skips finished sets).
 
 ``--diagnose STEPS`` adds an ablation of IIA-DPM-Solver++(2M) on a ``STEPS``-step grid:
 median per-sample error, the fraction of samples it improves, and the end-to-end error
@@ -20,11 +25,15 @@ import json
 import logging
 import time
 import warnings
+from pathlib import Path
+from typing import Any
 
 import torch
+from seedsets import fmt_spread, stream_seeds
 
 import samplerlab as sl
 from samplerlab.analytic import GaussianMixture
+from samplerlab.fileio import atomic_write_text
 from samplerlab.iia import fit
 from samplerlab.samplers import iia
 from samplerlab.samplers.denoisers import CountingDenoiser
@@ -38,19 +47,116 @@ FAMILIES = [
 ]
 
 
+def one_seed_set(gmm: GaussianMixture, s: int, args: argparse.Namespace) -> dict:
+    """Every error of seed set ``s``: held-out seeds from the set's own ``eval`` stream,
+    fitting seeds from the fit's block ``seed=s`` (disjoint from each other and the sets)."""
+    t_start = time.perf_counter()
+    held_out = stream_seeds(s, "eval", args.n)
+    kw = {"shape": (args.n, gmm.dim), "seeds": held_out, "dtype": F64}
+    ref_opts = {"schedule_options": {"sigma_min": 1e-4}, **kw}
+    ref = sl.sample(gmm, "edm_heun", steps=400, **ref_opts).x
+    ref_check = sl.sample(gmm, "edm_heun", steps=200, **ref_opts).x
+
+    def err(x: torch.Tensor) -> float:
+        return float(((x - ref) ** 2).sum(1).mean().sqrt())
+
+    def fitted(name: str, steps: int, counter: Any = None, **opts: Any) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        c = fit(counter or gmm, name, steps=steps, num_samples=args.samples, seed=s,
+                progress=False, **opts)  # fmt: skip
+        return c, time.perf_counter() - t0
+
+    out: dict[str, Any] = {"ref_residual": err(ref_check), "families": [], "grids": [], "M": []}
+    for base, variants, budgets in FAMILIES:
+        for nfe, steps in budgets.items():
+            e_base = err(sl.sample(gmm, base, steps=steps, **kw).x)
+            for name in variants:
+                c, sec = fitted(name, steps, M=args.M, r=args.r)
+                res = sl.sample(gmm, name, steps=steps, coeffs=c, **kw)
+                assert res.nfe == nfe, (name, res.nfe, nfe)
+                out["families"].append({"nfe": nfe, "base": base, "iia": name,
+                                        "base_error": e_base, "iia_error": err(res.x),
+                                        "fit_seconds": sec})  # fmt: skip
+    for grid in ("time_quadratic", "time_uniform", "karras", "logsnr"):
+        e_base = err(sl.sample(gmm, "dpmpp_2m", steps=10, schedule=grid, **kw).x)
+        c, _ = fitted("iia_dpmpp_2m", 10, M=args.M, schedule=grid)
+        e = err(sl.sample(gmm, "iia_dpmpp_2m", steps=10, schedule=grid, coeffs=c, **kw).x)
+        out["grids"].append({"grid": grid, "base_error": e_base, "iia_error": e})
+    for name, steps, base in (("iia_ddim", 10, "ddim"), ("iia_edm", 6, "edm_heun")):
+        e_base = err(sl.sample(gmm, base, steps=steps, **kw).x)
+        for M in (1, 3, 10, 20):
+            counter = CountingDenoiser(gmm)
+            c, sec = fitted(name, steps, counter, M=M, r=args.r)
+            e = err(sl.sample(gmm, name, steps=steps, coeffs=c, **kw).x)
+            out["M"].append({"iia": name, "steps": steps, "M": M, "fit_seconds": sec,
+                             "extra_nfe": c.metadata["fit_extra_nfe_per_sample"],
+                             "total_fit_nfe": counter.rows / args.samples, "error": e,
+                             "base_error": e_base})  # fmt: skip
+    out["seconds"] = time.perf_counter() - t_start
+    return out
+
+
+def report(sets: dict[str, dict], args: argparse.Namespace) -> str:
+    keys = sorted(sets, key=int)
+    col = lambda part, i, f: [f(sets[k][part][i]) for k in keys]
+    ratio = lambda r: r["iia_error"] / r["base_error"]
+    lines = [
+        f"IIA vs base on GaussianMixture.default(): fit M={args.M}, {args.samples} fitting "
+        f"samples, r={args.r}; {args.n} held-out samples; {len(keys)} independent seed sets "
+        "(held-out noise and fitting noise from separate seeds per set). Cells: mean ± std "
+        "(min–max) over the seed sets. Error = RMS distance to the reference ODE endpoint "
+        "(EDM Heun, 400 steps to sigma_min 1e-4; 200-vs-400-step residual "
+        f"{max(sets[k]['ref_residual'] for k in keys):.1e}).",
+        "",
+        "| NFE | base | base error | IIA | IIA error | ratio IIA / base |",
+        "|---:|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(sets[keys[0]]["families"]):
+        lines.append(
+            f"| {r['nfe']} | {r['base']} "
+            f"| {fmt_spread(col('families', i, lambda r: r['base_error']))} "
+            f"| {r['iia']} | {fmt_spread(col('families', i, lambda r: r['iia_error']))} "
+            f"| {fmt_spread(col('families', i, ratio), 3)} |"
+        )
+    lines += ["", "IIA-DPM-Solver++(2M) vs its base at 10 NFE on each grid", "",
+              "| grid | dpmpp_2m error | iia_dpmpp_2m error | ratio |",
+              "|---|---|---|---|"]  # fmt: skip
+    for i, r in enumerate(sets[keys[0]]["grids"]):
+        lines.append(
+            f"| {r['grid']} | {fmt_spread(col('grids', i, lambda r: r['base_error']))} "
+            f"| {fmt_spread(col('grids', i, lambda r: r['iia_error']))} "
+            f"| {fmt_spread(col('grids', i, ratio), 3)} |"
+        )
+    lines += ["", "Cost of the fit vs M (extra NFE per fitting sample; held-out error)", "",
+              "| IIA | steps | M | fit s (mean) | extra NFE / sample | error | base error "
+              "| ratio |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for i, r in enumerate(sets[keys[0]]["M"]):
+        sec = sum(col("M", i, lambda r: r["fit_seconds"])) / len(keys)
+        lines.append(
+            f"| {r['iia']} | {r['steps']} | {r['M']} | {sec:.1f} | {r['extra_nfe']} "
+            f"| {fmt_spread(col('M', i, lambda r: r['error']))} "
+            f"| {fmt_spread(col('M', i, lambda r: r['base_error']))} "
+            f"| {fmt_spread(col('M', i, lambda r: r['error'] / r['base_error']), 3)} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--M", type=int, default=10, help="fine sub-steps per coarse step")
     ap.add_argument("--samples", type=int, default=64, help="fitting samples")
     ap.add_argument("--r", type=int, default=1, help="past terms of the EDM forms")
     ap.add_argument("--n", type=int, default=256, help="held-out evaluation samples")
-    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--seed-sets", type=int, default=4, help="independent seed sets")
+    ap.add_argument("--json", default=None, help="per-seed-set results (resumable)")
+    ap.add_argument("--out", default=None, help="also write the markdown tables here")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument(
         "--diagnose",
         type=int,
         nargs="*",
         default=[],
-        help="grid steps at which to ablate iia_dpmpp_2m step by step",
+        help="grid steps at which to ablate iia_dpmpp_2m step by step (seed set 0)",
     )
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -61,104 +167,31 @@ def main() -> None:
         "lightning.fabric",
     ):
         logging.getLogger(logger).setLevel(logging.ERROR)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     gmm = GaussianMixture.default()
-    held_out = range(1_000_000, 1_000_000 + args.n)
-    kw = {"shape": (args.n, gmm.dim), "seeds": held_out, "dtype": F64}
-    ref_opts = {"schedule_options": {"sigma_min": 1e-4}, **kw}
-    ref = sl.sample(gmm, "edm_heun", steps=400, **ref_opts).x
-    ref_check = sl.sample(gmm, "edm_heun", steps=200, **ref_opts).x
-
-    def err(x: torch.Tensor) -> float:
-        return float(((x - ref) ** 2).sum(1).mean().sqrt())
-
-    print(f"reference self-check (200 vs 400 Heun steps): {err(ref_check):.2e}\n")
-    results = []
-    print(
-        f"Fit: M={args.M}, {args.samples} fitting samples, r={args.r}; {args.n} held-out samples\n"
-    )
-    print("| NFE | sampler | error | IIA | error | ratio | fit s |")
-    print("|---|---|---|---|---|---|---|")
-    for base, variants, budgets in FAMILIES:
-        for nfe, steps in budgets.items():
-            e_base = err(sl.sample(gmm, base, steps=steps, **kw).x)
-            for name in variants:
-                t0 = time.perf_counter()
-                c = fit(
-                    gmm,
-                    name,
-                    steps=steps,
-                    M=args.M,
-                    num_samples=args.samples,
-                    r=args.r,
-                    progress=False,
-                )
-                sec = time.perf_counter() - t0
-                res = sl.sample(gmm, name, steps=steps, coeffs=c, **kw)
-                assert res.nfe == nfe, (name, res.nfe, nfe)
-                e = err(res.x)
-                results.append(
-                    {
-                        "nfe": nfe,
-                        "base": base,
-                        "iia": name,
-                        "base_error": e_base,
-                        "iia_error": e,
-                        "fit_seconds": sec,
-                    }
-                )
-                print(
-                    f"| {nfe} | {base} | {e_base:.4f} | {name} | {e:.4f} | {e / e_base:.2f} "
-                    f"| {sec:.1f} |"
-                )
-
-    print("\nIIA-DPM-Solver++(2M) vs its base at 10 NFE on each grid (same M, samples)\n")
-    print("| grid | dpmpp_2m error | iia_dpmpp_2m error | ratio |")
-    print("|---|---|---|---|")
-    for grid in ("time_quadratic", "time_uniform", "karras", "logsnr"):
-        e_base = err(sl.sample(gmm, "dpmpp_2m", steps=10, schedule=grid, **kw).x)
-        c = fit(gmm, "iia_dpmpp_2m", steps=10, schedule=grid, M=args.M,
-                num_samples=args.samples, progress=False)  # fmt: skip
-        e = err(sl.sample(gmm, "iia_dpmpp_2m", steps=10, schedule=grid, coeffs=c, **kw).x)
-        results.append({"grid": grid, "base": "dpmpp_2m", "iia": "iia_dpmpp_2m", "nfe": 10,
-                        "base_error": e_base, "iia_error": e})  # fmt: skip
-        print(f"| {grid} | {e_base:.4f} | {e:.4f} | {e / e_base:.2f} |")
-
-    print("\nCost of the fit vs M (extra NFE per fitting sample; held-out error)\n")
-    print("| IIA | steps | M | fit s | extra NFE / sample | total fit NFE | error | base error |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, steps, base in (("iia_ddim", 10, "ddim"), ("iia_edm", 6, "edm_heun")):
-        e_base = err(sl.sample(gmm, base, steps=steps, **kw).x)
-        for M in (1, 3, 10, 20):
-            counter = CountingDenoiser(gmm)
-            t0 = time.perf_counter()
-            c = fit(
-                counter, name, steps=steps, M=M, num_samples=args.samples, r=args.r, progress=False
-            )
-            sec = time.perf_counter() - t0
-            e = err(sl.sample(gmm, name, steps=steps, coeffs=c, **kw).x)
-            extra = c.metadata["fit_extra_nfe_per_sample"]
-            total = counter.rows / args.samples
-            results.append(
-                {
-                    "iia": name,
-                    "steps": steps,
-                    "M": M,
-                    "fit_seconds": sec,
-                    "extra_nfe": extra,
-                    "error": e,
-                }
-            )
-            print(
-                f"| {name} | {steps} | {M} | {sec:.1f} | {extra} | {total:.0f} | {e:.4f} "
-                f"| {e_base:.4f} |"
-            )
-    for steps in args.diagnose:
-        results.append(diagnose(gmm, steps, args, kw, ref))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    settings = {"M": args.M, "samples": args.samples, "r": args.r, "n": args.n}
+    path = Path(args.json) if args.json else None
+    saved = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    if not isinstance(saved, dict) or saved.get("settings") != settings:  # another run's file
+        saved = {"settings": settings, "sets": {}}
+    for s in range(args.seed_sets):
+        if str(s) not in saved["sets"]:
+            saved["sets"][str(s)] = one_seed_set(gmm, s, args)
+            if path is not None:
+                atomic_write_text(path, json.dumps(saved, indent=1) + "\n")
+            print(f"seed set {s}: {saved['sets'][str(s)]['seconds']:.0f} s", flush=True)
+    sets = {k: v for k, v in saved["sets"].items() if int(k) < args.seed_sets}
+    text = report(sets, args)
+    print(text)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+    if args.diagnose:
+        held_out = stream_seeds(0, "eval", args.n)
+        kw = {"shape": (args.n, gmm.dim), "seeds": held_out, "dtype": F64}
+        ref = sl.sample(gmm, "edm_heun", steps=400, schedule_options={"sigma_min": 1e-4}, **kw).x
+        for steps in args.diagnose:
+            diagnose(gmm, steps, args, kw, ref)
 
 
 def diagnose(

@@ -144,3 +144,46 @@ def test_first_ddpm_step_noise_is_not_the_initial_noise():
     assert not torch.allclose(w, z0)  # ... and not the initial noise
     corr = float((w * z0).sum() / (w.norm() * z0.norm()))
     assert abs(corr) < 0.05, corr
+
+
+FIT_BAD = [
+    ({"steps": 10**12}, r"steps=1000000000000 is more than samplerlab plans"),
+    ({"seed": 1e20}, r"seed must be an integer >= 0, got 1e\+20"),
+    ({"seed": 2**50}, r"seed < 2\*\*42"),
+    ({"shape": 5}, r"shape must be one sample's shape \(integers\), got 5"),
+    ({"shape": (2.5,)}, r"shape must be one sample's shape \(integers\)"),
+    ({"shape": (3,)}, r"shape \(3,\) is not the model's sample shape \(4,\)"),
+    ({"dtype": torch.int64}, r"dtype must be a floating torch.dtype"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), FIT_BAD, ids=[repr(k) for k, _ in FIT_BAD])
+def test_iia_fit_absurd_inputs_are_one_line(gmm, kwargs, match):
+    from samplerlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match) as e:
+        sl.iia.fit(gmm, "iia_ddim", **{"steps": 4, "progress": False, **kwargs})
+    _one_line(e)
+
+
+def test_iia_fit_refuses_a_wrong_shape_denoiser_and_a_non_callable():
+    from samplerlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"returned \(1, 1\) for an input of shape \(1, 8\)"):
+        sl.iia.fit(lambda x, s: x[:, :1], "iia_ddim", steps=4, shape=(8,), progress=False)
+    with pytest.raises(ConfigError, match="the denoiser must be a callable"):
+        sl.iia.fit(5, "iia_ddim", steps=4, shape=(8,), progress=False)
+
+
+def test_iia_save_and_load_bad_paths(tmp_path, gmm):
+    c = sl.iia.IIACoefficients.defaults("iia_ddim", torch.linspace(1, 0, 4, dtype=F64))
+    with pytest.raises(sl.iia.IIAFileError, match="save\\(\\) takes IIACoefficients, got int"):
+        sl.iia.save(5, tmp_path / "x.safetensors")
+    with pytest.raises(sl.iia.IIAFileError, match="is a folder; give a file name") as e:
+        sl.iia.save(c, tmp_path)
+    _one_line(e)
+    with pytest.raises(sl.iia.IIAFileError, match="is a folder, not a coefficient file"):
+        sl.iia.load(tmp_path)
+    path = sl.iia.save(c, tmp_path / "c.safetensors")
+    with pytest.raises(sl.iia.IIAFileError, match="fitted for another model"):
+        sl.iia.load(path, denoiser=5)  # an object without attributes: still one line

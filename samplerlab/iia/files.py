@@ -58,7 +58,11 @@ def save(coeffs: IIACoefficients, path: str | Path) -> Path:
     """Write ``coeffs`` to ``path`` (safetensors + JSON metadata), atomically."""
     from safetensors.torch import save_file
 
+    if not isinstance(coeffs, IIACoefficients):
+        raise IIAFileError(f"save() takes IIACoefficients, got {type(coeffs).__name__}")
     path = Path(path)
+    if path.is_dir():
+        raise IIAFileError(f"{path} is a folder; give a file name (e.g. {path}/coeffs.safetensors)")
     meta = {
         **coeffs.metadata,
         "format_version": FORMAT_VERSION,
@@ -94,6 +98,8 @@ def load(
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise IIAFileError(f"IIA coefficient file {path} is a folder, not a coefficient file")
     if not path.is_file():
         raise IIAFileError(
             f"IIA coefficient file {path} does not exist; fit one with "

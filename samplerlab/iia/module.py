@@ -18,6 +18,7 @@ fitting sample, and saves re-running the trajectory (``O(N^2)`` network calls).
 from __future__ import annotations
 
 import math
+import operator
 import time
 import warnings
 from collections.abc import Sequence
@@ -30,8 +31,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ..errors import ConfigError
-from ..samplers.api import build_sigmas
+from ..samplers.api import MAX_GRID_STEPS, build_sigmas
 from ..samplers.core import SamplerError, check_grid
+from ..samplers.denoisers import CountingDenoiser
 from ..samplers.iia import (
     BASES,
     FORMS,
@@ -264,6 +266,42 @@ def _strategy(strategy: Any, devices: int) -> Any:
     return strategy
 
 
+def _check_fit_inputs(
+    denoiser: Any, shape: Any, dtype: torch.dtype, sigma: float
+) -> tuple[int, ...]:
+    """One line for a denoiser, sample shape or dtype that cannot be fitted, before Lightning
+    starts: the shape must be the model's, and one call on one row must return that shape."""
+    if not callable(denoiser):
+        raise ConfigError(f"the denoiser must be a callable D(x, sigma), got {type(denoiser)}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ConfigError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    try:
+        shape = tuple(operator.index(d) for d in shape)
+    except TypeError:
+        raise ConfigError(f"shape must be one sample's shape (integers), got {shape!r}") from None
+    if not shape or any(d < 1 for d in shape):
+        raise ConfigError(f"shape must be one sample's shape (positive sizes), got {shape}")
+    want = getattr(denoiser, "data_shape", None)
+    if want is not None and tuple(want) != shape:
+        raise ConfigError(f"shape {shape} is not the model's sample shape {tuple(want)}")
+    # One probe call (one row) finds a model that does not take or return this shape.
+    x = torch.zeros((1, *shape), device=_device_of(denoiser), dtype=dtype)
+    try:
+        with torch.no_grad():
+            out = CountingDenoiser(denoiser)(
+                x, torch.full((1,), sigma, device=x.device, dtype=dtype)
+            )
+    except SamplerError as e:
+        raise ConfigError(str(e)) from None
+    except (RuntimeError, TypeError, ValueError) as e:
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise ConfigError(
+            f"the denoiser does not take samples of shape {shape} ({first})"
+        ) from None
+    del out
+    return shape
+
+
 def _check_int(name: str, value: Any, lo: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
@@ -319,6 +357,12 @@ def fit(
     check_sampler(sampler)
     _check_int("M", M, 1)
     _check_int("num_samples", num_samples, 1)
+    _check_int("seed", seed, 0)
+    if num_samples > 2**20 or seed >= 2**42:
+        # Fitting seeds are FIT_SEED_OFFSET + seed * 2**20 + k: disjoint blocks, 63 bits.
+        raise ConfigError(
+            f"num_samples must be <= 2**20 and seed < 2**42, got {num_samples} and {seed}"
+        )
     _check_int("r", r, 0)
     _check_int("devices", devices, 1)
     if batch_size is not None:
@@ -342,6 +386,8 @@ def fit(
         if steps is None:
             raise ConfigError("give steps or sigmas")
         _check_int("steps", steps, 1)
+        if steps > MAX_GRID_STEPS:
+            raise ConfigError(f"steps={steps} is more than samplerlab plans ({MAX_GRID_STEPS})")
         grid_steps, _ = spec.plan_for(steps)
         sigmas = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
     host = check_grid(sigmas)
@@ -354,6 +400,7 @@ def fit(
         shape = getattr(denoiser, "data_shape", None)
         if shape is None:
             raise ConfigError("pass shape= (one sample's shape): the denoiser has no data_shape")
+    shape = _check_fit_inputs(denoiser, shape, dtype, float(host[0]))
     module = IIAFitModule(
         denoiser,
         sampler,

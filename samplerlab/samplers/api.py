@@ -180,7 +180,8 @@ def sample(
     if device is None:
         device = noise.device if noise is not None else "cpu"
     device = check_device(device)
-    noise_device = check_device(noise_device, "noise_device")
+    if noise_device is not None:
+        noise_device = check_device(noise_device, "noise_device")
 
     grid_steps, planned = spec.plan_for(steps, options)
     if grid_steps > MAX_GRID_STEPS:

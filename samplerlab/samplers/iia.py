@@ -356,7 +356,8 @@ def model_fingerprint(denoiser: Any) -> str:
     if module is not None:
         h.update(_weights_digest(module))
     else:
-        tensors = {k: v for k, v in vars(denoiser).items() if isinstance(v, Tensor)}
+        attrs = getattr(denoiser, "__dict__", {})
+        tensors = {k: v for k, v in attrs.items() if isinstance(v, Tensor)}
         vp = getattr(denoiser, "vp", None)
         if vp is not None and isinstance(getattr(vp, "alphas_cumprod", None), Tensor):
             tensors["vp.alphas_cumprod"] = vp.alphas_cumprod
