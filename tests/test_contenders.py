@@ -63,7 +63,7 @@ NOMINAL = [
 
 @pytest.mark.parametrize(("name", "options", "order"), NOMINAL, ids=[str(c) for c in NOMINAL])
 def test_nominal_order_on_a_warm_up_ladder(gaussian, name, options, order):
-    """Zhao et al. 2023 Thm. 3.3 (UniC-p is order p+1), Lu et al. 2022b (3M: 3), the
+    """Zhao et al. 2023 (UniC-p raises the order by one), Lu et al. 2022b (3M: 3), the
     Adams-Bashforth orders of LMS and DEIS: log2(err_N / err_2N), N = 64, within 0.35."""
     x = _x(gaussian, 10.0)
     exact = gaussian.ode_solution(x, 10.0, 0.05)
@@ -149,8 +149,8 @@ def _kernel_moment(h: float, eta: float, k: int) -> float:
 @pytest.mark.parametrize(("h", "eta"), [(0.3, 1.0), (1.2, 1.0), (0.7, 0.0), (0.5, 0.4)])
 def test_3m_weights_are_the_exact_integrals(h, eta):
     """The weights of D_s, h D' and h^2 D'' in a DPM-Solver++ (SDE) step are the integrals
-    of the kernel (1+eta) e^{-(1+eta)(h-u)} against 1, u/h and (u/h)^2/2 (Lu et al. 2022b,
-    eq. 18 expanded to second order); -phi_3 enters with a minus sign. The multistep
+    of the kernel (1+eta) e^{-(1+eta)(h-u)} against 1, u/h and (u/h)^2/2 (the SDE step
+    expanded to second order); -phi_3 enters with a minus sign. The multistep
     divided difference D2 approximates h^2 D''/2, hence the factor 2 of form="taylor".
     diffusers' sde-dpmsolver++ third-order weight has the wrong sign on its constant (-1/2
     in place of +1/2): it is no oracle for that step."""

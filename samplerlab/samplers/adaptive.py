@@ -1,4 +1,4 @@
-"""Adaptive step-size DPM-Solver (Lu et al. 2022, App. C, Alg. 4: DPM-Solver-12 / -23).
+"""Adaptive step-size DPM-Solver (Lu et al. 2022, "DPM-Solver", App. C: DPM-Solver-12 / -23).
 
 Each sample keeps its own log-SNR position and step size, so a sample's path (and its NFE)
 does not depend on which samples share its batch. Only the rows still moving are sent to
@@ -36,9 +36,10 @@ def sample_dpm_adaptive(
     h_max: float | None = None,
     max_attempts: int = 10_000,
 ) -> Tensor:
-    """DPM-Solver with error-controlled step size (Lu et al. 2022, "DPM-Solver", App. C,
-    Alg. 4), from ``sigmas[0]`` to the grid's last positive sigma, then the denoise step if
-    the grid ends at 0.
+    """DPM-Solver with error-controlled step size (Lu et al. 2022, "DPM-Solver: A Fast ODE
+    Solver for Diffusion Probabilistic Model Sampling", App. C: adaptive step size), from
+    ``sigmas[0]`` to the grid's last positive sigma, then the denoise step if the grid ends
+    at 0.
 
     Per row and attempt with step ``h`` in ``lambda = -log sigma``: the embedded pair
     DPM-Solver-(k-1) / DPM-Solver-k (``order`` k = 2: r1 = 1/2; k = 3: r1 = 1/3, r2 = 2/3,

@@ -66,8 +66,9 @@ def sample_dpmpp_3m(
     lower_order_final: bool = False,
     form: str = "taylor",
 ) -> Tensor:
-    """DPM-Solver++(3M) (Lu et al. 2022b, "DPM-Solver++", §4 and App. B: the multistep
-    third-order data-prediction solver), in EDM coordinates.
+    """DPM-Solver++(3M) (Lu et al. 2022b, "DPM-Solver++: Fast Solver for Guided Sampling of
+    Diffusion Probabilistic Models": the multistep third-order data-prediction solver of its
+    Taylor expansion of ``x0(lambda)``), in EDM coordinates.
 
     With ``h = lambda_t - lambda_s``, ``r0 = h_0/h``, ``r1 = h_1/h`` and the divided
     differences ``D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1) ~ h D'``, ``D2 = (D1_0 - D1_1)/(r0+r1)
@@ -154,11 +155,11 @@ def sample_deis(
     lower_order_final: bool = False,
 ) -> Tensor:
     """DEIS (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential
-    Integrator", eq. 15: the multistep exponential integrator with an Adams-Bashforth
+    Integrator", §4: AB-DEIS, the multistep exponential integrator with an Adams-Bashforth
     polynomial fitted to the noise predictions), orders 1-3.
 
     In EDM coordinates the exponential integrator is exact for the linear part and the step
-    is ``x_t = x_s + int_s^t eps(sigma) dsigma`` (the paper's rho-form, rho = sigma). The
+    is ``x_t = x_s + int_s^t eps(sigma) dsigma`` (the paper's rhoAB form, rho = sigma). The
     history of noise predictions is interpolated by a Lagrange polynomial in the time
     variable ``log rho`` (diffusers' ``DEISMultistepScheduler``, ``solver_type="logrho"``)
     and integrated exactly. A step to sigma = 0 is the denoise step; ``lower_order_final``
@@ -207,11 +208,11 @@ def sample_ipndm(
     noise: NoiseSource | None = None,
     max_order: int = 4,
 ) -> Tensor:
-    """Improved PNDM (iPNDM; Zhang & Chen 2023, App. on PNDM; Zhou et al. 2024, "Fast ODE-
-    based Sampling for Diffusion Models in Around 5 Steps", eq. 9): Adams-Bashforth with the
-    fixed uniform-step coefficients of orders 1-4 on the PF-ODE slope ``d = (x - D)/sigma``,
-    warming up with lower orders instead of PNDM's Runge-Kutta start (k-diffusion's
-    ``sample_ipndm``). Every step, the last one to sigma = 0 included, is the multistep
+    """Improved PNDM (iPNDM; Zhang & Chen 2023, the DEIS paper's appendix on PNDM; used by
+    Zhou et al. 2024, "Fast ODE-based Sampling for Diffusion Models in Around 5 Steps"):
+    Adams-Bashforth with the fixed uniform-step coefficients of orders 1-4 on the PF-ODE
+    slope ``d = (x - D)/sigma``, warming up with lower orders instead of PNDM's Runge-Kutta
+    start (k-diffusion's ``sample_ipndm``). Every step, the last one to sigma = 0 included, is the multistep
     update ``x + (sigma_next - sigma) sum_j c_j d_{i-j}``.
     """
     if max_order not in (1, 2, 3, 4):

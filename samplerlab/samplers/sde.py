@@ -2,7 +2,7 @@
 
 EDM sigma coordinates, ``lambda = -log sigma``, ``h = lambda_t - lambda_s``. The exact
 solution of the data-prediction reverse SDE over one step (Lu et al. 2022b, "DPM-Solver++",
-§5 / eq. 18; Gonzalez et al. 2023 "SEEDS") is
+the SDE solvers of its appendix; Gonzalez et al. 2023, "SEEDS") is
 ``x_t = (sigma_t/sigma_s) e^{-eta h} x_s + int (1+eta) e^{-(1+eta)(h - u)} x0(u) du
 + sigma_t sqrt(1 - e^{-2 eta h}) z``; ``eta = 1`` is the reverse SDE, ``eta = 0`` the ODE.
 Every random draw comes from the per-sample ``noise`` source.
@@ -33,7 +33,7 @@ def sample_dpmpp_2m_sde(
     eta: float = 1.0,
     s_noise: float = 1.0,
 ) -> Tensor:
-    """DPM-Solver++(2M) SDE (Lu et al. 2022b, §5, the multistep second-order SDE solver;
+    """DPM-Solver++(2M) SDE (Lu et al. 2022b, the multistep second-order SDE solver;
     diffusers' ``algorithm_type="sde-dpmsolver++"``, midpoint form): with ``h_eta = (1 +
     eta) h``, ``x_t = (sigma_t/sigma_s) e^{-eta h} x + (1 - e^{-h_eta}) D_s + 1/2 (1 -
     e^{-h_eta}) (D_s - D_prev)/r0 + sigma_t sqrt(1 - e^{-2 eta h}) s_noise z``. One draw per
@@ -92,8 +92,8 @@ def sample_dpmpp_3m_sde(
     s_noise: float = 1.0,
     form: str = "taylor",
 ) -> Tensor:
-    """DPM-Solver++(3M) SDE (Lu et al. 2022b, §5 with the third-order multistep expansion
-    of App. B; k-diffusion's ``sample_dpmpp_3m_sde``): the data prediction is expanded to
+    """DPM-Solver++(3M) SDE (Lu et al. 2022b: the SDE kernel with the third-order multistep
+    expansion; k-diffusion's ``sample_dpmpp_3m_sde``): the data prediction is expanded to
     second order in ``lambda`` from the last three outputs (divided differences ``D1``,
     ``D2``) and integrated exactly against the SDE kernel (:func:`sde_coefficients`):
     ``x_t = (sigma_t/sigma_s) e^{-eta h} x + w0 D_s + phi_2 D1 - phi_3 D2 + noise``.
@@ -162,7 +162,7 @@ def sample_dpmpp_sde(
     s_noise: float = 1.0,
     r: float = 0.5,
 ) -> Tensor:
-    """DPM-Solver++ SDE, singlestep (Lu et al. 2022b, §5: DPM-Solver++(2S) with ancestral
+    """DPM-Solver++ SDE, singlestep (Lu et al. 2022b: DPM-Solver++(2S), Alg. 1, with ancestral
     noise at both stages; k-diffusion's ``sample_dpmpp_sde``). Per step from ``sigma`` to
     ``sigma_next`` with the intermediate ``s = lambda + r h``: an ancestral DPM-Solver++-1
     step to ``s``, the network there, then an ancestral step to ``sigma_next`` with the
