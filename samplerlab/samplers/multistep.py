@@ -212,8 +212,8 @@ def sample_ipndm(
     Zhou et al. 2024, "Fast ODE-based Sampling for Diffusion Models in Around 5 Steps"):
     Adams-Bashforth with the fixed uniform-step coefficients of orders 1-4 on the PF-ODE
     slope ``d = (x - D)/sigma``, warming up with lower orders instead of PNDM's Runge-Kutta
-    start (k-diffusion's ``sample_ipndm``). Every step, the last one to sigma = 0 included, is the multistep
-    update ``x + (sigma_next - sigma) sum_j c_j d_{i-j}``.
+    start (k-diffusion's ``sample_ipndm``). Every step, the last one to sigma = 0
+    included, is the multistep update ``x + (sigma_next - sigma) sum_j c_j d_{i-j}``.
     """
     if max_order not in (1, 2, 3, 4):
         raise SamplerError(f"max_order must be 1, 2, 3 or 4, got {max_order!r}")
