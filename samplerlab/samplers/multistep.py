@@ -63,8 +63,8 @@ def sample_dpmpp_3m(
     sigmas: Tensor,
     *,
     noise: NoiseSource | None = None,
-    lower_order_final: bool = False,
-    form: str = "taylor",
+    lower_order_final: bool = True,
+    form: str = "library",
 ) -> Tensor:
     """DPM-Solver++(3M) (Lu et al. 2022b, "DPM-Solver++: Fast Solver for Guided Sampling of
     Diffusion Probabilistic Models": the multistep third-order data-prediction solver of its
@@ -152,7 +152,7 @@ def sample_deis(
     *,
     noise: NoiseSource | None = None,
     order: int = 3,
-    lower_order_final: bool = False,
+    lower_order_final: bool = True,
 ) -> Tensor:
     """DEIS (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential
     Integrator", §4: AB-DEIS, the multistep exponential integrator with an Adams-Bashforth

@@ -90,7 +90,7 @@ def sample_dpmpp_3m_sde(
     noise: NoiseSource | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
-    form: str = "taylor",
+    form: str = "library",
 ) -> Tensor:
     """DPM-Solver++(3M) SDE (Lu et al. 2022b: the SDE kernel with the third-order multistep
     expansion; k-diffusion's ``sample_dpmpp_3m_sde``): the data prediction is expanded to
