@@ -1,4 +1,4 @@
-"""Adaptive step-size DPM-Solver (Lu et al. 2022, App. C, Alg. 4: DPM-Solver-12 / -23).
+"""Adaptive step-size DPM-Solver (Lu et al. 2022, "DPM-Solver", App. C: DPM-Solver-12 / -23).
 
 Each sample keeps its own log-SNR position and step size, so a sample's path (and its NFE)
 does not depend on which samples share its batch. Only the rows still moving are sent to
@@ -33,19 +33,25 @@ def sample_dpm_adaptive(
     atol: float = 0.0078,
     safety: float = 0.9,
     h_init: float | None = None,
+    h_max: float | None = None,
     max_attempts: int = 10_000,
 ) -> Tensor:
-    """DPM-Solver with error-controlled step size (Lu et al. 2022, "DPM-Solver", App. C,
-    Alg. 4), from ``sigmas[0]`` to the grid's last positive sigma, then the denoise step if
-    the grid ends at 0.
+    """DPM-Solver with error-controlled step size (Lu et al. 2022, "DPM-Solver: A Fast ODE
+    Solver for Diffusion Probabilistic Model Sampling", App. C: adaptive step size), from
+    ``sigmas[0]`` to the grid's last positive sigma, then the denoise step if the grid ends
+    at 0.
 
     Per row and attempt with step ``h`` in ``lambda = -log sigma``: the embedded pair
     DPM-Solver-(k-1) / DPM-Solver-k (``order`` k = 2: r1 = 1/2; k = 3: r1 = 1/3, r2 = 2/3,
     the lower solution reusing the first intermediate evaluation) gives ``x_low`` and
     ``x_high``; ``E = ||(x_high - x_low) / max(atol, rtol max(|x_low|, |x_prev|))||_2 /
-    sqrt(dim)``; the step is accepted when ``E <= 1`` and the next ``h = min(safety h
-    E^{-1/k}, lambda_end - lambda)``. ``h_init`` defaults to the lambda range / the grid's
-    step count, so ``steps`` sets the first trial step. The grid in between is not used.
+    sqrt(dim)``; the step is accepted when ``E <= 1`` and the next ``h = h (1 + atan(f - 1))``
+    with ``f = safety E^{-1/k}`` (Soderlind & Wang 2006's limiter keeps one lucky error
+    estimate from taking a huge step), at most ``h_max`` and ``lambda_end - lambda``.
+    ``h_max`` (and ``h_init``) default to the lambda range / the grid's step count, so
+    ``steps`` is the coarsest resolution and error control refines below it (the embedded
+    estimate is unreliable for steps of several units of lambda). The grid points in
+    between are not used.
     """
     if order not in (2, 3):
         raise SamplerError(f"dpm_adaptive order must be 2 or 3, got {order!r}")
@@ -59,9 +65,10 @@ def sample_dpm_adaptive(
     sigma_end = _last_positive(host)
     lam_end = -torch.log(sigma_end)
     span = lam_end - lam
-    h = span / len(grid) if h_init is None else torch.full_like(lam, float(h_init))
-    if bool((h <= 0).any()):
-        raise SamplerError(f"h_init must be > 0, got {h_init}")
+    cap = span / len(grid) if h_max is None else torch.full_like(lam, float(h_max))
+    h = cap.clone() if h_init is None else torch.full_like(lam, float(h_init))
+    if bool((h <= 0).any()) or bool((cap <= 0).any()):
+        raise SamplerError(f"h_init and h_max must be > 0, got {h_init}, {h_max}")
     eps_s = torch.zeros_like(x)  # cached noise prediction at each row's current point
     fresh = torch.zeros_like(lam, dtype=torch.bool)  # whether eps_s is current
     r1, r2 = (0.5, 1.0) if order == 2 else (1 / 3, 2 / 3)
@@ -123,7 +130,9 @@ def sample_dpm_adaptive(
             x.index_copy_(0, acc_dev, x_high.index_select(0, ok.nonzero().flatten().to(dev)))
             lam[acc] = lam[acc] + hs[ok]
             fresh[acc] = False
-        h[idx] = safety * hs * err.clamp_min(1e-10) ** (-1.0 / order)
+        # Next step: the I-controller factor through Soderlind's limiter 1 + atan(f - 1).
+        factor = safety * err.clamp_min(1e-10) ** (-1.0 / order)
+        h[idx] = torch.minimum(hs * (1 + torch.atan(factor - 1)), cap[idx])
     # Final denoise step where the grid ends at 0.
     ends = (host[-1] == 0).nonzero().flatten()
     if ends.numel():

@@ -83,8 +83,9 @@ def sample_dpm_2(
     s_tmax: float = math.inf,
     s_noise: float = 1.0,
 ) -> Tensor:
-    """DPM-2 (Karras et al. 2022, App. on DPM-Solver, k-diffusion's ``sample_dpm_2``): the
-    second-order DPM-Solver in sigma, midpoint ``sigma_mid = sqrt(sigma_hat sigma_next)``
+    """DPM-2 (k-diffusion's ``sample_dpm_2``): DPM-Solver-2 (Lu et al. 2022, r1 = 1/2) on
+    the PF-ODE in sigma inside the loop of Karras et al. (2022), Alg. 2: the midpoint
+    ``sigma_mid = sqrt(sigma_hat sigma_next)``
     (half way in log sigma), ``x_next = x + (sigma_next - sigma_hat) d(x_mid, sigma_mid)``,
     with EDM churn (Alg. 2 lines 4-6) when ``s_churn > 0``. NFE = 2N - 1."""
     _check_churn(s_churn, s_noise)

@@ -33,6 +33,17 @@ def multistep_orders(steps: int, order: int, lower_order_final: bool) -> list[in
     return out
 
 
+FORMS = ("taylor", "library")
+
+
+def d2_factor(form: str) -> float:
+    """The weight factor of ``D2 ~ h^2 D''/2`` in a third-order multistep DPM-Solver++ step:
+    2 for the Taylor expansion, 1 as the reference code has it."""
+    if form not in FORMS:
+        raise SamplerError(f"unknown 3M form '{form}'; valid: {', '.join(FORMS)}")
+    return 2.0 if form == "taylor" else 1.0
+
+
 def push(hist: list[Tensor], value: Tensor, keep: int) -> list[Tensor]:
     """``hist`` with ``value`` appended, keeping the newest ``keep`` entries."""
     return [*hist, value][-keep:] if keep > 0 else []
@@ -52,18 +63,24 @@ def sample_dpmpp_3m(
     sigmas: Tensor,
     *,
     noise: NoiseSource | None = None,
-    lower_order_final: bool = False,
+    lower_order_final: bool = True,
+    form: str = "library",
 ) -> Tensor:
-    """DPM-Solver++(3M) (Lu et al. 2022b, "DPM-Solver++", §4 and App. B: the multistep
-    third-order data-prediction solver), in EDM coordinates.
+    """DPM-Solver++(3M) (Lu et al. 2022b, "DPM-Solver++: Fast Solver for Guided Sampling of
+    Diffusion Probabilistic Models": the multistep third-order data-prediction solver of its
+    Taylor expansion of ``x0(lambda)``), in EDM coordinates.
 
     With ``h = lambda_t - lambda_s``, ``r0 = h_0/h``, ``r1 = h_1/h`` and the divided
-    differences ``D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1)``, ``D2 = (D1_0 - D1_1)/(r0+r1)``:
-    ``x_t = (sigma_t/sigma_s) x - (e^{-h}-1) D_s + ((e^{-h}-1)/h + 1) D1
-    - ((e^{-h}-1+h)/h^2 - 1/2) D2``. Warm-up steps are DPM-Solver++-1 and (2M); a step to
-    sigma = 0 is the denoise step; ``lower_order_final`` caps the last two steps at orders 1
-    and 2 (diffusers' ``lower_order_final`` for short runs).
+    differences ``D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1) ~ h D'``, ``D2 = (D1_0 - D1_1)/(r0+r1)
+    ~ h^2 D''/2``: ``x_t = (sigma_t/sigma_s) x - (e^{-h}-1) D_s + phi_2 D1 - c phi_3 D2`` with
+    ``phi_2 = (e^{-h}-1)/h + 1``, ``phi_3 = (e^{-h}-1+h)/h^2 - 1/2``. ``form="taylor"``:
+    ``c = 2``, the exact integral of the second-order Taylor term (third order);
+    ``form="library"``: ``c = 1``, the weight of the DPM-Solver, diffusers and k-diffusion
+    code, which leaves half the second-order term out (measured global order 2). Warm-up
+    steps are DPM-Solver++-1 and (2M); a step to sigma = 0 is the denoise step;
+    ``lower_order_final`` caps the last two steps at orders 1 and 2 (diffusers' option).
     """
+    c2 = d2_factor(form)
     grid = Grid(sigmas, x)
     g = grid64(grid, x)
     orders = multistep_orders(len(grid), 3, lower_order_final)
@@ -93,7 +110,7 @@ def sample_dpmpp_3m(
             d2 = (d1_0 - d1_1) / a(r0 + r1)
             phi_2 = torch.expm1(-h) / h + 1
             phi_3 = (torch.expm1(-h) + h) / h**2 - 0.5
-            x_next = x_next + a(phi_2) * d1 - a(phi_3) * d2
+            x_next = x_next + a(phi_2) * d1 - a(c2 * phi_3) * d2
         # Rows ending at sigma = 0 take the denoise step.
         x = where_rows(final, denoised, x_next)
         hist = push(hist, denoised, 2)
@@ -135,14 +152,14 @@ def sample_deis(
     *,
     noise: NoiseSource | None = None,
     order: int = 3,
-    lower_order_final: bool = False,
+    lower_order_final: bool = True,
 ) -> Tensor:
     """DEIS (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential
-    Integrator", eq. 15: the multistep exponential integrator with an Adams-Bashforth
+    Integrator", §4: AB-DEIS, the multistep exponential integrator with an Adams-Bashforth
     polynomial fitted to the noise predictions), orders 1-3.
 
     In EDM coordinates the exponential integrator is exact for the linear part and the step
-    is ``x_t = x_s + int_s^t eps(sigma) dsigma`` (the paper's rho-form, rho = sigma). The
+    is ``x_t = x_s + int_s^t eps(sigma) dsigma`` (the paper's rhoAB form, rho = sigma). The
     history of noise predictions is interpolated by a Lagrange polynomial in the time
     variable ``log rho`` (diffusers' ``DEISMultistepScheduler``, ``solver_type="logrho"``)
     and integrated exactly. A step to sigma = 0 is the denoise step; ``lower_order_final``
@@ -191,12 +208,12 @@ def sample_ipndm(
     noise: NoiseSource | None = None,
     max_order: int = 4,
 ) -> Tensor:
-    """Improved PNDM (iPNDM; Zhang & Chen 2023, App. on PNDM; Zhou et al. 2024, "Fast ODE-
-    based Sampling for Diffusion Models in Around 5 Steps", eq. 9): Adams-Bashforth with the
-    fixed uniform-step coefficients of orders 1-4 on the PF-ODE slope ``d = (x - D)/sigma``,
-    warming up with lower orders instead of PNDM's Runge-Kutta start (k-diffusion's
-    ``sample_ipndm``). Every step, the last one to sigma = 0 included, is the multistep
-    update ``x + (sigma_next - sigma) sum_j c_j d_{i-j}``.
+    """Improved PNDM (iPNDM; Zhang & Chen 2023, the DEIS paper's appendix on PNDM; used by
+    Zhou et al. 2024, "Fast ODE-based Sampling for Diffusion Models in Around 5 Steps"):
+    Adams-Bashforth with the fixed uniform-step coefficients of orders 1-4 on the PF-ODE
+    slope ``d = (x - D)/sigma``, warming up with lower orders instead of PNDM's Runge-Kutta
+    start (k-diffusion's ``sample_ipndm``). Every step, the last one to sigma = 0
+    included, is the multistep update ``x + (sigma_next - sigma) sum_j c_j d_{i-j}``.
     """
     if max_order not in (1, 2, 3, 4):
         raise SamplerError(f"max_order must be 1, 2, 3 or 4, got {max_order!r}")

@@ -165,12 +165,15 @@ _DPM_GRID: dict[str, Any] = {
     "default_schedule_options": {"final": "replace"},
     "vp_schedule": "time_quadratic",
 }
+# ``order`` is the global rate a refinement ladder measures with the defaults: a first-order
+# warm-up step (and ``lower_order_final``) holds third-order multistep methods to 2; their
+# nominal orders are tested with a fine warm-up in tests/test_contenders.py.
 CONTENDERS: dict[str, SamplerSpec] = {
     "unipc": SamplerSpec(
         "unipc",
         unipc.sample_unipc,
         "UniPC (Zhao et al. 2023): UniP predictor + UniC corrector on the data prediction; "
-        "order=1|2|3, variant=bh1|bh2",
+        "order=1|2|3 (default 2), variant=bh1|bh2 (bh2)",
         deterministic=True,
         nfe=lambda n: n,
         order=3,
@@ -184,9 +187,11 @@ CONTENDERS: dict[str, SamplerSpec] = {
         "polynomial of the noise history; order=1|2|3",
         deterministic=True,
         nfe=lambda n: n,
-        order=3,
+        order=None,
         multistep=True,
-        **_DPM_GRID,
+        default_schedule="karras",
+        default_schedule_options={"final": "replace"},
+        vp_schedule="time_quadratic",
     ),
     "ipndm": SamplerSpec(
         "ipndm",
@@ -197,6 +202,9 @@ CONTENDERS: dict[str, SamplerSpec] = {
         nfe=lambda n: n,
         order=2,
         multistep=True,
+        default_schedule="logsnr",
+        default_schedule_options={"final": "replace"},
+        vp_schedule="time_quadratic",
     ),
     "lms": SamplerSpec(
         "lms",
@@ -204,18 +212,23 @@ CONTENDERS: dict[str, SamplerSpec] = {
         "linear multistep (Adams-Bashforth in sigma, order 4; k-diffusion / diffusers LMS)",
         deterministic=True,
         nfe=lambda n: n,
-        order=2,
+        order=None,
         multistep=True,
+        default_schedule="karras",
+        default_schedule_options={"final": "replace"},
+        vp_schedule="time_quadratic",
     ),
     "dpmpp_3m": SamplerSpec(
         "dpmpp_3m",
         multistep.sample_dpmpp_3m,
-        "DPM-Solver++(3M) multistep on the data prediction (Lu et al. 2022b)",
+        "DPM-Solver++(3M) multistep on the data prediction (Lu et al. 2022b); "
+        "form=library (the reference code's weights, default) | taylor (third order)",
         deterministic=True,
         nfe=lambda n: n,
-        order=3,
+        order=None,
         multistep=True,
-        **_DPM_GRID,
+        default_schedule="logsnr",
+        default_schedule_options={"final": "replace"},
     ),
     "dpmpp_2m_sde": SamplerSpec(
         "dpmpp_2m_sde",
@@ -256,6 +269,9 @@ CONTENDERS: dict[str, SamplerSpec] = {
         nfe=lambda n: 2 * n - 1,
         order=2,
         stochastic_options=("s_churn",),
+        default_schedule="karras",
+        default_schedule_options={"final": "replace"},
+        vp_schedule="time_quadratic",
     ),
     "dpm_2_ancestral": SamplerSpec(
         "dpm_2_ancestral",
@@ -275,9 +291,9 @@ CONTENDERS: dict[str, SamplerSpec] = {
         "dpm_adaptive",
         adaptive.sample_dpm_adaptive,
         "adaptive step-size DPM-Solver-23 (Lu et al. 2022, App. C): per-sample error "
-        "control (rtol, atol); steps sets the first trial step; NFE realised",
+        "control (rtol, atol) below a step cap of 1/steps of the log-SNR range; NFE realised",
         deterministic=True,
-        nfe=lambda n: 3 * n,
+        nfe=lambda n: 3 * n + 1,
         nfe_exact=False,
         multistep=True,
         **_DPM_GRID,
@@ -337,12 +353,12 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "dpm_solver_2": SamplerSpec(
         "dpm_solver_2",
         dpm_solver.sample_dpm_solver,
-        "DPM-Solver-2 singlestep (Lu et al. 2022); steps = NFE (DPM-Solver-fast orders)",
+        "DPM-Solver-2 singlestep, data prediction (DPM-Solver++, Lu et al. 2022b; algorithm=dpmsolver: Lu et al. 2022); steps = NFE (DPM-Solver-fast orders)",
         deterministic=True,
         nfe=_dpm_nfe,
         order=2,
         plan=_dpm_fast(2),
-        defaults={"order": 2},
+        defaults={"order": 2, "algorithm": "dpmsolver++"},
         default_schedule="logsnr",
         default_schedule_options={"final": "replace"},
         vp_schedule="time_quadratic",
@@ -350,12 +366,12 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "dpm_solver_3": SamplerSpec(
         "dpm_solver_3",
         dpm_solver.sample_dpm_solver,
-        "DPM-Solver-3 singlestep (Lu et al. 2022); steps = NFE (DPM-Solver-fast orders)",
+        "DPM-Solver-3 singlestep, data prediction (DPM-Solver++, Lu et al. 2022b; algorithm=dpmsolver: Lu et al. 2022); steps = NFE (DPM-Solver-fast orders)",
         deterministic=True,
         nfe=_dpm_nfe,
         order=3,
         plan=_dpm_fast(3),
-        defaults={"order": 3},
+        defaults={"order": 3, "algorithm": "dpmsolver++"},
         default_schedule="logsnr",
         default_schedule_options={"final": "replace"},
         vp_schedule="time_quadratic",
@@ -479,7 +495,6 @@ SAMPLERS: dict[str, SamplerSpec] = {
         needs_coeffs=True,
         multistep=True,
     ),
-    # --- the contenders of k-diffusion and diffusers (issue 11) ---
     **CONTENDERS,
 }
 
@@ -547,8 +562,8 @@ ALIASES: dict[str, Alias] = {
     "DPM++ SDE Karras": Alias("dpmpp_sde", "A1111", **_KARRAS),
     "DPM++ 2M SDE": Alias("dpmpp_2m_sde", "A1111", **_A1111),
     "DPM++ 2M SDE Karras": Alias("dpmpp_2m_sde", "A1111", **_KARRAS),
-    "DPM++ 3M SDE": Alias("dpmpp_3m_sde", "A1111", **_A1111),
-    "DPM++ 3M SDE Karras": Alias("dpmpp_3m_sde", "A1111", **_KARRAS),
+    "DPM++ 3M SDE": Alias("dpmpp_3m_sde", "A1111", {"form": "library"}, **_A1111),
+    "DPM++ 3M SDE Karras": Alias("dpmpp_3m_sde", "A1111", {"form": "library"}, **_KARRAS),
     "DPM fast": Alias(
         "dpm_solver_3", "A1111", schedule="logsnr", note="DPM-Solver-fast on a log-SNR grid"
     ),

@@ -2,7 +2,7 @@
 
 EDM sigma coordinates, ``lambda = -log sigma``, ``h = lambda_t - lambda_s``. The exact
 solution of the data-prediction reverse SDE over one step (Lu et al. 2022b, "DPM-Solver++",
-§5 / eq. 18; Gonzalez et al. 2023 "SEEDS") is
+the SDE solvers of its appendix; Gonzalez et al. 2023, "SEEDS") is
 ``x_t = (sigma_t/sigma_s) e^{-eta h} x_s + int (1+eta) e^{-(1+eta)(h - u)} x0(u) du
 + sigma_t sqrt(1 - e^{-2 eta h}) z``; ``eta = 1`` is the reverse SDE, ``eta = 0`` the ODE.
 Every random draw comes from the per-sample ``noise`` source.
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .core import Denoiser, Grid, SamplerError, append_dims, where_rows
-from .multistep import grid64, positive_next, push
+from .multistep import d2_factor, grid64, positive_next, push
 from .noise import NoiseSource, randn_like
 
 
@@ -33,7 +33,7 @@ def sample_dpmpp_2m_sde(
     eta: float = 1.0,
     s_noise: float = 1.0,
 ) -> Tensor:
-    """DPM-Solver++(2M) SDE (Lu et al. 2022b, §5, the multistep second-order SDE solver;
+    """DPM-Solver++(2M) SDE (Lu et al. 2022b, the multistep second-order SDE solver;
     diffusers' ``algorithm_type="sde-dpmsolver++"``, midpoint form): with ``h_eta = (1 +
     eta) h``, ``x_t = (sigma_t/sigma_s) e^{-eta h} x + (1 - e^{-h_eta}) D_s + 1/2 (1 -
     e^{-h_eta}) (D_s - D_prev)/r0 + sigma_t sqrt(1 - e^{-2 eta h}) s_noise z``. One draw per
@@ -73,7 +73,7 @@ def sde_coefficients(h: Tensor, eta: float) -> tuple[Tensor, Tensor, Tensor]:
     SDE step with ``h_eta = (1 + eta) h``: ``w0 = 1 - e^{-h_eta}``, ``phi_2 = (e^{-h_eta} -
     1)/h_eta + 1`` and ``phi_3 = (e^{-h_eta} - 1 + h_eta)/h_eta^2 - 1/2`` (the exact
     integrals of ``(1+eta) e^{-(1+eta)(h-u)} (u/h)^k / k!`` over ``[0, h]``, k = 0, 1, 2,
-    with ``phi_3`` entering with a minus sign)."""
+    with ``phi_3`` entering with a minus sign: the weights of ``h D'`` and ``h^2 D''``)."""
     he = (1 + eta) * h
     w0 = -torch.expm1(-he)
     phi_2 = torch.expm1(-he) / he + 1
@@ -90,15 +90,19 @@ def sample_dpmpp_3m_sde(
     noise: NoiseSource | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
+    form: str = "library",
 ) -> Tensor:
-    """DPM-Solver++(3M) SDE (Lu et al. 2022b, §5 with the third-order multistep expansion
-    of App. B; k-diffusion's ``sample_dpmpp_3m_sde``): the data prediction is expanded to
+    """DPM-Solver++(3M) SDE (Lu et al. 2022b: the SDE kernel with the third-order multistep
+    expansion; k-diffusion's ``sample_dpmpp_3m_sde``): the data prediction is expanded to
     second order in ``lambda`` from the last three outputs (divided differences ``D1``,
     ``D2``) and integrated exactly against the SDE kernel (:func:`sde_coefficients`):
     ``x_t = (sigma_t/sigma_s) e^{-eta h} x + w0 D_s + phi_2 D1 - phi_3 D2 + noise``.
     The second step is second order (``phi_2`` form). ``eta = 0`` is the ODE solver.
+    ``D2 ~ h^2 D''/2``, so ``form="taylor"`` weighs it ``2 phi_3`` (the Taylor term's exact
+    integral); ``form="library"`` ``phi_3`` as k-diffusion (see ``sample_dpmpp_3m``).
     """
     _check(eta, s_noise)
+    c2 = d2_factor(form)
     grid = Grid(sigmas, x)
     g = grid64(grid, x)
     n = x.ndim
@@ -125,7 +129,7 @@ def sample_dpmpp_3m_sde(
             d1_1 = (hist[-1] - hist[-2]) / a(r1)
             d1 = d1_0 + a(r0 / (r0 + r1)) * (d1_0 - d1_1)
             d2 = (d1_0 - d1_1) / a(r0 + r1)
-            x_next = x_next + a(phi_2) * d1 - a(phi_3) * d2
+            x_next = x_next + a(phi_2) * d1 - a(c2 * phi_3) * d2
         if eta > 0 and not grid.all_final(i):
             # Fresh noise of the exact SDE variance.
             z = randn_like(noise, x)
@@ -158,7 +162,7 @@ def sample_dpmpp_sde(
     s_noise: float = 1.0,
     r: float = 0.5,
 ) -> Tensor:
-    """DPM-Solver++ SDE, singlestep (Lu et al. 2022b, §5: DPM-Solver++(2S) with ancestral
+    """DPM-Solver++ SDE, singlestep (Lu et al. 2022b: DPM-Solver++(2S), Alg. 1, with ancestral
     noise at both stages; k-diffusion's ``sample_dpmpp_sde``). Per step from ``sigma`` to
     ``sigma_next`` with the intermediate ``s = lambda + r h``: an ancestral DPM-Solver++-1
     step to ``s``, the network there, then an ancestral step to ``sigma_next`` with the

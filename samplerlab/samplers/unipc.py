@@ -21,8 +21,8 @@ def unipc_coefficients(
 
     ``hh = -h`` (data prediction), ``phi_1 = e^{hh} - 1``, ``B(h) = hh`` (bh1) or
     ``e^{hh} - 1`` (bh2). With ``h_phi_k`` the ``phi_{k+1}(hh)`` functions scaled by
-    ``k!``, ``b_k = h_phi_k k! / B(h)`` and ``R[k, m] = r_m^(k-1)`` (Zhao et al. 2023, Alg. 2
-    and eq. 8: the order conditions ``R rho = b``); the predictor solves the system without
+    ``k!``, ``b_k = h_phi_k k! / B(h)`` and ``R[k, m] = r_m^(k-1)`` (Zhao et al. 2023, §3: the
+    order conditions ``R rho = b`` of UniP-p and UniC-p); the predictor solves the system without
     the newest point (order 2 uses the paper's ``rho = 1/2``), the corrector with it
     (order 1 uses ``rho = 1/2``). ``rks`` are ``r_m = (lambda_{s_m} - lambda_s)/h`` of the
     earlier points; the corrector's extra point has ``r = 1``. Per-row tensors.
@@ -61,20 +61,22 @@ def sample_unipc(
     sigmas: Tensor,
     *,
     noise: NoiseSource | None = None,
-    order: int = 3,
+    order: int = 2,
     variant: str = "bh2",
     corrector: bool = True,
-    lower_order_final: bool = True,
+    lower_order_final: bool = False,
 ) -> Tensor:
     """UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast
-    Sampling of Diffusion Models", Alg. 2/3: UniP-p predictor, UniC-p corrector) on the
+    Sampling of Diffusion Models", Algorithms 1-3: UniC-p corrector, UniP-p predictor,
+    their multistep combination UniPC-p) on the
     data prediction, as diffusers' ``UniPCMultistepScheduler`` (``predict_x0=True``).
 
     Each step: the corrector UniC refines the state just reached, using the network output
     at that (uncorrected) state, which also serves the next predictor, so the corrector
     costs no evaluation (NFE = steps). ``variant`` picks ``B(h)`` (``bh1``: ``h``;
     ``bh2``: ``e^h - 1``); ``order`` 1-3 with warm-up; ``lower_order_final`` caps the last
-    two steps at orders 1 and 2 (diffusers' default); a step to sigma = 0 is the denoise
+    two steps at orders 1 and 2 (diffusers' default; on grids ending at 0 it only changes
+    order 3); defaults chosen on the analytic panel (benchmarks/bench_panel.py); a step to sigma = 0 is the denoise
     step and is not corrected.
     """
     if variant not in VARIANTS:
