@@ -103,6 +103,16 @@ def _diffusers_settings() -> list[tuple[str, str, dict[str, Any]]]:
 
 
 DIFFUSERS = _diffusers_settings()
+# Models without a VP table (EDM): diffusers' EDM DPM-Solver++ (2M / 3M) on its Karras and
+# exponential sigma schedules (UniPC and the VP schedulers need a beta table).
+DIFFUSERS_EDM = [
+    (
+        f"diffusers EDM DPM-Solver++({order}M, {sched})",
+        {"solver_order": order, "sigma_schedule": sched},
+    )
+    for sched in ("karras", "exponential")
+    for order in (3, 2)
+]
 
 
 def diffusers_scheduler(kind: str, model: GaussianMixture, **kw: Any) -> Any:
@@ -129,6 +139,28 @@ def run_diffusers(sched: Any, eps: Any, z: Tensor, nfe: int) -> tuple[Tensor, in
         x = sched.step(eps(sched.scale_model_input(x, t), t), t, x).prev_sample
         calls += 1
     return x.double(), calls
+
+
+def run_diffusers_edm(model: GaussianMixture, kw: dict[str, Any], z: Tensor, nfe: int) -> Tensor:
+    """diffusers' ``EDMDPMSolverMultistepScheduler`` loop on the analytic EDM denoiser: the
+    network output ``F`` is the one its preconditioning turns into ``D`` (epsilon
+    parameterisation), and the start is our ``x = sigma_max z``."""
+    from diffusers import EDMDPMSolverMultistepScheduler
+
+    sched = EDMDPMSolverMultistepScheduler(
+        sigma_min=model.sigma_min, sigma_max=model.sigma_max, **kw
+    )
+    sched.set_timesteps(nfe)
+    sd = sched.config.sigma_data
+    x = z * float(sched.sigmas[0])
+    for i, t in enumerate(sched.timesteps):
+        sched.scale_model_input(x, t)  # (sets the step index)
+        sigma = float(sched.sigmas[i])
+        d = model(x, torch.full((x.shape[0],), sigma, dtype=x.dtype))
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / (sigma**2 + sd**2) ** 0.5
+        x = sched.step((d - c_skip * x) / c_out, t, x).prev_sample
+    return x.double()
 
 
 def fit_configs(
@@ -228,7 +260,10 @@ def score_set(
             **kw,
         ).x
         out[label] = rms(x)
-    if model.vp is not None:
+    if model.vp is None:
+        for label, kw in DIFFUSERS_EDM:
+            out[label] = rms(run_diffusers_edm(model, kw, z.clone(), nfe))
+    else:
         eps = eps_model(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -249,7 +284,7 @@ def summarise(sets: list[dict[str, float]], fitted: dict[str, Any]) -> dict[str,
     """Per method: mean / min / max RMS over the sets, and the ratio to the best diffusers
     scheduler of each set (mean / min / max)."""
     out: dict[str, dict[str, Any]] = {}
-    dlabels = [d[0] for d in DIFFUSERS if d[0] in sets[0]]
+    dlabels = [k for k in sets[0] if k.startswith("diffusers")]
     finite = lambda s: [s[k] for k in dlabels if math.isfinite(s[k])]
     best_d = [min(finite(s)) for s in sets] if dlabels else None
     for key in sets[0]:
@@ -340,6 +375,80 @@ def choose(panel_json: Path) -> str | None:
     return min(full, key=full.get) if full else None
 
 
+# --digits: trained digits models (FID). Uncalibrated entries and calibrated twins; the IIA
+# twin's coefficients are fitted on the calibrated grid.
+DIGITS_PLAIN = ["dpmpp_2m", "dpm_solver_3", "dpm_solver_2", "iia_ddim", "iia_dpmpp_2m"]
+DIGITS_CALIBRATED = [
+    ("dpmpp_2m+cal", "dpmpp_2m", None),
+    ("dpm_solver_3+cal", "dpm_solver_3", None),
+    ("dpm_solver_2+cal", "dpm_solver_2", None),
+    ("iia_ddim+cal", "ddim", "iia_ddim"),
+    ("iia_dpmpp_2m+cal", "dpmpp_2m", "iia_dpmpp_2m"),
+]
+
+
+def digits(args: argparse.Namespace) -> int:
+    """FID at ``--nfe`` of calibrated vs uncalibrated samplers on the trained digits models
+    (trained into ``--work`` unless there), over ``--sets`` seed sets of 500 samples."""
+    from bench_digits_samplers import MODELS, evaluate, run
+
+    work = Path(args.work)
+    md = [f"# Calibrated samplers on the trained digits models, FID at {args.nfe} NFE", ""]
+    out_json: dict[str, Any] = {"command": " ".join(sys.argv), "models": {}}
+    for model in args.digits_models.split(","):
+        ckpt = work / model / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            run(["train", f"out_dir={work / model}", "eval.enabled=false", *MODELS[model][0]])
+        entries: dict[str, Any] = {name: {} for name in DIGITS_PLAIN}
+        costs: dict[str, float] = {}
+        for label, base, iia_name in DIGITS_CALIBRATED:
+            steps = SAMPLERS[base].steps_for_nfe(args.nfe)
+            cal = work / f"{model}_cal_{base}_{steps}.safetensors"
+            if not cal.is_file():
+                t = time.perf_counter()
+                run(["calibrate", "--ckpt", str(ckpt), "--sampler", base, "--steps", str(steps),
+                     "--samples", str(args.fit_samples), "--iterations", str(args.iterations),
+                     "--no-progress", "--out", str(cal)])  # fmt: skip
+                costs[base] = time.perf_counter() - t
+            entry: dict[str, Any] = {"sampler": iia_name or base, "calibration": str(cal)}
+            if iia_name is not None:
+                coeffs = work / f"{model}_iia_{iia_name}_{steps}_cal.safetensors"
+                if not coeffs.is_file():
+                    from samplerlab.trainer.module import load_denoiser
+
+                    den = load_denoiser(ckpt)
+                    co = iia.fit(den, iia_name, steps=steps, M=args.M,
+                                 num_samples=args.fit_samples, progress=False,
+                                 calibration=calibrate.load(cal, denoiser=den))  # fmt: skip
+                    iia.save(co, coeffs)
+                entry["coeffs"] = str(coeffs)
+            entries[label] = entry
+        sets = []
+        for s in range(args.sets):
+            rows = evaluate(ckpt, work / f"{model}_cal_{s}", entries, [args.nfe], 1000 * s)
+            sets.append({k[0]: r["fid"] for k, r in rows.items()})
+        out_json["models"][model] = {"sets": sets, "calibration_seconds": costs}
+        ratios = []
+        for fids in sets:
+            plain = min(v for k, v in fids.items() if "+cal" not in k and v is not None)
+            cal_best = min(v for k, v in fids.items() if "+cal" in k and v is not None)
+            ratios.append(cal_best / plain)
+        md += [f"## {model} model", "", "| entry | FID per seed set | mean |", "|---|---|---:|"]
+        for k in sets[0]:
+            vals = [f[k] for f in sets]
+            md.append(
+                f"| {k} | {' / '.join(f'{v:.2f}' for v in vals)} | {sum(vals) / len(vals):.2f} |"
+            )
+        md += ["", f"Best calibrated / best uncalibrated per set: "
+               f"{' / '.join(f'{r:.2f}' for r in ratios)}", ""]  # fmt: skip
+    text = "\n".join(md)
+    print(text)
+    out = Path(args.out) if args.out else RESULTS / "calibrate_digits.md"
+    atomic_write_text(out.with_suffix(".json"), json.dumps(out_json, indent=1))
+    atomic_write_text(out, text + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="holdout", help="holdout | panel | comma-separated names")
@@ -353,8 +462,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--out", default=None, help="markdown output (default results/calibrate[_panel].md)"
     )
+    p.add_argument("--digits", action="store_true", help="trained digits models, FID")
+    p.add_argument("--digits-models", default="edm", help="edm,vp (with --digits)")
+    p.add_argument("--work", default="/tmp/sl_digits", help="digits checkpoints and reports")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.digits:
+        return digits(args)
     which = args.models if args.models in ("holdout", "panel") else args.models.split(",")
     models = panel(which)
     tag = "_panel" if args.models == "panel" else ""
@@ -401,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     for res in results:
-        kind = "VP table" if res["vp"] else "EDM, no VP table: no diffusers rows"
+        kind = "VP table" if res["vp"] else "EDM, no VP table"
         md += [
             f"## {res['model']} (dim {res['dim']}, {kind})",
             "",
