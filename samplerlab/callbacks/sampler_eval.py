@@ -336,6 +336,8 @@ class Evaluator:
     def _dry_run(self, job: Job, probe: ProbeDenoiser, stage: str) -> None:
         options = dict(job.options)
         if job.coeffs not in (None, "default", "fit"):
+            if not Path(job.coeffs).is_file():
+                raise ConfigError(f"eval.samplers.{job.label}.coeffs: file {job.coeffs} not found")
             if stage == "fit" and self.ev.iia.check_model:
                 raise ConfigError(
                     f"eval.samplers.{job.label}.coeffs: {job.coeffs} is bound to the model it "
@@ -707,7 +709,7 @@ class Evaluator:
                 plot = time.monotonic() - last_plot > 20
                 write_report(self.out_dir, self._report(rows, grids, real, meta), plot=plot)
                 last_plot = time.monotonic() if plot else last_plot
-            rank_zero_info(
+            line = (
                 f"samplerlab eval: {job.label} budget {job.budget} ({job.steps} steps): "
                 + (
                     f"FID {row['fid']:.3f}"
@@ -720,6 +722,10 @@ class Evaluator:
                 + f", {row['seconds']:.1f} s"
                 + (" (resumed)" if row.get("resumed") else "")
             )
+            if bar.disable:
+                rank_zero_info(line)
+            else:
+                bar.write(line, file=sys.stderr)  # above the bar, which stays the last line
         bar.close()
         if d.rank == 0 and self.last_grids:
             from safetensors.torch import save_file
@@ -866,7 +872,7 @@ class SamplerEvalCallback(Callback):
         for k, v in metrics.items():
             trainer.callback_metrics[k] = torch.tensor(v)
         if trainer.global_rank == 0:
-            write_report(self.out_dir, report, plot=False)  # the stage; the plot is written
+            write_report(self.out_dir, report)
             log_wandb(trainer, report, evaluator.last_grids, self.out_dir, metrics)
         return report
 
