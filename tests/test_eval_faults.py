@@ -451,3 +451,20 @@ def test_one_progress_bar_and_quiet_iia_fits(tmp_path, capfd, caplog):
     logged = "\n".join(r.getMessage() for r in caplog.records)
     for banner in ("GPU available", "TPU available", "max_epochs", "Training:"):
         assert banner not in err and banner not in logged, banner
+
+
+@pytest.mark.parametrize("nf", [3, 40])
+def test_bootstrap_resample_fid_is_the_fid_of_the_resampled_set(nf):
+    """The Gram-matrix path (n <= F) and the F x F path give the FID of the resampled set."""
+    from samplerlab.callbacks import fid as F
+
+    g = torch.Generator().manual_seed(2)
+    real = F.stats_of(torch.randn(300, nf, generator=g, dtype=torch.float64))
+    feats = torch.randn(30, nf, generator=g, dtype=torch.float64) * 1.5 + 0.2
+    got = F.bootstrap_fid_std(real, feats, 5, seed=7)
+    gen = torch.Generator().manual_seed(7)
+    fids = []
+    for _ in range(5):
+        idx = torch.randint(0, 30, (30,), generator=gen)
+        fids.append(F.fid_from_stats(real, F.stats_of(feats[idx])))
+    assert got == pytest.approx(float(torch.tensor(fids, dtype=torch.float64).std()), rel=1e-6)

@@ -288,6 +288,7 @@ class Evaluator:
         self.features, self.feature_id = build_features(self.ev, cfg.data, self.dm.shape)
         self.jobs = plan_jobs(self.ev)
         self._real: dict[str, Any] | None = None
+        self._cache_path: Path | None = None
         self._floor: float | None = None
         self.notes: list[str] = []
         self.last_grids: dict[str, Tensor] = {}
@@ -361,11 +362,15 @@ class Evaluator:
     # --- real statistics ----------------------------------------------------------------
 
     def cache_path(self) -> Path:
-        """The real-statistics cache file: keyed by the data's content, features and N."""
-        n = len(self.dm.real)
-        key = f"{dataset_id(self.cfg.data)}-{self.feature_id}-n{n}-{data_content_key(self.dm)}"
-        cache_dir = Path(self.ev.cache_dir or (self.out_dir.parent / "fid_cache"))
-        return cache_dir / f"real-{key}.pt"
+        """The real-statistics cache file: keyed by the data's content, features and N
+        (the content is read once per evaluator)."""
+        if self._cache_path is None:
+            n = len(self.dm.real)
+            content = data_content_key(self.dm)
+            key = f"{dataset_id(self.cfg.data)}-{self.feature_id}-n{n}-{content}"
+            cache_dir = Path(self.ev.cache_dir or (self.out_dir.parent / "fid_cache"))
+            self._cache_path = cache_dir / f"real-{key}.pt"
+        return self._cache_path
 
     def _features_of(self, ds: Any, device: torch.device) -> tuple[Tensor, Tensor]:
         feats = []
@@ -609,7 +614,7 @@ class Evaluator:
             if ev.fid_bootstrap >= 2:
                 every = self._gather_rows(local.to(device), k_all)[: ev.num_samples]
                 row["fid_std"] = bootstrap_fid_std(
-                    real["all"], every.cpu(), int(ev.fid_bootstrap), seed=int(ev.seed_offset)
+                    real["all"], every, int(ev.fid_bootstrap), seed=int(ev.seed_offset)
                 )
         except Exception as e:  # e.g. a linear-algebra failure on degenerate features
             row.update(status="error", error=one_line(e), fid=None, fid_std=None)
