@@ -432,6 +432,24 @@ def test_evaluate_records_checkpoint_and_clears_stale_grids(tmp_path):
     md = (out / "report.md").read_text()
     assert str(ckpt.resolve()) in md and f"step {saved['global_step']}" in md
     assert json.loads((out / "report.json").read_text())["checkpoint"]["step"] == report["step"]
+    # A coefficient file fitted on this checkpoint (as `iia-fit --ckpt` does) matches it.
+    from samplerlab import iia
+    from samplerlab.trainer.module import load_denoiser
+
+    c = iia.fit(load_denoiser(ckpt), "iia_ddim", steps=4, M=2, num_samples=4, progress=False)
+    path = iia.save(c, tmp_path / "c.safetensors")
+    (rep,) = evaluate(
+        str(ckpt),
+        [],
+        [
+            f"out_dir={tmp_path / 'e2'}",
+            "eval.nfe=[4]",
+            "eval.dtype=float64",
+            "eval.samplers.x.sampler=iia_ddim",
+            f"eval.samplers.x.coeffs={path}",
+        ],
+    )["reports"]
+    assert {r["label"]: r["status"] for r in rep["results"]}["x"] == "ok"
 
 
 def test_one_progress_bar_and_quiet_iia_fits(tmp_path, capfd, caplog):
@@ -468,3 +486,25 @@ def test_bootstrap_resample_fid_is_the_fid_of_the_resampled_set(nf):
         idx = torch.randint(0, 30, (30,), generator=gen)
         fids.append(F.fid_from_stats(real, F.stats_of(feats[idx])))
     assert got == pytest.approx(float(torch.tensor(fids, dtype=torch.float64).std()), rel=1e-6)
+
+
+def test_coefficients_scaled_by_1e6_are_a_diverged_row(tmp_path):
+    import dataclasses
+
+    from samplerlab import iia
+
+    _, cfg = make(tmp_path, out="fit")
+    mix = exact_gmm(cfg)
+    c = iia.fit(mix, "iia_ddim", steps=4, M=2, num_samples=4, progress=False)
+    path = iia.save(dataclasses.replace(c, coeffs=c.coeffs * 1e6), tmp_path / "big.safetensors")
+    ev, _ = make(
+        tmp_path,
+        "eval.nfe=[4]",
+        "eval.samplers.ddim.enabled=false",
+        "eval.samplers.euler.enabled=false",
+        "eval.samplers.x.sampler=iia_ddim",
+        f"eval.samplers.x.coeffs={path}",
+    )
+    ev.check_jobs(mix)  # the file itself is fine: same grid, same model
+    (row,) = ev.evaluate(mix, CPU)["results"]
+    assert row["status"] == "diverged" and row["range_ratio"] > 1e3, row
