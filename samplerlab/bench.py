@@ -16,6 +16,15 @@ is scored by
   On a multimodal model the RMS is dominated by the few samples a coarse solver sends to
   another mode, so ``err_median`` (the median over samples of each sample's RMS error)
   is reported too.
+
+Both pathwise errors come with their spread over ``seed_sets`` (default 4) independent seed
+sets: the ``n`` seeds are split into that many disjoint contiguous blocks (per-sample
+seeds: each block is an independent draw of initial and sampler noise), the error is
+computed on each block, and ``rms_std`` / ``err_median_std`` are the standard deviations of
+the block values (``rms_sets``, ``err_median_sets``). They are the spread of a run with
+``n / seed_sets`` samples; the all-``n`` value's standard error is that over
+``sqrt(seed_sets)``. Two samplers' errors differ beyond noise only where they are further
+apart than these spreads.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ MODELS = ("gmm", "gaussian")
 DEFAULT_BUDGETS = (10, 20, 50, 100)
 DEFAULT_DDPM_BUDGETS = (1000,)
 DEFAULT_FLOOR_REPEATS = 8
+DEFAULT_SEED_SETS = 4
 # Seeds of the two exact reference samples (far from any sampling seed range).
 _EXACT_SEED_A, _EXACT_SEED_B = 1_000_003, 2_000_003
 
@@ -160,6 +170,7 @@ def run_bench(
     schedules: Mapping[str, str] | None = None,
     floor_repeats: int = DEFAULT_FLOOR_REPEATS,
     progress: bool = True,
+    seed_sets: int = DEFAULT_SEED_SETS,
 ) -> list[dict[str, Any]]:
     """Run every sampler at every NFE budget on ``model`` and score it.
 
@@ -178,6 +189,8 @@ def run_bench(
             sampler's default grid, e.g. ``{"dpmpp_2m": "time_quadratic"}``.
         floor_repeats: independent exact samples whose distance to the exact sample gives
             ``sw_floor`` (mean) and ``sw_floor_std``.
+        seed_sets: disjoint seed blocks over which the pathwise errors' spread is taken
+            (``rms_std``, ``err_median_std``; ``rms_sets``, ``err_median_sets``).
 
     Returns:
         One dict per (sampler, budget): ``sampler, budget, steps, nfe, rounds, seconds, sw,
@@ -211,6 +224,13 @@ def run_bench(
             )
     if isinstance(floor_repeats, bool) or not isinstance(floor_repeats, int) or floor_repeats < 1:
         raise SamplerError(f"floor_repeats must be an integer >= 1, got {floor_repeats!r}")
+    if isinstance(seed_sets, bool) or not isinstance(seed_sets, int) or seed_sets < 1:
+        raise SamplerError(f"seed_sets must be an integer >= 1, got {seed_sets!r}")
+    if n_samples < 2 * seed_sets:
+        raise SamplerError(
+            f"n_samples={n_samples} is too few for {seed_sets} seed sets (need >= 2 per set; "
+            "--n or --seed-sets)"
+        )
 
     dim_shape = tuple(getattr(model, "data_shape", None) or (model.dim,))
     shape = (n_samples, *dim_shape)
@@ -295,12 +315,25 @@ def run_bench(
             sigma0 = float(res.sigmas.reshape(res.sigmas.shape[0], -1)[0].max())
             ref, residual = reference(sigma0)
             row["rms"] = _rms(x, ref)
-            row["err_median"] = per_sample_error(x, ref).median().item()
+            err = per_sample_error(x, ref)
+            row["err_median"] = err.median().item()
+            # The spread over independent seed sets (disjoint blocks of the seeds).
+            blocks = torch.tensor_split(torch.arange(n_samples), seed_sets)
+            rms_sets = [float(err[b].pow(2).mean().sqrt()) for b in blocks]
+            med_sets = [float(err[b].median()) for b in blocks]
+            row["rms_sets"], row["err_median_sets"] = rms_sets, med_sets
+            row["rms_std"] = _std(rms_sets)
+            row["err_median_std"] = _std(med_sets)
+            row["seed_sets"] = seed_sets
             row["ref_residual"] = residual
             row["sigma0"] = sigma0
         rows.append(row)
     bar.close()
     return rows
+
+
+def _std(values: Sequence[float]) -> float | None:
+    return float(torch.tensor(values, dtype=torch.float64).std()) if len(values) > 1 else None
 
 
 def _sample(model, name, steps, shape, seeds, device, dtype, opts, kwargs):
@@ -329,11 +362,16 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
     return str(v)
 
 
+def _pm(v: Any, std: Any) -> str:
+    return _fmt(v, ".2e") + ("" if v is None or std is None else f" ± {std:.1e}")
+
+
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The markdown table of :func:`run_bench` rows (one line per sampler x budget)."""
     head = (
         "| sampler | NFE budget | steps | NFE | rounds | seconds | SW2 to exact | "
-        "RMS to ODE endpoint | median error |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "RMS to ODE endpoint (± spread over seed sets) | median error (± spread) |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for r in rows:
@@ -352,7 +390,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         lines.append(
             f"| {label} | {r['budget']} | {r['steps']} | {_fmt(r['nfe'], 'g')} | "
             f"{r['rounds']} | {_fmt(r['seconds'], '.2f')} | {_fmt(r['sw'], '.4f')} | "
-            f"{_fmt(r['rms'], '.2e')} | {_fmt(r['err_median'], '.2e')} |"
+            f"{_pm(r['rms'], r.get('rms_std'))} | {_pm(r['err_median'], r.get('err_median_std'))} |"
         )
     return "\n".join(lines)
 
@@ -368,6 +406,13 @@ def format_notes(meta: Mapping[str, Any]) -> str:
         f"{_fmt(meta.get('sw_floor_std'), '.4f')}; SW2 differences within this spread are "
         "sampling noise.",
     ]
+    if meta.get("seed_sets"):
+        k = meta["seed_sets"]
+        parts.append(
+            f"Pathwise errors: value over all samples ± the standard deviation over {k} "
+            f"independent seed sets of {int(meta.get('n_samples') or 0) // k} samples (disjoint "
+            "seed blocks); differences within it are noise."
+        )
     if meta.get("reference") == "closed form":
         parts.append("ODE endpoints: closed form.")
     else:

@@ -231,3 +231,48 @@ def test_diffusers_oracle_wrapper_matches_our_dpmpp_2m_on_the_same_grid():
                      dtype=torch.float64)  # fmt: skip
     assert calls == 8 and ours.nfe == 8
     assert float((ours.x - x.double()).abs().max()) < 1e-4  # diffusers computes in float32
+
+
+def test_pathwise_errors_carry_their_spread_over_independent_seed_sets(gaussian):
+    """Each seed set is a disjoint block of seeds; its error is that of sampling it alone."""
+    n, seed = 40, 3
+    (row,) = run_bench(gaussian, ["euler"], (6,), n_samples=n, seed=seed, progress=False)
+    assert row["seed_sets"] == 4 and len(row["rms_sets"]) == 4
+    for k, block in enumerate(torch.tensor_split(torch.arange(seed, seed + n), 4)):
+        seeds = block.tolist()
+        res = sl.sample(
+            gaussian, "euler", steps=6, shape=(len(seeds), 4), seeds=seeds, dtype=torch.float64
+        )
+        sigma0 = float(res.sigmas[0])
+        z = PerSampleNoise(seeds).randn((len(seeds), 4), device="cpu", dtype=torch.float64)
+        exact = gaussian.ode_solution(z * math.sqrt(sigma0**2 + 1), sigma0, 0.0)
+        assert row["rms_sets"][k] == pytest.approx(
+            float((res.x - exact).pow(2).mean().sqrt()), rel=1e-9
+        )
+    sets = torch.tensor(row["rms_sets"], dtype=torch.float64)
+    assert row["rms_std"] == pytest.approx(float(sets.std()), rel=1e-12) and row["rms_std"] > 0
+    # The all-n RMS is the root of the mean of the blocks' mean squares (equal blocks).
+    assert row["rms"] == pytest.approx(float(sets.pow(2).mean().sqrt()), rel=1e-9)
+    assert row["err_median_std"] > 0 and len(row["err_median_sets"]) == 4
+    assert f"{row['rms']:.2e} ± {row['rms_std']:.1e}" in format_table([row])
+    rows8 = run_bench(
+        gaussian, ["euler"], (6,), n_samples=n, seed=seed, seed_sets=8, progress=False
+    )
+    assert len(rows8[0]["rms_sets"]) == 8
+    with pytest.raises(SamplerError, match="too few for 4 seed sets"):
+        run_bench(gaussian, ["euler"], (6,), n_samples=6, progress=False)
+
+
+def test_cli_reports_the_seed_set_spread(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", "--model", "gaussian", "--dim", "2", "--samplers", "euler", "--nfe", "4"]
+    argv += ["--ddpm-nfe", "", "--n", "16", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    data = json.loads((out / "bench.json").read_text())
+    assert data["meta"]["seed_sets"] == 4 and data["rows"][0]["rms_std"] > 0
+    assert (
+        "standard deviation over 4 independent seed sets of 4 samples"
+        in (out / "bench.md").read_text()
+    )
+    assert main([*argv, "--seed-sets", "8", "--out", str(tmp_path / "b8")]) == 0
+    assert len(json.loads((tmp_path / "b8" / "bench.json").read_text())["rows"][0]["rms_sets"]) == 8

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def callback(tmp_path, *overrides):
         ("eval.samplers.ddim.options.eta=abc", "eval.samplers.ddim"),
         ("eval.samplers.euler.schedule_options.rho=0", "eval.samplers.euler"),
         ("eval.samplers.euler.schedule_options.sigma_min=-1", "eval.samplers.euler"),
-        ("eval.samplers.x.sampler=iia_ddim", "eval.samplers.x.coeffs"),  # file missing
+        ("eval.samplers.x.sampler=iia_ddim", "eval.samplers.x.coeffs: file .* not found"),
     ],
 )
 def test_bad_job_fails_before_training(tmp_path, override, key):
@@ -56,7 +57,7 @@ def test_bad_job_fails_before_training(tmp_path, override, key):
     cb, module = callback(tmp_path, override, *extra)
     with pytest.raises(ConfigError) as e:
         cb.check(module)
-    assert key in str(e.value) and "\n" not in str(e.value)
+    assert re.search(key, str(e.value)) and "\n" not in str(e.value)
 
 
 def test_train_with_a_bad_option_value_trains_nothing(tmp_path):
@@ -431,9 +432,30 @@ def test_evaluate_records_checkpoint_and_clears_stale_grids(tmp_path):
     md = (out / "report.md").read_text()
     assert str(ckpt.resolve()) in md and f"step {saved['global_step']}" in md
     assert json.loads((out / "report.json").read_text())["checkpoint"]["step"] == report["step"]
+    # A coefficient file fitted on this checkpoint (as `iia-fit --ckpt` does) matches it.
+    from samplerlab import iia
+    from samplerlab.trainer.module import load_denoiser
+
+    c = iia.fit(load_denoiser(ckpt), "iia_ddim", steps=4, M=2, num_samples=4, progress=False)
+    path = iia.save(c, tmp_path / "c.safetensors")
+    (rep,) = evaluate(
+        str(ckpt),
+        [],
+        [
+            f"out_dir={tmp_path / 'e2'}",
+            "eval.nfe=[4]",
+            "eval.dtype=float64",
+            "eval.samplers.x.sampler=iia_ddim",
+            f"eval.samplers.x.coeffs={path}",
+        ],
+    )["reports"]
+    assert {r["label"]: r["status"] for r in rep["results"]}["x"] == "ok"
 
 
-def test_one_progress_bar_and_quiet_iia_fits(tmp_path, capfd):
+def test_one_progress_bar_and_quiet_iia_fits(tmp_path, capfd, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
     ev, cfg = make(
         tmp_path,
         "trainer.enable_progress_bar=true",
@@ -444,5 +466,45 @@ def test_one_progress_bar_and_quiet_iia_fits(tmp_path, capfd):
     ev.evaluate(exact_gmm(cfg), CPU)
     err = capfd.readouterr().err
     assert "samplerlab eval" in err and "4/4" in err  # one bar over the four jobs
+    logged = "\n".join(r.getMessage() for r in caplog.records)
     for banner in ("GPU available", "TPU available", "max_epochs", "Training:"):
-        assert banner not in err, banner
+        assert banner not in err and banner not in logged, banner
+
+
+@pytest.mark.parametrize("nf", [3, 40])
+def test_bootstrap_resample_fid_is_the_fid_of_the_resampled_set(nf):
+    """The Gram-matrix path (n <= F) and the F x F path give the FID of the resampled set."""
+    from samplerlab.callbacks import fid as F
+
+    g = torch.Generator().manual_seed(2)
+    real = F.stats_of(torch.randn(300, nf, generator=g, dtype=torch.float64))
+    feats = torch.randn(30, nf, generator=g, dtype=torch.float64) * 1.5 + 0.2
+    got = F.bootstrap_fid_std(real, feats, 5, seed=7)
+    gen = torch.Generator().manual_seed(7)
+    fids = []
+    for _ in range(5):
+        idx = torch.randint(0, 30, (30,), generator=gen)
+        fids.append(F.fid_from_stats(real, F.stats_of(feats[idx])))
+    assert got == pytest.approx(float(torch.tensor(fids, dtype=torch.float64).std()), rel=1e-6)
+
+
+def test_coefficients_scaled_by_1e6_are_a_diverged_row(tmp_path):
+    import dataclasses
+
+    from samplerlab import iia
+
+    _, cfg = make(tmp_path, out="fit")
+    mix = exact_gmm(cfg)
+    c = iia.fit(mix, "iia_ddim", steps=4, M=2, num_samples=4, progress=False)
+    path = iia.save(dataclasses.replace(c, coeffs=c.coeffs * 1e6), tmp_path / "big.safetensors")
+    ev, _ = make(
+        tmp_path,
+        "eval.nfe=[4]",
+        "eval.samplers.ddim.enabled=false",
+        "eval.samplers.euler.enabled=false",
+        "eval.samplers.x.sampler=iia_ddim",
+        f"eval.samplers.x.coeffs={path}",
+    )
+    ev.check_jobs(mix)  # the file itself is fine: same grid, same model
+    (row,) = ev.evaluate(mix, CPU)["results"]
+    assert row["status"] == "diverged" and row["range_ratio"] > 1e3, row

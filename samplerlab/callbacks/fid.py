@@ -67,14 +67,16 @@ def bootstrap_fid_std(
     (``[n, F]``, the generated set) against the fixed ``real`` statistics.
 
     The resamples are drawn as multinomial counts from a generator seeded by ``seed`` (the
-    same on every DDP rank, so every rank gets the same answer). ``None`` when
-    ``repeats < 2`` or ``n < 2``.
+    same on every DDP rank, so every rank gets the same answer). Computed on the features'
+    device; with fewer samples than features (``n <= F``, e.g. Inception's 2048) the trace
+    term comes from the ``n x n`` Gram matrix, whose non-zero spectrum is that of
+    ``S_r^{1/2} S_b S_r^{1/2}``. ``None`` when ``repeats < 2`` or ``n < 2``.
     """
-    n = features.shape[0]
+    n, nf = features.shape
     if repeats < 2 or n < 2:
         return None
     f = features.double()
-    mu_r, cov_r = moments(real)
+    mu_r, cov_r = (t.to(f.device) for t in moments(real))
     root = _psd_sqrt(cov_r)
     gen = torch.Generator().manual_seed(seed)
     out = []
@@ -82,8 +84,14 @@ def bootstrap_fid_std(
         # One resample: how often each generated sample is drawn (n draws with replacement).
         w = torch.bincount(torch.randint(0, n, (n,), generator=gen), minlength=n).double()
         w = w.to(f.device)
-        # Its moments: weighted mean and unbiased covariance of the resampled set.
+        # Its moments: weighted mean; covariance X^T X / (n - 1), X_i = sqrt(w_i)(f_i - mu).
         mu = (w @ f) / n
-        cov = ((f * w[:, None]).t() @ f - n * torch.outer(mu, mu)) / (n - 1)
-        out.append(frechet_distance(mu_r, cov_r, mu, cov, sqrt_cov1=root))
-    return float(torch.tensor(out, dtype=torch.float64).std())
+        x = (f - mu) * w.sqrt()[:, None]
+        tr_cov = x.pow(2).sum() / (n - 1)
+        m = x @ root  # [n, F]: S_r^{1/2} S_b S_r^{1/2} = m^T m / (n - 1)
+        small = m @ m.t() if n <= nf else m.t() @ m
+        eig = torch.linalg.eigvalsh((small + small.t()) / (2 * (n - 1)))
+        tr_covmean = eig.clamp_min(0).sqrt().sum()
+        d = (mu_r - mu).pow(2).sum() + torch.trace(cov_r) + tr_cov - 2 * tr_covmean
+        out.append(d)
+    return float(torch.stack(out).std())

@@ -292,6 +292,7 @@ class Evaluator:
         self.features, self.feature_id = build_features(self.ev, cfg.data, self.dm.shape)
         self.jobs = plan_jobs(self.ev)
         self._real: dict[str, Any] | None = None
+        self._cache_path: Path | None = None
         self._floor: float | None = None
         self.notes: list[str] = []
         self.last_grids: dict[str, Tensor] = {}
@@ -340,6 +341,8 @@ class Evaluator:
     def _dry_run(self, job: Job, probe: ProbeDenoiser, stage: str) -> None:
         options = dict(job.options)
         if job.coeffs not in (None, "default", "fit"):
+            if not Path(job.coeffs).is_file():
+                raise ConfigError(f"eval.samplers.{job.label}.coeffs: file {job.coeffs} not found")
             if stage == "fit" and self.ev.iia.check_model:
                 raise ConfigError(
                     f"eval.samplers.{job.label}.coeffs: {job.coeffs} is bound to the model it "
@@ -363,11 +366,15 @@ class Evaluator:
     # --- real statistics ----------------------------------------------------------------
 
     def cache_path(self) -> Path:
-        """The real-statistics cache file: keyed by the data's content, features and N."""
-        n = len(self.dm.real)
-        key = f"{dataset_id(self.cfg.data)}-{self.feature_id}-n{n}-{data_content_key(self.dm)}"
-        cache_dir = Path(self.ev.cache_dir or (self.out_dir.parent / "fid_cache"))
-        return cache_dir / f"real-{key}.pt"
+        """The real-statistics cache file: keyed by the data's content, features and N
+        (the content is read once per evaluator)."""
+        if self._cache_path is None:
+            n = len(self.dm.real)
+            content = data_content_key(self.dm)
+            key = f"{dataset_id(self.cfg.data)}-{self.feature_id}-n{n}-{content}"
+            cache_dir = Path(self.ev.cache_dir or (self.out_dir.parent / "fid_cache"))
+            self._cache_path = cache_dir / f"real-{key}.pt"
+        return self._cache_path
 
     def _features_of(self, ds: Any, device: torch.device) -> tuple[Tensor, Tensor]:
         feats = []
@@ -627,7 +634,7 @@ class Evaluator:
             if ev.fid_bootstrap >= 2:
                 every = self._gather_rows(local.to(device), k_all)[: ev.num_samples]
                 row["fid_std"] = bootstrap_fid_std(
-                    real["all"], every.cpu(), int(ev.fid_bootstrap), seed=int(ev.seed_offset)
+                    real["all"], every, int(ev.fid_bootstrap), seed=int(ev.seed_offset)
                 )
         except Exception as e:  # e.g. a linear-algebra failure on degenerate features
             row.update(status="error", error=one_line(e), fid=None, fid_std=None)
@@ -727,7 +734,7 @@ class Evaluator:
                 plot = time.monotonic() - last_plot > 20
                 write_report(self.out_dir, self._report(rows, grids, real, meta), plot=plot)
                 last_plot = time.monotonic() if plot else last_plot
-            rank_zero_info(
+            line = (
                 f"samplerlab eval: {job.label} budget {job.budget} ({job.steps} steps): "
                 + (
                     f"FID {row['fid']:.3f}"
@@ -740,6 +747,10 @@ class Evaluator:
                 + f", {row['seconds']:.1f} s"
                 + (" (resumed)" if row.get("resumed") else "")
             )
+            if bar.disable:
+                rank_zero_info(line)
+            else:
+                bar.write(line, file=sys.stderr)  # above the bar, which stays the last line
         bar.close()
         if d.rank == 0 and self.last_grids:
             from safetensors.torch import save_file
@@ -888,7 +899,7 @@ class SamplerEvalCallback(Callback):
         for k, v in metrics.items():
             trainer.callback_metrics[k] = torch.tensor(v)
         if trainer.global_rank == 0:
-            write_report(self.out_dir, report, plot=False)  # the stage; the plot is written
+            write_report(self.out_dir, report)
             log_wandb(trainer, report, evaluator.last_grids, self.out_dir, metrics)
         return report
 

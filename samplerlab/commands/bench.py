@@ -55,6 +55,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="torch CPU threads (default 1: the analytic models are tiny, more threads only "
         "contend)",
     )
+    p.add_argument(
+        "--seed-sets",
+        type=int,
+        default=4,
+        help="independent seed sets (disjoint seed blocks) over which the pathwise errors' "
+        "spread is reported (default 4)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -140,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         reference_steps=args.reference_steps,
         schedules=parse_schedules(args.schedule),
         progress=not args.no_progress,
+        seed_sets=args.seed_sets,
     )
     meta = bench_meta(
         model,
@@ -152,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         device=str(device),
         nfe_budgets=budgets,
         ddpm_budgets=ddpm_budgets,
+        seed_sets=args.seed_sets,
     )
     json_path, md_path = write_report(rows, args.out, meta)
     print(format_table(rows))
