@@ -138,7 +138,8 @@ def sample(
     sigmas: Tensor | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
-    noise_device: torch.device | str = "cpu",
+    noise_device: torch.device | str | None = None,
+    noise_kind: str = "splitmix",
     calibration: Any = None,
     **options: Any,
 ) -> SampleResult:
@@ -152,6 +153,9 @@ def sample(
     schedule. ``calibration`` (a ``samplerlab.calibrate.Calibration`` or its file) runs on
     the grid calibrated for this model, sampler and ``steps`` instead. Raises
     :class:`NonFiniteError` naming the round if a sample is NaN/Inf.
+    ``noise_kind`` picks the :class:`PerSampleNoise` generator (``"generator"``: one
+    ``torch.Generator`` per sample, the stream of earlier versions and of EDM's seeds);
+    ``noise_device`` where it runs (default: the sampling device; the CPU for generators).
     """
     if not callable(denoiser):
         raise SamplerError(f"the denoiser must be a callable D(x, sigma), got {type(denoiser)}")
@@ -207,7 +211,7 @@ def sample(
     run_options = {**planned, **options}
 
     def run(den: Any) -> Tensor:
-        source = PerSampleNoise(seeds, noise_device)
+        source = PerSampleNoise(seeds, noise_device, kind=noise_kind)
         if noise is None:
             z = source.randn(shape, device=device, dtype=dtype)
         else:
