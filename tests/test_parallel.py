@@ -123,3 +123,91 @@ def test_gpu_benchmark_smoke(tmp_path):
     for label in ("serial", "srds", "srds_pipelined", "paradigms"):
         assert f"| 4 | 2 | eager | {label} |" in text
     assert "error" not in text
+
+
+def _inner_names(need_history: bool) -> list[str]:
+    from samplerlab.samplers.parallel import can_be_inner
+    from samplerlab.samplers.registry import SAMPLERS
+
+    return [
+        n
+        for n, s in SAMPLERS.items()
+        if can_be_inner(s) and not (need_history and s.multistep and s.history_step is None)
+    ]
+
+
+@pytest.mark.parametrize("inner", _inner_names(need_history=False))
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_every_registered_inner_solver_srds_equals_serial(gmm, inner, pipelined):
+    # Picked from the registry spec (parallel_inner / multistep / history_step): a newly
+    # registered solver is covered automatically.
+    from samplerlab.samplers.srds import sample_srds, serial_blockwise
+
+    spec = ss.get_sampler(inner)
+    if pipelined and spec.multistep and spec.history_step is None:
+        pytest.skip("multistep without history_step: plain SRDS only")
+    x = torch.randn(3, gmm.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    sig = ss.get_sigmas("karras", 12, sigma_min=gmm.sigma_min, sigma_max=gmm.sigma_max)
+    x = x * float(sig[0])
+    ref = serial_blockwise(gmm, x, sig, noise=PerSampleNoise([1, 2, 3]), inner=inner, blocks=3)
+    if not spec.multistep:  # the serial equivalent of a single-step solver is its serial run
+        serial = spec(gmm, x, sig, noise=PerSampleNoise([1, 2, 3]))
+        assert torch.allclose(ref, serial, atol=1e-12, rtol=0)
+    out = sample_srds(
+        gmm,
+        x,
+        sig,
+        noise=PerSampleNoise([1, 2, 3]),
+        inner=inner,
+        blocks=3,
+        tol=0.0,
+        pipelined=pipelined,
+    )
+    assert torch.allclose(out, ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("inner", _inner_names(need_history=True))
+def test_every_registered_inner_solver_paradigms_equals_serial(gmm, inner):
+    from samplerlab.samplers.paradigms import sample_paradigms
+
+    spec = ss.get_sampler(inner)
+    x = torch.randn(3, gmm.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    sig = ss.get_sigmas("karras", 12, sigma_min=gmm.sigma_min, sigma_max=gmm.sigma_max)
+    x = x * float(sig[0])
+    serial = spec(gmm, x, sig, noise=PerSampleNoise([4, 5, 6]))
+    out = sample_paradigms(
+        gmm, x, sig, noise=PerSampleNoise([4, 5, 6]), inner=inner, tol=0.0, window=5
+    )
+    assert torch.allclose(out, serial, atol=1e-12, rtol=0)
+
+
+def test_first_call_shares_and_serves_known_rows(gmm):
+    from samplerlab.samplers.parallel import FirstCall
+
+    x = torch.randn(6, gmm.dim, dtype=torch.float64)
+    x[3:] = x[:3]  # rows 3..5 repeat rows 0..2
+    sigma = torch.tensor([1.0, 2.0, 3.0] * 2, dtype=torch.float64)
+    c = CountingDenoiser(gmm)
+    fc = FirstCall(c, 6, src=torch.tensor([0, 1, 2, 0, 1, 2]))
+    assert torch.equal(fc(x, sigma), gmm(x, sigma)) and c.rows == 3
+    fc(x, sigma)  # later calls go straight through
+    assert c.rows == 9
+    known = gmm(x[:2], sigma[:2])
+    c2 = CountingDenoiser(gmm)
+    fk = FirstCall(c2, 6, known=(torch.tensor([0, 1]), known))
+    assert torch.allclose(fk(x, sigma), gmm(x, sigma), atol=0, rtol=0) and c2.rows == 4
+    with pytest.raises(sl.SamplerError, match="first call has 2 rows, not 6"):
+        FirstCall(gmm, 6)(x[:2], sigma[:2])
+
+
+def test_heun_no_second_stage_on_rows_ending_at_zero(gmm):
+    # A per-row grid whose second row ends at 0 one step earlier: that row's last step is
+    # the Euler/denoise step (1 call); its 2nd stage is not evaluated.
+    g1 = torch.tensor([10.0, 3.0, 1.0, 0.5], dtype=torch.float64)
+    g2 = torch.tensor([10.0, 3.0, 1.0, 0.0], dtype=torch.float64)
+    x = torch.randn(2, gmm.dim, dtype=torch.float64) * 10
+    c = CountingDenoiser(gmm)
+    both = ss.sample_edm_heun(c, x, torch.stack([g1, g2], 1))
+    assert c.rows == 2 * 2 + 2 * 2 + (2 + 1)  # two full Heun steps, then 2 + 1 rows
+    a, b = ss.sample_edm_heun(gmm, x[:1], g1), ss.sample_edm_heun(gmm, x[1:], g2)
+    assert torch.allclose(both, torch.cat([a, b]), atol=1e-12, rtol=0)

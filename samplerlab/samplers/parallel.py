@@ -143,14 +143,16 @@ def resolve_inner(
                 f"(set {key}=0, or use ddpm / ddim with eta > 0)"
             )
     stepper = spec.history_step if spec.multistep else None
-    if need_history and stepper is not None and opts:
+    if stepper is not None and opts:
         taken = set(inspect.signature(stepper).parameters)
         extra = [k for k in opts if k not in taken]
-        if extra:
+        if extra and need_history:
             raise SamplerError(
                 f"{sampler}: inner option(s) {', '.join(extra)} of '{inner}' are not supported "
                 f"when its history comes from neighbouring states{history_reason}"
             )
+        if extra:
+            stepper = None  # options the stepper does not know: run the solver itself
     return Inner(
         name=inner,
         fn=spec.fn,

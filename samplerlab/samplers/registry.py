@@ -292,8 +292,8 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "srds",
         srds.sample_srds,
         "SRDS parareal over an inner solver (Selvam et al. 2024), pipelined; converges to the "
-        "inner solver run block after block (= its serial run for single-step solvers; "
-        "multistep ones restart their history at each block); nfe/rounds are realised",
+        "serial solve (multistep solvers without a history_step: restarted at each block); "
+        "nfe/rounds are realised",
         deterministic=True,
         nfe=lambda n: n,
         nfe_exact=False,

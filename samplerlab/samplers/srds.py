@@ -11,12 +11,17 @@ with ``G_i(x_i^{p-1})`` cached from the previous iteration. After p iterations t
 boundary states ``x_i^p``, ``i <= p``, are exact, so the result equals the serial solve
 after at most B iterations.
 
-The serial solve it converges to is :func:`serial_blockwise`: the inner solver run block
-after block on the same grid. For a single-step inner solver (DDIM, Euler, Heun,
-DPM-Solver, DDPM with pre-drawn noise) that is exactly the serial N-step run; a multistep
-solver (DPM-Solver++(2M)) starts its history afresh at every block boundary (the parareal
-state is the boundary state only), so SRDS over ``dpmpp_2m`` converges to "dpmpp_2m with
-the history restarted at each of the B block starts", not to the plain serial dpmpp_2m.
+The serial solve it converges to is :func:`serial_blockwise`. For a single-step inner
+solver (DDIM, Euler, Heun, DPM-Solver, DDPM with pre-drawn noise) that is exactly the
+serial N-step run. A multistep solver whose registry entry has a ``history_step``
+(DPM-Solver++(2M)) is stepped with its history carried across block boundaries: the fine
+solve ``F_i(x_i^p)`` starts with the history at the end of ``F_{i-1}(x_{i-1}^{p-1})``, the
+fine solve whose result made ``x_i^p`` (none at ``p = 0``). The exactness induction still
+holds (``x_p^p`` comes from the exact ``x_{p-1}^{p-1}`` with the exact history), so SRDS over
+``dpmpp_2m`` converges to the plain serial dpmpp_2m. A multistep solver without a
+``history_step`` restarts its history at every block start (the parareal state is the
+boundary state only): it converges to "the solver restarted at each of the B block starts"
+and cannot be pipelined.
 ``G_i(x)`` and the first sub-step of ``F_i(x)`` start from the same state at the same
 sigma and share that network call.
 """
@@ -43,7 +48,7 @@ from .parallel import (
     relative_change,
     resolve_inner,
 )
-from .srds_pipeline import run_pipelined
+from .srds_pipeline import Hist, push, run_pipelined, step_with_histories
 
 TOL = 1e-3  # default tolerance on the relative change of the final state (panel-chosen)
 
@@ -86,6 +91,8 @@ class _Parareal:
                 f"valid: {', '.join(map(str, block_choices(self.N)))}"
             )
         self.B, self.K = blocks, self.N // blocks
+        # Multistep with history_step: fine solves continue the previous block's history.
+        self.carry = inner.multistep and inner.history_step is not None and not inner.stochastic
         self.Z: Tensor | None = None
         self.Zc: Tensor | None = None
         if inner.stochastic:
@@ -119,20 +126,37 @@ class _Parareal:
         assert den.first is not None
         return out, den.first
 
-    def F(self, blocks: list[int], xs: list[Tensor], d0: list[Tensor]) -> dict[int, Tensor]:
-        """``F_i`` of several blocks at once: ONE inner call on the stacked states with a
-        per-row grid ``[K+1, len(blocks) * batch]`` (one batched network call per sub-step).
-        ``d0``: ``D(x_i, sigma_{k_i})`` of each start state, computed by ``G_i(x_i)``: the
-        first sub-step's network call is not repeated."""
+    def F(
+        self, blocks: list[int], xs: list[Tensor], d0: list[Tensor], hists: list[Hist]
+    ) -> tuple[dict[int, Tensor], dict[int, Hist]]:
+        """``F_i`` of several blocks at once on the stacked states with a per-row grid
+        ``[K+1, len(blocks) * batch]`` (one batched network call per sub-step). ``d0``:
+        ``D(x_i, sigma_{k_i})`` of each start state, computed by ``G_i(x_i)``: the first
+        sub-step's network call is not repeated. ``hists``: each block's history at its
+        start (used when :attr:`carry`); returns the states and the histories at the ends."""
         K = self.K
         grid = torch.cat([self.S[i * K : (i + 1) * K + 1] for i in blocks], dim=1)
+        x = torch.cat(xs)
+        if self.carry:
+            # Sub-step by sub-step, each block with its own history (Inner.step).
+            dev = grid.to(x.device, x.dtype, non_blocking=True)
+            for j in range(K):
+                D = torch.cat(d0) if j == 0 else self.den(x, dev[j])
+                x = step_with_histories(self.inner, x, dev[j], dev[j + 1], D, hists, self.batch)
+                hists = [
+                    push(self.inner, h, Dk, sk)
+                    for h, Dk, sk in zip(
+                        hists, D.split(self.batch), dev[j].split(self.batch), strict=True
+                    )
+                ]
+            states = dict(zip(blocks, x.split(self.batch), strict=True))
+            return states, dict(zip(blocks, hists, strict=True))
         draws = []
         if self.Z is not None:
             draws = [torch.cat([self.Z[i * K + j] for i in blocks]) for j in range(K)]
-        x = torch.cat(xs)
         den = FirstCall(self.den, x.shape[0], known=(torch.arange(x.shape[0]), torch.cat(d0)))
         out = self.inner.run(den, x, grid, draws)
-        return dict(zip(blocks, out.split(self.batch), strict=True))
+        return dict(zip(blocks, out.split(self.batch), strict=True)), {}
 
 
 class _Stopper:
@@ -176,6 +200,7 @@ def _run_plain(pr: _Parareal, stopper: _Stopper, record: list[Tensor] | None) ->
     X = [pr.x0]
     g: list[Tensor] = []
     d0: list[Tensor] = []  # D(x_i, sigma_{k_i}) of the current x_i, from G_i's first call
+    hist: list[Hist] = [[] for _ in range(B)]  # multistep: history at the current x_i
     for i in range(B):
         gi, di = pr.G(i, X[i])
         g.append(gi)
@@ -189,7 +214,11 @@ def _run_plain(pr: _Parareal, stopper: _Stopper, record: list[Tensor] | None) ->
         # Fine solves of blocks i >= p-1 from the previous iterate, batched (line 7);
         # blocks i < p-1 are exact already and skipped.
         live = list(range(p - 1, B))
-        f = pr.F(live, [X[i] for i in live], [d0[i] for i in live])
+        f, tails = pr.F(live, [X[i] for i in live], [d0[i] for i in live], [hist[i] for i in live])
+        if pr.carry:
+            # x_i^p (i >= p) comes from F_{i-1}(x_{i-1}^{p-1}): its history continues there.
+            for i in range(p, B):
+                hist[i] = tails[i - 1]
         # x_i^p = x_i^{p-1} is exact for i < p; x_p^p = F(x_{p-1}^{p-1}) is exact too.
         Xn = [*X[:p], f[p - 1]]
         # Sequential coarse sweep with the parareal correction (lines 9-11).
@@ -266,8 +295,8 @@ def sample_srds(
 
     Stochastic inner solvers (ddpm, ddim with eta > 0) run on noise pre-drawn in the serial
     order, so the result converges to the serial run with the same seeds. Multistep inner
-    solvers (dpmpp_2m) restart their history at each block boundary (the parareal state is
-    the boundary state only): they converge to that block-restarted serial solve.
+    solvers (dpmpp_2m) carry their history across block boundaries and converge to their
+    serial run (module docstring; without a ``history_step`` they restart at each block).
     ``max_rows`` caps the rows per network call (results unchanged). ``info``, if given,
     receives ``iterations`` (per sample) and ``blocks``.
     """
@@ -322,14 +351,17 @@ def serial_blockwise(
     inner_options: Mapping[str, Any] | None = None,
     blocks: int | None = None,
 ) -> Tensor:
-    """The serial solve SRDS converges to: the inner solver block after block.
-
-    For single-step inner solvers this is the plain serial N-step run; a multistep solver
-    restarts its history at every block boundary.
+    """The serial solve SRDS converges to (module docstring): the plain serial N-step run
+    for single-step inner solvers and for multistep ones with a ``history_step``; for
+    other multistep solvers the solver run block after block, its history restarted at
+    every block start.
     """
     pr, _ = _prepare(
         denoiser, x, sigmas, noise, inner, inner_options, blocks, 0.0, None, False, None
     )
+    if pr.carry:
+        # The history runs on across the blocks: the plain serial solve.
+        return pr.inner.run(pr.den, x, pr.S)
     for i in range(pr.B):
         x = pr.inner.run(pr.den, x, pr.S[i * pr.K : (i + 1) * pr.K + 1], pr.fine_draws(i))
     return x

@@ -8,10 +8,11 @@ the plain schedule (:func:`samplerlab.samplers.srds.sample_srds` with
 
 * Single-step inner solvers run each task's step as the inner solver on a per-row 2-point
   grid.
-* Multistep inner solvers step each fine task with its own history (the ``(D, sigma)`` of
-  its earlier sub-steps, :meth:`Inner.step`); a fine solve starts without history (first
-  order), exactly as the plain schedule's block-restarted inner run, and a coarse step
-  (one step) is first order too.
+* Multistep inner solvers with a ``history_step`` step each fine task with its own history
+  (the ``(D, sigma)`` of its earlier sub-steps, :meth:`Inner.step`); a fine solve of block
+  ``i`` from ``x_i^p`` starts with the history at the end of the fine solve of block
+  ``i - 1`` that made ``x_i^p`` (``F_{i-1}(x_{i-1}^{p-1})``; none for ``p = 0``), as the
+  plain schedule does; a coarse step (one step) is first order.
 * ``G_i(x_i^p)`` and the first sub-step of ``F_i(x_i^p)`` start from the same state at the
   same sigma: their first network call is made once (:class:`FirstCall`).
 """
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from .parallel import FirstCall
+from .parallel import FirstCall, Inner
 
 if TYPE_CHECKING:  # pragma: no cover
     from .srds import _Parareal, _Stopper
@@ -38,6 +39,34 @@ class _Task:
     x: Tensor
     s: int = 0  # sub-steps done
     hist: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # multistep: (D, sigma)
+
+
+Hist = list[tuple[Tensor, Tensor]]
+
+
+def push(inner: Inner, hist: Hist, D: Tensor, s: Tensor) -> Hist:
+    """The history after a step from a state at ``s`` with ``D``: most recent first."""
+    return [(D, s), *hist][: max(inner.history, 1)]
+
+
+def step_with_histories(
+    inner: Inner, x: Tensor, s: Tensor, s_next: Tensor, D: Tensor, hists: list[Hist], batch: int
+) -> Tensor:
+    """One multistep step of several tasks stacked (task ``k``: rows ``k*batch..``), each
+    with its own history; tasks with equally long histories share one elementwise step."""
+    out = torch.empty_like(x)
+    by_len: dict[int, list[int]] = {}
+    for k, h in enumerate(hists):
+        by_len.setdefault(min(len(h), inner.history), []).append(k)
+    for n_hist, ks in by_len.items():
+        rows = torch.cat([torch.arange(k * batch, (k + 1) * batch) for k in ks])
+        r = rows.to(x.device, non_blocking=True)
+        hist = [
+            (torch.cat([hists[k][h][0] for k in ks]), torch.cat([hists[k][h][1] for k in ks]))
+            for h in range(n_hist)
+        ]
+        out[r] = inner.step(x[r], s[r], s_next[r], D[r], hist)
+    return out
 
 
 def _wave(pr: _Parareal, tasks: list[_Task]) -> list[Tensor]:
@@ -71,25 +100,11 @@ def _wave(pr: _Parareal, tasks: list[_Task]) -> list[Tensor]:
     dev = grid.to(x.device, x.dtype, non_blocking=True)
     s, s_next = dev[0], dev[1]
     D = den(x, s)
-    out = torch.empty_like(x)
-    by_len: dict[int, list[int]] = {}
-    for k, t in enumerate(tasks):
-        by_len.setdefault(min(len(t.hist), inner.history), []).append(k)
-    for n_hist, ks in by_len.items():
-        rows = torch.cat([torch.arange(k * batch, (k + 1) * batch) for k in ks])
-        r = rows.to(x.device, non_blocking=True)
-        hist = [
-            (
-                torch.cat([tasks[k].hist[h][0] for k in ks]),
-                torch.cat([tasks[k].hist[h][1] for k in ks]),
-            )
-            for h in range(n_hist)
-        ]
-        out[r] = inner.step(x[r], s[r], s_next[r], D[r], hist)
+    out = step_with_histories(inner, x, s, s_next, D, [t.hist for t in tasks], batch)
     for k, t in enumerate(tasks):
         if t.kind == "F":
             rows = slice(k * batch, (k + 1) * batch)
-            t.hist = [(D[rows], s[rows]), *t.hist][: max(inner.history, 1)]
+            t.hist = push(inner, t.hist, D[rows], s[rows])
     return list(out.split(batch))
 
 
@@ -99,6 +114,7 @@ def run_pipelined(pr: _Parareal, stopper: _Stopper) -> Tensor:
     X: dict[tuple[int, int], Tensor] = {}
     g: dict[tuple[int, int], Tensor] = {}
     f: dict[tuple[int, int], Tensor] = {}
+    tail: dict[tuple[int, int], Hist] = {}  # multistep: history at the end of F_i(x_i^p)
     tasks: list[_Task] = []
     finals: dict[int, Tensor] = {}
     next_final = 0
@@ -111,7 +127,9 @@ def run_pipelined(pr: _Parareal, stopper: _Stopper) -> Tensor:
         # Start both propagators from the new state (skipping the unused fine solve).
         tasks.append(_Task("G", i, p, x))
         if p < P:
-            tasks.append(_Task("F", i, p, x))
+            # x_i^p was made by F_{i-1}(x_{i-1}^{p-1}): its fine solve continues that history.
+            hist = list(tail.get((i - 1, p - 1), [])) if pr.carry else []
+            tasks.append(_Task("F", i, p, x, hist=hist))
 
     def try_make(i1: int, p: int) -> None:
         if (i1, p) in X or p > P or i1 < p:
@@ -145,6 +163,7 @@ def run_pipelined(pr: _Parareal, stopper: _Stopper) -> Tensor:
                 try_make(t.i + 1, t.p + 1)
             else:
                 f[(t.i, t.p)] = t.x
+                tail[(t.i, t.p)] = t.hist
                 try_make(t.i + 1, t.p + 1)
         # Convergence checks, in iteration order, on the final states that now exist.
         while next_final in finals:
