@@ -123,6 +123,17 @@ def test_gpu_benchmark_smoke(tmp_path):
     for label in ("serial", "srds", "srds_pipelined", "paradigms"):
         assert f"| 4 | 2 | eager | {label} |" in text
     assert "error" not in text
+    # 1 vs 2 devices (CPU replicas on --smoke): both runs and the comparison table.
+    out2 = tmp_path / "devices.md"
+    argv = ["--smoke", "--steps", "4", "--batch", "2", "--gpus", "1", "2", "--out", str(out2)]
+    assert mod.main(argv) == 0
+    text = out2.read_text()
+    assert "### rows over 2 device(s): cpu, cpu" in text and "rows sharded over" in text
+    assert "### wall-clock by device count" in text and "error" not in text
+    for label in ("serial", "srds", "srds_pipelined", "paradigms"):
+        row = next(r for r in text.splitlines() if r.startswith(f"| eager | 4 | 2 | {label} |"))
+        assert row.count("x)") == 2, row  # a time and a speed-up for each device count
+    assert mod.main(["--smoke", "--gpus", "0"]) == 2
 
 
 def _inner_names(need_history: bool) -> list[str]:
