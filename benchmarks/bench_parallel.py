@@ -192,7 +192,8 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], bool]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=256, help="samples per seed set")
+    p.add_argument("--n", type=int, default=256, help="samples per seed set (holdout)")
+    p.add_argument("--n-panel", type=int, default=64, help="samples per seed set (panel)")
     p.add_argument("--seed-sets", type=int, default=4)
     p.add_argument("--steps", type=int, nargs="+", default=[100, 1024])
     p.add_argument("--models", default=None, help="panel | holdout | all (default: all)")
@@ -213,11 +214,16 @@ def main(argv: list[str] | None = None) -> int:
         configs = [("srds", {}), ("paradigms", {})]
         with_rmm = not args.no_rmm
     t0 = time.perf_counter()
-    rows = measure(models, args.steps, range(args.seed_sets), args.n, configs, with_rmm)
+    rows = []
+    for name, model in models.items():
+        n = args.n if (name in HOLDOUT or args.sweep) else args.n_panel
+        rows += measure({name: model}, args.steps, range(args.seed_sets), n, configs, with_rmm)
     lines, ok = table(rows)
     head = (
         f"Analytic panel mixtures (samplerlab.analytic.panel), float64, CPU, 1 thread; "
-        f"{args.n} samples per seed set, {args.seed_sets} independent seed sets (initial "
+        f"{args.n} samples per seed set on the holdout models"
+        f"{'' if args.sweep else f', {args.n_panel} on the panel models'}, "
+        f"{args.seed_sets} independent seed sets (initial "
         f"noise and sampler noise); {'candidate' if args.sweep else 'DEFAULT'} options; "
         f"rounds = sequential batched denoiser calls; NFE = realised evaluations per sample; "
         f"error = relative RMS to the serial inner solver from the same noise (srds over a "

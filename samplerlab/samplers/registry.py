@@ -279,7 +279,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "rmm_parallel",
         rmm_parallel.sample_rmm_parallel,
         "parallel randomized midpoints (Gupta, Cai, Chen 2025; Shen & Lee 2019): windows of "
-        "R=2K steps, only the midpoints evaluated, K = ceil(log2 d)+1 Picard rounds per window "
+        "R=3K/2 steps, only the midpoints evaluated, K = ceil(log2 d)+1 Picard rounds per window "
         "in one batched call each; corrector_steps>0: parallel ULD corrector; nfe realised",
         deterministic=False,
         nfe=rmm_parallel.rmm_parallel_nfe,

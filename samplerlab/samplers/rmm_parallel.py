@@ -21,7 +21,7 @@ times sigma_mid there: on the analytic panel's cosine-table model the iterates r
 ``k`` rounds the first ``k`` midpoints are exact, so ``K >= R`` is the serial method.
 
 ``K`` rounds per window (default ``ceil(log2 d) + 1``, the O(log d) of the theory; window
-``R = 2K`` steps by default); the initial guess ``g(y^{(0)})`` is the last midpoint
+``R = floor(3K/2)`` steps by default); the initial guess ``g(y^{(0)})`` is the last midpoint
 evaluation of the previous window (the first window: one call at the start state), frozen
 over the window. The fixed point is a randomized midpoint method with ONE call per step
 (:func:`rmm_parallel_fixed_point`, the serial computation it converges to, tested); grid
@@ -100,8 +100,11 @@ def _check(R: int, K: int | None, corrector_steps: int) -> None:
 
 
 def _defaults(R: int | None, K: int | None, dim: int) -> tuple[int, int]:
+    """``K = ceil(log2 d) + 1`` and ``R = floor(3K/2)`` unless given. R was chosen on the
+    analytic panel (``R = K``: the serial form exactly; ``2K`` missed the sequential error
+    by 10x on the narrow-mode EDM model at N = 20; ``3K/2`` stayed within 1.3x everywhere)."""
     K = default_K(dim) if K is None else K
-    return (2 * K if R is None else R), K
+    return ((3 * K) // 2 if R is None else R), K
 
 
 def rmm_parallel_rounds(
@@ -141,7 +144,7 @@ def sample_rmm_parallel(
     info: dict | None = None,
 ) -> Tensor:
     """Parallel randomized midpoints (module docstring): windows of ``R`` steps (default
-    ``2 K``), ``K`` Picard rounds each (default ``ceil(log2 d) + 1``), one batched call of
+    ``floor(3K/2)``), ``K`` Picard rounds each (default ``ceil(log2 d) + 1``), one batched call of
     R rows per sample per round. Midpoint times: one ``rand([B])`` per grid step in step order (as
     :func:`sample_rmm`). ``corrector_steps``, ``gamma``, ``step_size``: the parallel ULD
     corrector at each window end (0: none; options as in :func:`sample_rmm_pc`).
