@@ -190,6 +190,49 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], bool]:
     return lines, ok
 
 
+def summary(rows: list[dict[str, Any]]) -> list[str]:
+    """README tables: the holdout models one by one, and the panel pooled, per N and inner
+    solver: rounds / serial, NFE / serial and the worst error over models and seed sets."""
+    lines = [
+        "| models | N | sampler | inner | rounds / serial: mean (min–max) | serial rounds "
+        "| NFE / serial NFE | worst rel. RMS error | target |",
+        "|---|---:|---|---|---:|---:|---:|---:|---|",
+    ]
+    keys = []
+    for r in rows:
+        who = r["model"] if r["split"] == "holdout" else "panel (6 models)"
+        key = (r["split"] != "holdout", who, r["N"], r["sampler"], r["inner"])
+        if key not in keys:
+            keys.append(key)
+    for key in sorted(keys):
+        _, who, N, name, inner = key
+        rs = [
+            r
+            for r in rows
+            if (r["model"] if r["split"] == "holdout" else "panel (6 models)") == who
+            and (r["N"], r["sampler"], r["inner"]) == (N, name, inner)
+        ]
+        ratio = [r["rounds"] / r["serial_rounds"] for r in rs]
+        nfe = [r["nfe"] / r["serial_nfe"] for r in rs]
+        serial = sorted({r["serial_rounds"] for r in rs})
+        if name == "rmm_parallel":
+            err = (
+                f"{max(r['err'] for r in rs):.2e} to the ODE (sequential rmm "
+                f"{max(r['serial_err'] for r in rs):.2e})"
+            )
+            mark = ""
+        else:
+            limit = 0.5 if N <= 100 else 0.25
+            met = max(r["err"] for r in rs) <= TARGET_ERR and max(ratio) <= limit
+            err = f"{max(r['err'] for r in rs):.1e}"
+            mark = ("met" if met else "**missed**") + f" (<= {limit:g}x, <= 1e-3)"
+        lines.append(
+            f"| {who} | {N} | {name} | {inner or '(rmm)'} | {_spread(ratio, '.2f')} "
+            f"| {'/'.join(map(str, serial))} | {statistics.mean(nfe):.1f} | {err} | {mark} |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=256, help="samples per seed set (holdout)")
@@ -200,7 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", action="store_true", help="candidate options on the panel")
     p.add_argument("--no-rmm", action="store_true", help="skip rmm_parallel")
     p.add_argument("--out", help="write OUT.md and OUT.json (atomically)")
+    p.add_argument("--summarize", help="print the summary tables of a saved OUT.json")
     args = p.parse_args(argv)
+    if args.summarize:
+        with open(args.summarize) as f:
+            print("\n".join(summary(json.load(f))))
+        return 0
     if args.n < 1 or args.seed_sets < 1 or any(s < 2 for s in args.steps):
         print("bench_parallel: --n, --seed-sets must be >= 1 and --steps >= 2", file=sys.stderr)
         return 2
@@ -235,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     verdict = "" if args.sweep else f"\n\nholdout targets: {'all met' if ok else 'NOT all met'}"
     text = head + "\n\n" + "\n".join(lines) + verdict
+    if not args.sweep:
+        text += "\n\nSummary (README):\n\n" + "\n".join(summary(rows))
     print(text)
     if args.out:
         atomic_write_text(args.out + ".md", text + "\n")

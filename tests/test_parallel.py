@@ -222,3 +222,25 @@ def test_heun_no_second_stage_on_rows_ending_at_zero(gmm):
     assert c.rows == 2 * 2 + 2 * 2 + (2 + 1)  # two full Heun steps, then 2 + 1 rows
     a, b = ss.sample_edm_heun(gmm, x[:1], g1), ss.sample_edm_heun(gmm, x[1:], g2)
     assert torch.allclose(both, torch.cat([a, b]), atol=1e-12, rtol=0)
+
+
+def test_parallel_benchmark_writes_results(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "bench_parallel", ROOT / "benchmarks" / "bench_parallel.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "par"
+    argv = ["--n", "3", "--seed-sets", "2", "--steps", "6", "--models", "holdout-edm-d24-k6"]
+    # The holdout targets are checked at N = 100 and 1024 only (none here).
+    assert mod.main([*argv, "--out", str(out)]) == 0
+    rows = __import__("json").loads((tmp_path / "par.json").read_text())
+    assert {(r["sampler"], r["inner"]) for r in rows} == {
+        *((s, i) for s in ("srds", "paradigms") for i in ("ddim", "dpmpp_2m", "edm_heun")),
+        ("rmm_parallel", ""),
+    }
+    assert {r["seed_set"] for r in rows} == {0, 1} and all(r["err"] < 1e-6 for r in rows[:1])
+    text = (tmp_path / "par.md").read_text()
+    assert "holdout targets: all met" in text and "Summary (README)" in text
+    assert "MISSED (<= 0.5x, <= 1e-3)" in text  # at N = 6 the rounds are not halved
+    assert "| holdout-edm-d24-k6 | 6 | srds | ddim |" in text
