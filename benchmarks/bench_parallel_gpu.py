@@ -13,6 +13,12 @@ reported in the table and the run goes on.
     python benchmarks/bench_parallel_gpu.py                      # H100: N 100 1024, batch 1 16
     python benchmarks/bench_parallel_gpu.py --smoke              # CPU, tiny UNet, tiny N
     python benchmarks/bench_parallel_gpu.py --out bench_gpu.md --shard   # rows over all GPUs
+    python benchmarks/bench_parallel_gpu.py --gpus 1 2 4 --out bench_gpu.md  # 1 vs several GPUs
+
+``--gpus K1 K2 ...`` repeats the run with each parallel round's rows split over the first
+``K`` GPUs (``ShardedDenoiser``; ``K = 1``: one GPU, unsharded; on ``--smoke`` the
+"devices" are CPU replicas) and ends with a table of each method's wall-clock per device
+count and its speed-up over one device, measured in the same run.
 """
 
 from __future__ import annotations
@@ -61,12 +67,13 @@ TINY_UNET = dict(
     norm_num_groups=8,
 )
 
-# name, registry sampler, options (tolerances as in benchmarks/bench_parallel.py).
+# name, registry sampler, options (the samplers' defaults, chosen on the analytic panel;
+# see benchmarks/bench_parallel.py).
 METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("serial", "ddim", {}),
-    ("srds", "srds", {"tol": 3e-3}),
-    ("srds_pipelined", "srds", {"tol": 3e-3, "pipelined": True}),
-    ("paradigms", "paradigms", {"tol": 0.01, "window": 32}),
+    ("srds", "srds", {"pipelined": False}),
+    ("srds_pipelined", "srds", {}),
+    ("paradigms", "paradigms", {}),
 ]
 
 
@@ -177,8 +184,8 @@ def run(args: argparse.Namespace) -> list[str]:
     unet = build_unet(config, device, dtype)
     params = sum(p.numel() for p in unet.parameters()) / 1e6
     shape = (3, config["sample_size"], config["sample_size"])
-    shard = None
-    if args.shard:
+    shard = getattr(args, "shard_devices", None)
+    if args.shard and shard is None:
         n_gpu = torch.cuda.device_count() if device.type == "cuda" else 0
         shard = [f"cuda:{i}" for i in range(n_gpu)] if n_gpu > 1 else [str(device)] * 2
     lines = [
@@ -250,6 +257,42 @@ def run(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def run_device_counts(args: argparse.Namespace) -> list[str]:
+    """:func:`run` once per device count of ``--gpus``, then wall-clock per count."""
+    lines: list[str] = []
+    secs: dict[tuple[int, str, int, int, str], float] = {}
+    for k in args.gpus:
+        if args.device.startswith("cuda"):
+            devices = [f"cuda:{i}" for i in range(k)]
+        else:
+            devices = [args.device] * k
+        args.shard_devices = devices if k > 1 else None
+        part = run(args)
+        lines += [f"### rows over {k} device(s): {', '.join(devices)}", "", *part, ""]
+        for row in part:
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            try:  # data rows: N | batch | mode | method | seconds | ...
+                secs[(k, cells[2], int(cells[0]), int(cells[1]), cells[3])] = float(cells[4])
+            except (IndexError, ValueError):
+                continue
+    args.shard_devices = None
+    base = args.gpus[0]
+    lines += [
+        f"### wall-clock by device count (speed-up over {base} device(s), same run)",
+        "",
+        "| mode | N | batch | method | " + " | ".join(f"{k} dev: s (x)" for k in args.gpus) + " |",
+        "|---|---|---|---|" + "---|" * len(args.gpus),
+    ]
+    for mode, steps, batch, label in sorted({key[1:] for key in secs}):
+        b = secs.get((base, mode, steps, batch, label))
+        cells = []
+        for k in args.gpus:
+            t = secs.get((k, mode, steps, batch, label))
+            cells.append("-" if t is None or b is None else f"{t:.3f} ({b / t:.2f}x)")
+        lines.append(f"| {mode} | {steps} | {batch} | {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="CPU, tiny UNet, N=8, batch 1 2, eager")
@@ -260,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", default=None, choices=["eager", "compiled"])
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--shard", action="store_true", help="split rows over the node's GPUs")
+    p.add_argument(
+        "--gpus", type=int, nargs="+", default=None, help="device counts to compare, e.g. 1 2"
+    )
     p.add_argument("--out", help="write the markdown table here (atomically)")
     args = p.parse_args(argv)
     smoke = args.smoke
@@ -275,11 +321,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("bench_parallel_gpu: CUDA is not available (use --smoke on CPU)", file=sys.stderr)
         return 2
+    if args.gpus and any(k < 1 for k in args.gpus):
+        print("bench_parallel_gpu: --gpus counts must be >= 1", file=sys.stderr)
+        return 2
+    n_gpu = torch.cuda.device_count() if args.device.startswith("cuda") else 0
+    if args.gpus and args.device.startswith("cuda") and max(args.gpus) > n_gpu:
+        print(f"bench_parallel_gpu: --gpus {max(args.gpus)} > {n_gpu} GPUs here", file=sys.stderr)
+        return 2
     threads = torch.get_num_threads()
     if smoke:
         torch.set_num_threads(1)  # tiny CPU model: threads only add contention
     try:
-        text = "\n".join(run(args))
+        text = "\n".join(run(args) if not args.gpus else run_device_counts(args))
     finally:
         torch.set_num_threads(threads)
     print(text)

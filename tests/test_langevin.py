@@ -164,3 +164,29 @@ def test_bad_input():
         L.ulmc(lambda y: y, x, x, 0.1, 1, gamma=0.0)
     with pytest.raises(SamplerError, match="step"):
         L.lmc(lambda y: y, x, -0.1, 1)
+
+
+def test_parallel_uld_equals_sequential_corrector_after_2M_rounds():
+    from samplerlab.analytic import GaussianMixture
+    from samplerlab.samplers.denoisers import CountingDenoiser
+    from samplerlab.samplers.langevin import parallel_uld
+    from samplerlab.samplers.noise import PerSampleNoise
+    from samplerlab.samplers.rmm import corrector_uld
+
+    gmm = GaussianMixture.default(dim=4, components=3, seed=1)
+    x = 0.7 * torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    sigma = torch.full((3,), 0.7, dtype=torch.float64)
+    M = 3
+    kw = dict(steps=M, gamma=2.0, step_size=0.3)
+    seq = corrector_uld(gmm, x, sigma, PerSampleNoise([1, 2, 3]), **kw)
+    c = CountingDenoiser(gmm)
+    par = parallel_uld(c, x, sigma, PerSampleNoise([1, 2, 3]), rounds=2 * M, **kw)
+    assert torch.allclose(par, seq, atol=1e-12, rtol=0)
+    assert c.rounds == 1 + 2 * M and c.rows == 3 * (1 + 2 * M * 2 * M)
+    # Fewer rounds: close, not equal (the test can fail), error shrinking with rounds
+    # (exact from 2M - 1 on: the first point's score is exact from the start).
+    errs = [
+        (parallel_uld(gmm, x, sigma, PerSampleNoise([1, 2, 3]), rounds=r, **kw) - seq).norm()
+        for r in (0, 1, 3)
+    ]
+    assert errs[2] < errs[1] < errs[0] and errs[2] > 0

@@ -9,6 +9,7 @@ import torch
 
 import samplerlab as sl
 from samplerlab.samplers import rmm
+from samplerlab.samplers import rmm_parallel as rp
 from samplerlab.samplers.core import SamplerError
 from samplerlab.samplers.ddim import sample_ddim
 from samplerlab.samplers.denoisers import CountingDenoiser
@@ -104,42 +105,89 @@ def test_rmm_convergence_and_equal_nfe_comparison(gaussian, form):
 
 
 @pytest.mark.parametrize("form", rmm.FORMS)
-def test_parallel_with_enough_rounds_equals_sequential(gmm, form):
+def test_parallel_with_enough_rounds_equals_its_serial_form(gmm, form):
     x = 20 * torch.randn(5, gmm.dim, generator=torch.Generator().manual_seed(1))
     sig = karras(11)
-    seq = rmm.sample_rmm(gmm, x, sig, noise=PerSampleNoise(range(5)), form=form)
-    for R in (1, 3, 4, 11):
-        par = rmm.sample_rmm_parallel(
-            gmm, x, sig, noise=PerSampleNoise(range(5)), form=form, R=R, K=2 * R - 1
+    serial = rp.rmm_parallel_fixed_point(gmm, x, sig, noise=PerSampleNoise(range(5)), form=form)
+    for R in (1, 3, 4, 10):
+        par = rp.sample_rmm_parallel(
+            gmm, x, sig, noise=PerSampleNoise(range(5)), form=form, R=R, K=R
         )
-        assert torch.allclose(par, seq, atol=1e-10), R
-    # Fewer rounds: converges towards the sequential result as K grows (not monotone in the
-    # first rounds on this coarse grid).
+        assert torch.allclose(par, serial, atol=1e-10), R
+    # Fewer rounds than R: approaches the serial form as K grows (triangular Picard).
     errs = [
         (
-            rmm.sample_rmm_parallel(
-                gmm, x, sig, noise=PerSampleNoise(range(5)), form=form, R=6, K=k
+            rp.sample_rmm_parallel(
+                gmm, x, sig, noise=PerSampleNoise(range(5)), form=form, R=10, K=k
             )
-            - seq
+            - serial
         ).norm()
-        for k in (1, 6, 9, 11)
+        for k in (2, 5, 8, 10)
     ]
     assert errs[-1] < 1e-10 < errs[2] < errs[1] < errs[0]
 
 
-def test_parallel_chunked_equals_unchunked_and_counts(gmm):
+def test_parallel_only_midpoints_and_counts(gmm):
     x = 20 * torch.randn(4, gmm.dim, generator=torch.Generator().manual_seed(2))
     sig = karras(10)
-    c1, c2 = CountingDenoiser(gmm), CountingDenoiser(gmm)
-    a = rmm.sample_rmm_parallel(c1, x, sig, noise=PerSampleNoise(range(4)), R=4, K=3)
-    b = rmm.sample_rmm_parallel(c2, x, sig, noise=PerSampleNoise(range(4)), R=4, K=3, max_rows=5)
+    seen = []
+
+    class Rec(CountingDenoiser):
+        def __call__(self, x, sigma):
+            seen.append(sigma.clone())
+            return super().__call__(x, sigma)
+
+    c1, c2 = Rec(gmm), CountingDenoiser(gmm)
+    a = rp.sample_rmm_parallel(c1, x, sig, noise=PerSampleNoise(range(4)), R=4, K=3)
+    b = rp.sample_rmm_parallel(c2, x, sig, noise=PerSampleNoise(range(4)), R=4, K=3, max_rows=5)
     assert torch.equal(a, b)
-    assert c1.rounds == rmm.rmm_parallel_rounds(10, 4, 3) < 2 * 10 - 1
-    assert c1.nfe(4) == rmm.rmm_parallel_nfe(10, 4, 3)
+    assert c1.rounds == rp.rmm_parallel_rounds(10, 4, 3) == 1 + 3 * 3 + 1 < 2 * 10 - 1
+    assert c1.nfe(4) == rp.rmm_parallel_nfe(10, 4, 3)
     assert c2.rows == c1.rows and c2.rounds > c1.rounds  # chunks are sequential calls
-    spec = sl.get_sampler("rmm_parallel")
+    # Grid points are never evaluated: only the start, the midpoints and the last denoise.
+    inner_calls = torch.cat(seen[1:-1])
+    grid_pts = sig[1:-1]
+    assert not torch.isin(inner_calls, grid_pts).any()
+    # Defaults: K = ceil(log2 d) + 1 = 3 for d = 4, R = floor(3K/2) = 4.
+    info = {}
+    rp.sample_rmm_parallel(gmm, x, sig, noise=PerSampleNoise(range(4)), info=info)
+    assert info == {"R": 4, "K": 3} and rp.default_K(64) == 7 and rp.default_K(3072) == 13
     res = sl.sample(gmm, "rmm_parallel", steps=10, shape=(4, gmm.dim), dtype=torch.float64)
-    assert res.nfe == spec.nfe(10) and res.rounds == rmm.rmm_parallel_rounds(10)
+    assert res.rounds == rp.rmm_parallel_rounds(10, dim=gmm.dim)
+    assert res.nfe == rp.rmm_parallel_nfe(10, dim=gmm.dim)
+
+
+def test_parallel_reaches_sequential_error_in_fewer_rounds():
+    from samplerlab.analytic import panel
+
+    m = panel("holdout-vp-d64-k8")["holdout-vp-d64-k8"]
+    sig = sl.samplers.build_sigmas(m, sl.get_sampler("rmm"), 100)
+    x = torch.randn(32, m.dim, generator=torch.Generator().manual_seed(0)) * float(
+        (sig[0] ** 2 + 1).sqrt()
+    )
+    fine = get_sigmas("karras", 400, sigma_min=m.sigma_min, sigma_max=float(sig[0]))
+    ref = sl.samplers.sample_edm_heun(m, x, fine)
+    err = lambda y: float(((y - ref).pow(2).mean() / ref.pow(2).mean()).sqrt())
+    c1, c2 = CountingDenoiser(m), CountingDenoiser(m)
+    seq = rmm.sample_rmm(c1, x, sig, noise=PerSampleNoise(range(32)))
+    par = rp.sample_rmm_parallel(c2, x, sig, noise=PerSampleNoise(range(32)))
+    assert err(par) < 1.1 * err(seq)
+    # K = 7 rounds per window of 10 steps (+2), against 2 calls per step sequentially.
+    assert c2.rounds == rp.rmm_parallel_rounds(100, dim=64) == 72 < 0.4 * c1.rounds
+
+
+def test_parallel_corrector(gmm):
+    x = 3 * torch.randn(4, gmm.dim, generator=torch.Generator().manual_seed(2))
+    sig = karras(8)
+    c0, c1 = CountingDenoiser(gmm), CountingDenoiser(gmm)
+    plain = rp.sample_rmm_parallel(c0, x, sig, noise=PerSampleNoise(range(4)), R=4, K=3)
+    corr = rp.sample_rmm_parallel(
+        c1, x, sig, noise=PerSampleNoise(range(4)), R=4, K=3, corrector_steps=2
+    )
+    assert (plain - corr).abs().max() > 1e-3  # the corrector acts
+    # Two window ends (after steps 4 and 7 > 0): each 1 call + K rounds; and a fresh start.
+    assert c1.rounds == c0.rounds + 2 * (1 + 3) + 1
+    assert torch.isfinite(corr).all()
 
 
 @pytest.mark.parametrize("name", ["rmm", "rmm_pc", "rmm_parallel"])
@@ -152,7 +200,8 @@ def test_batch_equals_row_by_row_and_nfe(gmm, name):
     ]
     assert torch.allclose(full.x, torch.cat(rows), atol=1e-12)
     spec = sl.get_sampler(name)
-    assert full.nfe == spec.nfe(6) and spec.nfe_exact and not spec.deterministic
+    assert full.nfe == spec.nfe(6, **({"dim": gmm.dim} if name == "rmm_parallel" else {}))
+    assert spec.nfe_exact == (name != "rmm_parallel") and not spec.deterministic
 
 
 @pytest.mark.parametrize("form", rmm.FORMS)
@@ -161,7 +210,7 @@ def test_per_row_grids(gmm, form):
     g1, g2 = karras(6), get_sigmas("logsnr", 6, sigma_min=0.05, sigma_max=8.0)[:-1]
     g1 = torch.cat([g1[:3], g1[4:]])  # same length as g2: 6 entries each
     x = 5 * torch.randn(2, gmm.dim, generator=torch.Generator().manual_seed(3))
-    for fn in (rmm.sample_rmm, rmm.sample_rmm_parallel):
+    for fn in (rmm.sample_rmm, rp.sample_rmm_parallel, rp.rmm_parallel_fixed_point):
         both = fn(gmm, x, torch.stack([g1, g2], 1), noise=PerSampleNoise([1, 2]), form=form)
         a = fn(gmm, x[:1], g1, noise=PerSampleNoise([1]), form=form)
         b = fn(gmm, x[1:], g2, noise=PerSampleNoise([2]), form=form)
@@ -207,12 +256,12 @@ def test_bad_input(gmm):
     with pytest.raises(SamplerError, match="form"):
         rmm.sample_rmm(gmm, x, sig, form="heun")
     with pytest.raises(SamplerError, match="R"):
-        rmm.sample_rmm_parallel(gmm, x, sig, R=0)
+        rp.sample_rmm_parallel(gmm, x, sig, R=0)
     with pytest.raises(SamplerError, match="K"):
-        rmm.sample_rmm_parallel(gmm, x, sig, K=0)
+        rp.sample_rmm_parallel(gmm, x, sig, K=0)
     with pytest.raises(SamplerError, match="window"):
         rmm.sample_rmm_pc(gmm, x, sig, window=0)
     with pytest.raises(SamplerError, match="gamma"):
         rmm.sample_rmm_pc(gmm, x, sig, gamma=-1.0)
     with pytest.raises(SamplerError, match="max_rows"):
-        rmm.sample_rmm_parallel(gmm, x, sig, max_rows=0)
+        rp.sample_rmm_parallel(gmm, x, sig, max_rows=0)

@@ -20,11 +20,12 @@ from .iia import (
 )
 from .noise import GlobalNoise, NoiseSource, PerSampleNoise, ReplayNoise
 from .paradigms import sample_paradigms
-from .parallel import ShardedDenoiser
 from .pmm import sample_pmm, step_pmm
 from .registry import SAMPLERS, SamplerSpec, get_sampler, list_samplers
-from .rmm import sample_rmm, sample_rmm_parallel, sample_rmm_pc, step_rmm
+from .rmm import sample_rmm, sample_rmm_pc, step_rmm
+from .rmm_parallel import sample_rmm_parallel
 from .schedules import SCHEDULES, ContinuousVP, DiscreteVP, get_sigmas
+from .sharding import DistributedDenoiser, ShardedDenoiser
 from .srds import sample_srds
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "ContinuousVP",
     "Denoiser",
     "DiscreteVP",
+    "DistributedDenoiser",
     "GlobalNoise",
     "IIACoefficients",
     "NoiseSource",

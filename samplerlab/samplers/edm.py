@@ -45,6 +45,22 @@ def step_heun(denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor) 
     return heun_parts(denoiser, x, sigma, sigma_next).x_next
 
 
+def step_heun_rows(
+    denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, keep: Tensor
+) -> Tensor:
+    """:func:`step_heun` evaluating the 2nd-order correction only on the rows ``keep``
+    (a device index of the rows whose step does not end at 0; the others take Euler)."""
+    n = x.ndim
+    # Euler step on every row.
+    d = to_d(x, sigma, denoiser(x, sigma))
+    out = x + append_dims(sigma_next - sigma, n) * d
+    # 2nd-order correction on the kept rows only (no network call for rows ending at 0).
+    xe, sn = out[keep], sigma_next[keep]
+    d_prime = to_d(xe, sn, denoiser(xe, sn))
+    out[keep] = x[keep] + append_dims(sn - sigma[keep], n) * (d[keep] + d_prime) / 2
+    return out
+
+
 @torch.no_grad()
 def sample_edm_heun(
     denoiser: Denoiser,
@@ -80,6 +96,10 @@ def sample_edm_heun(
         if grid.all_final(i):
             # Euler step to sigma = 0 (no 2nd-order correction).
             x = step_euler(denoiser, x, sigma_hat, sigma_next)
+        elif grid.any_final(i):
+            # Per-row grid, some rows end at 0: the correction only where it is used.
+            keep = (grid.host[i + 1] > 0).nonzero().flatten().to(x.device, non_blocking=True)
+            x = step_heun_rows(denoiser, x, sigma_hat, sigma_next, keep)
         else:
             x = step_heun(denoiser, x, sigma_hat, sigma_next)
     return x

@@ -1,44 +1,58 @@
 """Shared machinery of the parallel-in-time samplers (SRDS, ParaDiGMS).
 
-* :func:`resolve_inner` turns an inner solver's registry name into a callable that runs it
+* :func:`resolve_inner` turns an inner solver's registry entry into a callable that runs it
   on a per-row grid (``[n+1, R]``: each row its own time points), with pre-drawn noise;
+  which solvers qualify, and whether a multistep one can take its history from elsewhere
+  (:meth:`Inner.step`), is read from the registry entry (``parallel_inner``,
+  ``multistep``, ``history_step``), never from a list of names;
+* :class:`FirstCall` serves the first network call of an inner run from known or shared
+  rows (SRDS: ``G_i`` and the first sub-step of ``F_i`` start from the same state);
 * :func:`predraw_noise` draws every step's noise up front, in the serial sampler's order,
   so that serial and parallel runs of a stochastic solver agree;
-* :class:`ShardedDenoiser` splits a batched call's rows over the GPUs of one node;
+* :class:`ShardedDenoiser` / :class:`DistributedDenoiser` (in ``sharding``) split a
+  batched call's rows over devices or processes;
 * :func:`inner_sampler_spec` builds registry entries whose determinism follows the inner
   solver.
 """
 
 from __future__ import annotations
 
-import copy
-import threading
+import inspect
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .core import Denoiser, SamplerError, take_rows
+from .core import Denoiser, SamplerError
+from .dpm_solver import step_dpmpp_2m
 from .noise import NoiseSource, ReplayNoise, randn_like
+from .sharding import DistributedDenoiser, ShardedDenoiser
 
-# Inner solvers whose one-step restarts on a per-row grid reproduce their serial run
-# (single-step solvers), plus multistep ones usable as SRDS fine solvers.
-SINGLE_STEP_INNER = (
-    "euler",
-    "ddim",
-    "ddpm",
-    "edm_heun",
-    "dpm_solver_1",
-    "dpm_solver_2",
-    "dpm_solver_3",
-)
-MULTISTEP_INNER = ("dpmpp_2m",)
-# Options whose effect depends on the length of the grid a solver is called with: a block
-# or a single step would not reproduce the serial run.
-_GRID_DEPENDENT = {"edm_heun": ("s_churn",)}
+__all__ = ["DistributedDenoiser", "FirstCall", "Inner", "ShardedDenoiser", "resolve_inner"]
+
+# A multistep solver's step with its history given explicitly:
+# ``step(x, sigma, sigma_next, denoised, history) -> x_next`` with ``denoised = D(x, sigma)``
+# and ``history`` the ``(D, sigma)`` pairs of the previous states, most recent first (fewer
+# than the solver uses: its lower-order start).
+HistoryStep = Callable[[Tensor, Tensor, Tensor, Tensor, Sequence[tuple[Tensor, Tensor]]], Tensor]
+
+
+def dpmpp_2m_history_step(
+    x: Tensor,
+    sigma: Tensor,
+    sigma_next: Tensor,
+    denoised: Tensor,
+    history: Sequence[tuple[Tensor, Tensor]],
+) -> Tensor:
+    """One DPM-Solver++(2M) step (Lu et al. 2022b, Alg. 2) with the previous ``(D, sigma)``
+    given: first order without history; ``h_prev = log(sigma_prev / sigma)`` otherwise
+    (what :func:`sample_dpmpp_2m` carries from step to step)."""
+    if not history:
+        return step_dpmpp_2m(x, sigma, sigma_next, denoised)[0]
+    d_prev, s_prev = history[0]
+    return step_dpmpp_2m(x, sigma, sigma_next, denoised, d_prev, torch.log(s_prev / sigma))[0]
 
 
 @dataclass(frozen=True)
@@ -47,7 +61,8 @@ class Inner:
 
     ``run(den, x, grid, draws)`` runs it on ``x`` with a per-row ``grid`` ``[n+1, R]``;
     ``draws`` are the ``n`` pre-drawn standard-normal tensors ``[R, ...]`` of its steps
-    (ignored when the solver is deterministic).
+    (ignored when the solver is deterministic). A multistep solver with a
+    ``history_step`` also steps one state at a time with its history given (:meth:`step`).
     """
 
     name: str
@@ -55,10 +70,34 @@ class Inner:
     options: Mapping[str, Any]
     stochastic: bool
     multistep: bool
+    history_step: HistoryStep | None = None
+    history: int = 0  # previous (D, sigma) pairs a step uses
 
     def run(self, den: Denoiser, x: Tensor, grid: Tensor, draws: Sequence[Tensor] = ()) -> Tensor:
         noise = ReplayNoise(draws) if self.stochastic else None
         return self.fn(den, x, grid, noise=noise, **self.options)
+
+    def step(
+        self,
+        x: Tensor,
+        sigma: Tensor,
+        sigma_next: Tensor,
+        denoised: Tensor,
+        history: Sequence[tuple[Tensor, Tensor]],
+    ) -> Tensor:
+        """One multistep step from ``x`` with ``denoised = D(x, sigma)`` and ``history``."""
+        assert self.history_step is not None
+        return self.history_step(x, sigma, sigma_next, denoised, history[: self.history])
+
+
+def can_be_inner(spec: Any) -> bool:
+    """Whether a registry entry can serve as an inner solver: its ``parallel_inner`` flag,
+    else (unset) any deterministic solver with a fixed NFE that needs no fitted coefficients
+    (restartable on any sub-grid of its grid)."""
+    flag = getattr(spec, "parallel_inner", None)
+    if flag is not None:
+        return bool(flag)
+    return bool(spec.deterministic and spec.nfe_exact and not spec.needs_coeffs)
 
 
 def resolve_inner(
@@ -66,41 +105,122 @@ def resolve_inner(
     inner: str,
     inner_options: Mapping[str, Any] | None,
     *,
-    allow_multistep: bool,
+    need_history: bool,
+    history_reason: str = "",
 ) -> Inner:
-    """Look up ``inner`` in the registry and check it can serve ``sampler``."""
+    """Look up ``inner`` in the registry and check it can serve ``sampler``.
+
+    ``need_history``: the caller steps multistep solvers one state at a time
+    (:meth:`Inner.step`), so a multistep ``inner`` needs a ``history_step`` in its entry.
+    """
     from .registry import SAMPLERS
 
-    valid = SINGLE_STEP_INNER + (MULTISTEP_INNER if allow_multistep else ())
-    if not isinstance(inner, str) or inner not in SAMPLERS or inner not in valid:
-        spec = SAMPLERS.get(inner) if isinstance(inner, str) else None
-        if spec is not None and spec.multistep and not allow_multistep:
+    def usable(spec: Any) -> bool:
+        return can_be_inner(spec) and not (
+            need_history and spec.multistep and spec.history_step is None
+        )
+
+    valid = [name for name, s in SAMPLERS.items() if usable(s)]
+    spec = SAMPLERS.get(inner) if isinstance(inner, str) else None
+    if spec is None or not usable(spec):
+        if spec is not None and can_be_inner(spec):
             raise SamplerError(
-                f"{sampler}: inner solver '{inner}' is multistep (its steps use history and "
-                f"cannot be restarted per step); valid: {', '.join(valid)}"
+                f"{sampler}: inner solver '{inner}' is multistep and its registry entry has no "
+                f"history_step{history_reason}; valid: {', '.join(valid)}"
             )
         raise SamplerError(
             f"{sampler}: unknown or unsupported inner solver {inner!r}; valid: {', '.join(valid)}"
         )
-    spec = SAMPLERS[inner]
     if not isinstance(inner_options, (Mapping, type(None))):
         raise SamplerError(f"{sampler}: inner_options must be a dict, got {inner_options!r}")
     opts = dict(inner_options or {})
     spec.check_options(opts)
-    for key in _GRID_DEPENDENT.get(inner, ()):
+    for key in getattr(spec, "grid_dependent_options", ()):
         if float({**spec.defaults, **opts}.get(key, 0) or 0) > 0:
             raise SamplerError(
                 f"{sampler}: inner '{inner}' with {key} > 0 is stochastic in a way that depends "
                 f"on the grid length; a deterministic inner solver is required here "
                 f"(set {key}=0, or use ddpm / ddim with eta > 0)"
             )
+    stepper = spec.history_step if spec.multistep else None
+    if stepper is not None and opts:
+        taken = set(inspect.signature(stepper).parameters)
+        extra = [k for k in opts if k not in taken]
+        if extra and need_history:
+            raise SamplerError(
+                f"{sampler}: inner option(s) {', '.join(extra)} of '{inner}' are not supported "
+                f"when its history comes from neighbouring states{history_reason}"
+            )
+        if extra:
+            stepper = None  # options the stepper does not know: run the solver itself
     return Inner(
         name=inner,
         fn=spec.fn,
         options={**spec.defaults, **opts},
         stochastic=not spec.is_deterministic(opts),
         multistep=spec.multistep,
+        history_step=stepper,
+        history=int(getattr(spec, "history", 0)) if stepper is not None else 0,
     )
+
+
+class FirstCall:
+    """A denoiser whose FIRST call is assembled from known and shared rows.
+
+    Args:
+        denoiser: the network.
+        rows: the row count the first call must have.
+        src: host ``[rows]`` long tensor or None: row ``r``'s first-call output is that of
+            row ``src[r]`` (same state, same sigma); only representatives are evaluated.
+        known: ``(index, D)``: host index of rows whose first-call output ``D`` is already
+            known (computed by an earlier call on the same state and sigma).
+
+    Later calls go straight to ``denoiser``. The first call's full output is kept in
+    :attr:`first` (for reuse by a later call on the same rows).
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        rows: int,
+        src: Tensor | None = None,
+        known: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
+        self.denoiser, self.rows = denoiser, rows
+        self.src, self.known = src, known
+        self.first: Tensor | None = None
+        self.used = False
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("denoiser", "rows", "src", "known", "first", "used"):
+            raise AttributeError(name)
+        return getattr(self.denoiser, name)
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        if self.used:
+            return self.denoiser(x, sigma)
+        self.used = True
+        if x.shape[0] != self.rows:
+            raise SamplerError(f"inner solver's first call has {x.shape[0]} rows, not {self.rows}")
+        # Rows to evaluate: representatives whose output is not known yet (host-side).
+        need = torch.ones(self.rows, dtype=torch.bool)
+        if self.src is not None:
+            need &= self.src == torch.arange(self.rows)
+        if self.known is not None:
+            need[self.known[0]] = False
+        out = torch.empty_like(x)
+        if bool(need.all()):
+            out = self.denoiser(x, sigma)
+        else:
+            idx = need.nonzero().flatten().to(x.device, non_blocking=True)
+            if len(idx):
+                out[idx] = self.denoiser(x[idx], sigma[idx])
+            if self.known is not None:
+                out[self.known[0].to(x.device, non_blocking=True)] = self.known[1]
+        if self.src is not None:
+            out = out[self.src.to(x.device, non_blocking=True)]
+        self.first = out
+        return out
 
 
 def inner_is_deterministic(inner: str, inner_options: Mapping[str, Any] | None = None) -> bool:
@@ -146,101 +266,6 @@ def check_positive_int(sampler: str, key: str, value: Any) -> int:
     return value
 
 
-class ShardedDenoiser:
-    """Splits the rows of each batched call over several devices of one node.
-
-    Args:
-        denoisers_or_factory: one denoiser replica per device (a sequence, in the order of
-            ``devices``), or a factory ``f(device) -> denoiser`` called once per device.
-        devices: e.g. ``["cuda:0", "cuda:1"]``; ``["cpu", "cpu"]`` works (for tests).
-
-    Rows are split evenly (``tensor_split``), each shard is copied to its device and run
-    there; the devices run concurrently (one worker thread and one CUDA stream per
-    device) and the outputs are gathered, in order, on the caller's device. Attributes
-    (``sigma_min``, ``vp``, ...) are those of the first replica.
-    """
-
-    def __init__(
-        self,
-        denoisers_or_factory: Sequence[Denoiser] | Callable[[torch.device], Denoiser],
-        devices: Sequence[torch.device | str],
-    ) -> None:
-        if isinstance(devices, (str, torch.device)) or len(devices) == 0:
-            raise SamplerError("ShardedDenoiser: devices must be a non-empty list of devices")
-        self.devices = [torch.device(d) for d in devices]
-        if isinstance(denoisers_or_factory, Sequence):
-            replicas = list(denoisers_or_factory)
-            if len(replicas) != len(self.devices):
-                raise SamplerError(
-                    f"ShardedDenoiser: {len(replicas)} replicas for {len(self.devices)} devices"
-                )
-        elif callable(denoisers_or_factory):
-            replicas = [denoisers_or_factory(d) for d in self.devices]
-        else:
-            raise SamplerError("ShardedDenoiser: pass a list of replicas or a factory(device)")
-        if not all(callable(r) for r in replicas):
-            raise SamplerError("ShardedDenoiser: every replica must be a callable denoiser")
-        self.replicas = replicas
-        self._streams = [
-            torch.cuda.Stream(device=d) if d.type == "cuda" else None for d in self.devices
-        ]
-        self._pool = (
-            ThreadPoolExecutor(max_workers=len(self.devices)) if len(replicas) > 1 else None
-        )
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("replicas", "devices", "_streams", "_pool", "_lock"):
-            raise AttributeError(name)
-        return getattr(self.replicas[0], name)
-
-    def take(self, rows: Tensor) -> ShardedDenoiser:
-        """The replicas for the rows ``rows`` of the batch (see :func:`core.take_rows`)."""
-        view = copy.copy(self)
-        pairs = zip(self.replicas, self.devices, strict=True)
-        view.replicas = [take_rows(r, rows.to(d, non_blocking=True)) for r, d in pairs]
-        return view
-
-    def _run_shard(self, k: int, x: Tensor, sigma: Tensor, start: int = 0) -> Tensor:
-        device, stream = self.devices[k], self._streams[k]
-        replica = self.replicas[k]
-        if getattr(replica, "take", None) is not None:
-            # This shard is rows start..start+len of the call (per-sample conditioning).
-            replica = take_rows(replica, torch.arange(start, start + len(x), device=device))
-        if stream is None:
-            return replica(x.to(device), sigma.to(device))
-        with torch.cuda.device(device), torch.cuda.stream(stream):
-            out = replica(x.to(device, non_blocking=True), sigma.to(device))
-        stream.synchronize()
-        return out
-
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        n = len(self.replicas)
-        if x.is_cuda:
-            # The shards' streams must see the caller's finished inputs.
-            torch.cuda.current_stream(x.device).synchronize()
-        if n == 1 or x.shape[0] < 2:
-            outs = [self._run_shard(0, x, sigma)]
-        else:
-            xs, ss = x.tensor_split(n), sigma.tensor_split(n)
-            starts = [sum(len(xc) for xc in xs[:k]) for k in range(n)]
-            jobs = [(k, xc, sc) for k, (xc, sc) in enumerate(zip(xs, ss, strict=True)) if len(xc)]
-            with self._lock:
-                futures = [
-                    self._pool.submit(self._run_shard, k, xc, sc, starts[k]) for k, xc, sc in jobs
-                ]
-                outs = [f.result() for f in futures]
-        for o in outs:
-            if o.is_cuda:
-                # Made on a side stream, read on the caller's: tell the caching allocator.
-                o.record_stream(torch.cuda.current_stream(o.device))
-        return torch.cat([o.to(x.device) for o in outs])
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-
-
 _SPEC_CLASS: dict[type, type] = {}
 
 
@@ -260,3 +285,13 @@ def inner_sampler_spec(base: type, *args: Any, **kwargs: Any) -> Any:
 
         cls = _SPEC_CLASS[base] = InnerSamplerSpec
     return cls(*args, **kwargs)
+
+
+def relative_change(new: Tensor, old: Tensor) -> Tensor:
+    """``[B]``: per-sample relative RMS change ``||new - old|| / ||new||`` (2-norm over each
+    sample's elements; the ``1/sqrt(d)`` of an RMS cancels), the convergence measure of the
+    parallel samplers. A sample with ``new = 0`` counts as changed unless ``old = 0`` too."""
+    B = new.shape[0]
+    num = (new - old).reshape(B, -1).pow(2).sum(1)
+    den = new.reshape(B, -1).pow(2).sum(1)
+    return (num / den.clamp_min(torch.finfo(den.dtype).tiny)).sqrt()

@@ -24,6 +24,7 @@ from . import (
     parallel,
     pmm,
     rmm,
+    rmm_parallel,
     sde,
     srds,
     unipc,
@@ -72,6 +73,15 @@ class SamplerSpec:
             ``logsnr`` for the DPM-Solvers), with ``default_schedule_options``.
         vp_schedule: grid used when it has one (e.g. ``time_quadratic`` for the DPM-Solvers:
             measured best on the analytic mixture, see benchmarks/README.md).
+        parallel_inner: can serve as the inner solver of SRDS / ParaDiGMS (restartable on any
+            sub-grid; randomness only as one standard-normal draw per step); None: any
+            deterministic solver with a fixed NFE and no fitted coefficients.
+        grid_dependent_options: options (> 0) whose effect depends on the grid length (not
+            restartable per block or step).
+        history_step: for a multistep solver, its step with the history given,
+            ``step(x, sigma, sigma_next, D(x, sigma), [(D_prev, sigma_prev), ...])``
+            (lets ParaDiGMS and pipelined SRDS take the history from neighbouring states);
+            ``history``: how many previous pairs it uses.
     """
 
     name: str
@@ -89,6 +99,10 @@ class SamplerSpec:
     default_schedule: str = "karras"
     default_schedule_options: Mapping[str, Any] = field(default_factory=dict)
     vp_schedule: str | None = None
+    parallel_inner: bool | None = None
+    grid_dependent_options: tuple[str, ...] = ()
+    history_step: Callable[..., Any] | None = None
+    history: int = 0
 
     def is_deterministic(self, options: Mapping[str, Any] | None = None) -> bool:
         opts = {**self.defaults, **(options or {})}
@@ -327,6 +341,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         deterministic=False,
         nfe=lambda n: n,
         vp_schedule="time_uniform",
+        parallel_inner=True,
     ),
     "edm_heun": SamplerSpec(
         "edm_heun",
@@ -336,6 +351,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         nfe=lambda n: 2 * n - 1,
         order=2,
         stochastic_options=("s_churn",),
+        grid_dependent_options=("s_churn",),
     ),
     "dpm_solver_1": SamplerSpec(
         "dpm_solver_1",
@@ -387,6 +403,8 @@ SAMPLERS: dict[str, SamplerSpec] = {
         default_schedule="logsnr",
         default_schedule_options={"final": "replace"},
         vp_schedule="time_quadratic",
+        history_step=parallel.dpmpp_2m_history_step,
+        history=1,
     ),
     # --- new samplers: Poisson midpoint, randomized midpoints (issue 3) ---
     "pmm": SamplerSpec(
@@ -420,11 +438,13 @@ SAMPLERS: dict[str, SamplerSpec] = {
     ),
     "rmm_parallel": SamplerSpec(
         "rmm_parallel",
-        rmm.sample_rmm_parallel,
-        "parallel randomized midpoints: windows of R steps refined by K Picard rounds, one "
-        "batched call per round (Gupta, Cai, Chen 2025); R=5, K=5 by default",
+        rmm_parallel.sample_rmm_parallel,
+        "parallel randomized midpoints (Gupta, Cai, Chen 2025; Shen & Lee 2019): windows of "
+        "R=3K/2 steps, only the midpoints evaluated, K = ceil(log2 d)+1 Picard rounds per window "
+        "in one batched call each; corrector_steps>0: parallel ULD corrector; nfe realised",
         deterministic=False,
-        nfe=rmm.rmm_parallel_nfe,
+        nfe=rmm_parallel.rmm_parallel_nfe,
+        nfe_exact=False,
         vp_schedule="time_uniform",
     ),
     # --- parallel-in-time samplers: SRDS, ParaDiGMS (issue 3) ---
@@ -432,8 +452,9 @@ SAMPLERS: dict[str, SamplerSpec] = {
         SamplerSpec,
         "srds",
         srds.sample_srds,
-        "SRDS parareal over an inner solver (Selvam et al. 2024); converges to the serial "
-        "solve; nfe/rounds are realised (see SampleResult)",
+        "SRDS parareal over an inner solver (Selvam et al. 2024), pipelined; converges to the "
+        "serial solve (multistep solvers without a history_step: restarted at each block); "
+        "nfe/rounds are realised",
         deterministic=True,
         nfe=lambda n: n,
         nfe_exact=False,
@@ -443,8 +464,9 @@ SAMPLERS: dict[str, SamplerSpec] = {
         SamplerSpec,
         "paradigms",
         paradigms.sample_paradigms,
-        "ParaDiGMS Picard iteration with a sliding window over a single-step inner solver "
-        "(Shih et al. 2023); nfe/rounds are realised",
+        "ParaDiGMS Picard iteration with a sliding window over an inner solver (Shih et al. "
+        "2023; multistep ones take their history from neighbouring states); converges to the "
+        "serial solve; nfe/rounds are realised",
         deterministic=True,
         nfe=lambda n: n,
         nfe_exact=False,

@@ -1,21 +1,35 @@
 """SRDS: Self-Refining Diffusion Samplers (Selvam, Merchant, Ermon; NeurIPS 2024).
 
-Parareal over an N-step inner solver (algorithms.md §5): the fine grid is split into B
-blocks of K = N/B steps; the coarse propagator ``G_i`` is ONE inner step from the block
-start to the block end, the fine propagator ``F_i`` the K inner steps of the block, and
+Parareal over an N-step inner solver (Selvam et al. 2024, Alg. 1): the fine grid is split
+into B blocks of K = N/B steps; the coarse propagator ``G_i`` is ONE inner step from the
+block start to the block end, the fine propagator ``F_i`` the K inner steps of the block,
+and
 
     x_{i+1}^p = G_i(x_i^p) + F_i(x_i^{p-1}) - G_i(x_i^{p-1})        (Alg. 1 line 11)
 
-with ``G_i(x_i^{p-1})`` cached from the previous iteration (pitfall §5.5.1). After p
-iterations the boundary states ``x_i^p``, ``i <= p``, are exact (equal to the serial
-solve), so the result equals the serial N-step solve after at most B iterations.
+with ``G_i(x_i^{p-1})`` cached from the previous iteration. After p iterations the
+boundary states ``x_i^p``, ``i <= p``, are exact, so the result equals the serial solve
+after at most B iterations.
+
+The serial solve it converges to is :func:`serial_blockwise`. For a single-step inner
+solver (DDIM, Euler, Heun, DPM-Solver, DDPM with pre-drawn noise) that is exactly the
+serial N-step run. A multistep solver whose registry entry has a ``history_step``
+(DPM-Solver++(2M)) is stepped with its history carried across block boundaries: the fine
+solve ``F_i(x_i^p)`` starts with the history at the end of ``F_{i-1}(x_{i-1}^{p-1})``, the
+fine solve whose result made ``x_i^p`` (none at ``p = 0``). The exactness induction still
+holds (``x_p^p`` comes from the exact ``x_{p-1}^{p-1}`` with the exact history), so SRDS over
+``dpmpp_2m`` converges to the plain serial dpmpp_2m. A multistep solver without a
+``history_step`` restarts its history at every block start (the parareal state is the
+boundary state only): it converges to "the solver restarted at each of the B block starts"
+and cannot be pipelined.
+``G_i(x)`` and the first sub-step of ``F_i(x)`` start from the same state at the same
+sigma and share that network call.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,15 +39,18 @@ from .core import Denoiser, SamplerError, where_rows
 from .denoisers import chunked
 from .noise import NoiseSource
 from .parallel import (
-    MULTISTEP_INNER,
-    SINGLE_STEP_INNER,
+    FirstCall,
     Inner,
     check_positive_int,
     check_tol,
     per_row_grid,
     predraw_noise,
+    relative_change,
     resolve_inner,
 )
+from .srds_pipeline import Hist, push, run_pipelined, step_with_histories
+
+TOL = 1e-3  # default tolerance on the relative change of the final state (panel-chosen)
 
 
 def block_choices(steps: int) -> list[int]:
@@ -41,13 +58,12 @@ def block_choices(steps: int) -> list[int]:
     return [b for b in range(1, steps + 1) if steps % b == 0]
 
 
-def default_blocks(steps: int) -> int:
-    """The divisor of N nearest to sqrt(N) (= sqrt(N) when N is a square)."""
-    return min(block_choices(steps), key=lambda b: (abs(b - math.sqrt(steps)), -b))
-
-
-def _rms(a: Tensor) -> Tensor:
-    return a.reshape(a.shape[0], -1).pow(2).mean(1).sqrt()
+def default_blocks(steps: int, factor: float = 2.0) -> int:
+    """The divisor of N nearest to ``factor * sqrt(N)`` (default 2: chosen on the analytic
+    panel, where pipelined SRDS needs ~2-5 iterations: its rounds, about
+    ``B + (p + 1) N / B``, are least near ``B = sqrt((p + 1) N)``; the paper's sqrt(N)
+    blocks took 0.46-0.55x the serial rounds at N = 100 there, 2 sqrt(N) 0.28-0.40x)."""
+    return min(block_choices(steps), key=lambda b: (abs(b - factor * math.sqrt(steps)), -b))
 
 
 class _Parareal:
@@ -75,6 +91,8 @@ class _Parareal:
                 f"valid: {', '.join(map(str, block_choices(self.N)))}"
             )
         self.B, self.K = blocks, self.N // blocks
+        # Multistep with history_step: fine solves continue the previous block's history.
+        self.carry = inner.multistep and inner.history_step is not None and not inner.stochastic
         self.Z: Tensor | None = None
         self.Zc: Tensor | None = None
         if inner.stochastic:
@@ -97,28 +115,58 @@ class _Parareal:
     def fine_step_draw(self, i: int, s: int) -> list[Tensor]:
         return [self.Z[i * self.K + s]] if self.Z is not None else []
 
-    def G(self, i: int, x: Tensor) -> Tensor:
-        """``G_i``: one inner step from the block start to the block end."""
-        return self.inner.run(self.den, x, self.coarse_grid(i), self.coarse_draw(i))
+    def fine_draws(self, i: int) -> list[Tensor]:
+        return [self.Z[i * self.K + j] for j in range(self.K)] if self.Z is not None else []
 
-    def F(self, blocks: list[int], xs: list[Tensor]) -> dict[int, Tensor]:
-        """``F_i`` of several blocks at once: ONE inner call on the stacked states with a
-        per-row grid ``[K+1, len(blocks) * batch]`` (one batched network call per sub-step)."""
+    def G(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``G_i``: one inner step from the block start to the block end. Also returns the
+        step's first network output ``D(x, sigma_{k_i})`` (reused by ``F_i(x)``)."""
+        den = FirstCall(self.den, x.shape[0])
+        out = self.inner.run(den, x, self.coarse_grid(i), self.coarse_draw(i))
+        assert den.first is not None
+        return out, den.first
+
+    def F(
+        self, blocks: list[int], xs: list[Tensor], d0: list[Tensor], hists: list[Hist]
+    ) -> tuple[dict[int, Tensor], dict[int, Hist]]:
+        """``F_i`` of several blocks at once on the stacked states with a per-row grid
+        ``[K+1, len(blocks) * batch]`` (one batched network call per sub-step). ``d0``:
+        ``D(x_i, sigma_{k_i})`` of each start state, computed by ``G_i(x_i)``: the first
+        sub-step's network call is not repeated. ``hists``: each block's history at its
+        start (used when :attr:`carry`); returns the states and the histories at the ends."""
         K = self.K
         grid = torch.cat([self.S[i * K : (i + 1) * K + 1] for i in blocks], dim=1)
+        x = torch.cat(xs)
+        if self.carry:
+            # Sub-step by sub-step, each block with its own history (Inner.step).
+            dev = grid.to(x.device, x.dtype, non_blocking=True)
+            for j in range(K):
+                D = torch.cat(d0) if j == 0 else self.den(x, dev[j])
+                x = step_with_histories(self.inner, x, dev[j], dev[j + 1], D, hists, self.batch)
+                hists = [
+                    push(self.inner, h, Dk, sk)
+                    for h, Dk, sk in zip(
+                        hists, D.split(self.batch), dev[j].split(self.batch), strict=True
+                    )
+                ]
+            states = dict(zip(blocks, x.split(self.batch), strict=True))
+            return states, dict(zip(blocks, hists, strict=True))
         draws = []
         if self.Z is not None:
             draws = [torch.cat([self.Z[i * K + j] for i in blocks]) for j in range(K)]
-        out = self.inner.run(self.den, torch.cat(xs), grid, draws)
-        return dict(zip(blocks, out.split(self.batch), strict=True))
+        den = FirstCall(self.den, x.shape[0], known=(torch.arange(x.shape[0]), torch.cat(d0)))
+        out = self.inner.run(den, x, grid, draws)
+        return dict(zip(blocks, out.split(self.batch), strict=True)), {}
 
 
 class _Stopper:
-    """Per-sample early stopping on the RMS change of the final state.
+    """Per-sample early stopping on the relative change of the final state.
 
-    A sample's output is frozen at the first iteration whose change is below ``tol``
-    (``tol = 0`` disables it), so a sample's result does not depend on the others in
-    its batch. The check is one host decision per iteration (one GPU->CPU sync).
+    Sample ``k`` stops at the first iteration ``p`` with
+    ``||x_B^p - x_B^{p-1}|| / ||x_B^p|| < tol`` (2-norms over the sample's elements:
+    :func:`relative_change`); its output is frozen there, so it does not depend on the
+    other samples of its batch (``tol = 0`` disables the test). The check is one host
+    decision per iteration (one GPU->CPU sync).
     """
 
     def __init__(self, tol: float, cap: int, batch: int) -> None:
@@ -126,7 +174,7 @@ class _Stopper:
         self.out: Tensor | None = None
         self.last: Tensor | None = None
         self.stopped = torch.zeros(batch, dtype=torch.bool)
-        self.iterations = [cap] * batch
+        self.iterations = torch.full((batch,), cap, dtype=torch.long)
 
     def update(self, p: int, x_final: Tensor) -> bool:
         """Feed the final state of iteration ``p``; returns True when every sample stopped."""
@@ -136,10 +184,9 @@ class _Stopper:
         if p >= self.cap:
             newly = ~self.stopped
         elif self.tol > 0 and self.last is not None:
-            newly = (_rms(x_final - self.last) < self.tol).cpu() & ~self.stopped
+            newly = (relative_change(x_final, self.last) < self.tol).cpu() & ~self.stopped
         if bool(newly.any()):
-            for k in newly.nonzero().flatten().tolist():
-                self.iterations[k] = p
+            self.iterations[newly] = p
             self.out = where_rows(newly.to(x_final.device), x_final, self.out)
             self.stopped |= newly
         self.last = x_final
@@ -152,8 +199,12 @@ def _run_plain(pr: _Parareal, stopper: _Stopper, record: list[Tensor] | None) ->
     # Coarse initialisation: a B-step inner solve (Alg. 1 lines 2-4).
     X = [pr.x0]
     g: list[Tensor] = []
+    d0: list[Tensor] = []  # D(x_i, sigma_{k_i}) of the current x_i, from G_i's first call
+    hist: list[Hist] = [[] for _ in range(B)]  # multistep: history at the current x_i
     for i in range(B):
-        g.append(pr.G(i, X[i]))
+        gi, di = pr.G(i, X[i])
+        g.append(gi)
+        d0.append(di)
         X.append(g[i])
     if record is not None:
         record.append(torch.stack(X))
@@ -163,12 +214,16 @@ def _run_plain(pr: _Parareal, stopper: _Stopper, record: list[Tensor] | None) ->
         # Fine solves of blocks i >= p-1 from the previous iterate, batched (line 7);
         # blocks i < p-1 are exact already and skipped.
         live = list(range(p - 1, B))
-        f = pr.F(live, [X[i] for i in live])
+        f, tails = pr.F(live, [X[i] for i in live], [d0[i] for i in live], [hist[i] for i in live])
+        if pr.carry:
+            # x_i^p (i >= p) comes from F_{i-1}(x_{i-1}^{p-1}): its history continues there.
+            for i in range(p, B):
+                hist[i] = tails[i - 1]
         # x_i^p = x_i^{p-1} is exact for i < p; x_p^p = F(x_{p-1}^{p-1}) is exact too.
         Xn = [*X[:p], f[p - 1]]
         # Sequential coarse sweep with the parareal correction (lines 9-11).
         for i in range(p, B):
-            g_new = pr.G(i, Xn[i])
+            g_new, d0[i] = pr.G(i, Xn[i])
             Xn.append(g_new + f[i] - g[i])
             g[i] = g_new
         X = Xn
@@ -177,91 +232,6 @@ def _run_plain(pr: _Parareal, stopper: _Stopper, record: list[Tensor] | None) ->
         if stopper.update(p, X[B]):
             break
     return stopper.out
-
-
-@dataclass
-class _Task:
-    kind: str  # "G" (one coarse step) or "F" (K fine sub-steps)
-    i: int  # block
-    p: int  # iteration of the block's start state
-    x: Tensor
-    s: int = 0  # sub-steps done
-
-
-def _run_pipelined(pr: _Parareal, stopper: _Stopper) -> Tensor:
-    """Pipelined SRDS (algorithms.md §5.3) as a wavefront.
-
-    ``G_i(x_i^p)`` and ``F_i(x_i^p)`` start as soon as ``x_i^p`` exists; each wave is ONE
-    inner step (a 2-point per-row grid) on the rows of every running task, coarse steps
-    and fine sub-steps alike. The states are computed by the same formulas as in
-    :func:`_run_plain`, so the result is the same; only the schedule (rounds) differs.
-    """
-    B, K, P, batch = pr.B, pr.K, stopper.cap, pr.batch
-    X: dict[tuple[int, int], Tensor] = {}
-    g: dict[tuple[int, int], Tensor] = {}
-    f: dict[tuple[int, int], Tensor] = {}
-    tasks: list[_Task] = []
-    finals: dict[int, Tensor] = {}
-    next_final = 0
-
-    def add_state(i: int, p: int, x: Tensor) -> None:
-        X[(i, p)] = x
-        if i == B:
-            finals[p] = x
-            return
-        # Start both propagators from the new state (skipping the unused ones).
-        tasks.append(_Task("G", i, p, x))
-        if p < P:
-            tasks.append(_Task("F", i, p, x))
-
-    def try_make(i1: int, p: int) -> None:
-        if (i1, p) in X or p > P or i1 < p:
-            return
-        i = i1 - 1
-        if p == 0:
-            if (i, 0) in g:
-                add_state(i1, 0, g[(i, 0)])
-        elif i1 == p:
-            # Exact state: the fine solve from the exact x_{p-1}^{p-1}.
-            if (i, p - 1) in f:
-                add_state(i1, p, f[(i, p - 1)])
-        elif (i, p) in g and (i, p - 1) in f and (i, p - 1) in g:
-            # Parareal correction with the cached G_i(x_i^{p-1}).
-            add_state(i1, p, g[(i, p)] + f[(i, p - 1)] - g[(i, p - 1)])
-
-    add_state(0, 0, pr.x0)
-    while tasks:
-        # One wave: one inner step on every running task's rows.
-        grids, draws = [], []
-        for t in tasks:
-            if t.kind == "G":
-                grids.append(pr.coarse_grid(t.i))
-                draws.append(pr.coarse_draw(t.i))
-            else:
-                grids.append(pr.fine_step_grid(t.i, t.s))
-                draws.append(pr.fine_step_draw(t.i, t.s))
-        z = [torch.cat([d[0] for d in draws])] if pr.Z is not None else []
-        out = pr.inner.run(pr.den, torch.cat([t.x for t in tasks]), torch.cat(grids, 1), z)
-        done: list[_Task] = []
-        running: list[_Task] = []
-        for t, xt in zip(tasks, out.split(batch), strict=True):
-            t.x, t.s = xt, t.s + 1
-            (done if t.kind == "G" or t.s == K else running).append(t)
-        tasks = running
-        for t in sorted(done, key=lambda t: (t.p, t.i)):
-            if t.kind == "G":
-                g[(t.i, t.p)] = t.x
-                try_make(t.i + 1, t.p)
-                try_make(t.i + 1, t.p + 1)
-            else:
-                f[(t.i, t.p)] = t.x
-                try_make(t.i + 1, t.p + 1)
-        # Convergence checks, in iteration order, on the final states that now exist.
-        while next_final in finals:
-            if stopper.update(next_final, finals.pop(next_final)):
-                return stopper.out
-            next_final += 1
-    raise AssertionError("srds: pipelined schedule ended before the last iteration")
 
 
 def _prepare(
@@ -278,12 +248,15 @@ def _prepare(
     max_rows: int | None,
 ) -> tuple[_Parareal, _Stopper]:
     tol = check_tol("srds", tol)
-    if pipelined and inner in MULTISTEP_INNER:
-        raise SamplerError(
-            f"srds: pipelined=True needs a single-step inner solver (fine solves advance one "
-            f"step per wave), not the multistep '{inner}'; valid: {', '.join(SINGLE_STEP_INNER)}"
-        )
-    spec = resolve_inner("srds", inner, inner_options, allow_multistep=True)
+    spec = resolve_inner(
+        "srds",
+        inner,
+        inner_options,
+        need_history=bool(pipelined),
+        history_reason=" (pipelined=True steps fine solves one state at a time)",
+    )
+    if pipelined and spec.multistep and spec.stochastic:
+        raise SamplerError("srds: pipelined=True needs a deterministic multistep inner solver")
     if max_rows is not None:
         check_positive_int("srds", "max_rows", max_rows)
     pr = _Parareal(chunked(denoiser, max_rows), x, sigmas, spec, blocks, noise)
@@ -304,26 +277,32 @@ def sample_srds(
     inner: str = "ddim",
     inner_options: Mapping[str, Any] | None = None,
     blocks: int | None = None,
-    tol: float = 1e-3,
+    tol: float = TOL,
     max_iters: int | None = None,
-    pipelined: bool = False,
+    pipelined: bool = True,
     max_rows: int | None = None,
     info: dict[str, Any] | None = None,
 ) -> Tensor:
     """SRDS (Selvam et al. 2024, Alg. 1): parareal over the inner solver ``inner``.
 
-    ``sigmas`` is the fine N-step grid; it is split into ``blocks`` blocks (B must
-    divide N; default: the divisor of N nearest sqrt(N)). Iterates until the RMS change of
-    a sample's final state between two iterations is below ``tol`` (per sample; its output
-    is then frozen; ``tol=0`` disables early stopping) or ``max_iters`` (default and at
-    most B, where the result is exact) iterations are done; the stop is a host decision
-    once per iteration (one GPU->CPU sync per iteration when ``tol > 0``). ``pipelined`` runs the
-    pipelined schedule (§5.3): same result, fewer sequential rounds.
+    ``sigmas`` is the fine N-step grid; it is split into ``blocks`` blocks (B must divide
+    N; default: the divisor of N nearest ``2 sqrt(N)``, :func:`default_blocks`).
+
+    Convergence test: sample ``k`` stops at the first iteration ``p`` whose final state
+    changed by ``||x_B^p - x_B^{p-1}|| / ||x_B^p|| < tol`` (2-norms over the sample's
+    elements: a per-sample relative RMS change; ``tol=0`` disables the test); its output
+    is then frozen. Parareal converges superlinearly, so the error of the stopped iterate
+    against the serial solve is below the last change (tested: per-sample relative error
+    <= tol on the analytic mixture). At most ``max_iters`` iterations (default and at most
+    B, where the result is exact); the stop is one host decision per iteration.
+    ``pipelined`` (default) runs the pipelined schedule (:mod:`srds_pipeline`): the same
+    iterates in fewer sequential rounds. Defaults (``tol``, ``blocks``, ``pipelined``)
+    were chosen on the analytic panel models (README, "SRDS and ParaDiGMS").
 
     Stochastic inner solvers (ddpm, ddim with eta > 0) run on noise pre-drawn in the serial
     order, so the result converges to the serial run with the same seeds. Multistep inner
-    solvers (dpmpp_2m) restart their history at each block boundary (the parareal state is
-    the boundary state only): they converge to that block-restarted serial solve.
+    solvers (dpmpp_2m) carry their history across block boundaries and converge to their
+    serial run (module docstring; without a ``history_step`` they restart at each block).
     ``max_rows`` caps the rows per network call (results unchanged). ``info``, if given,
     receives ``iterations`` (per sample) and ``blocks``.
     """
@@ -340,9 +319,9 @@ def sample_srds(
         pipelined,
         max_rows,
     )
-    out = _run_pipelined(pr, stopper) if pipelined else _run_plain(pr, stopper, None)
+    out = run_pipelined(pr, stopper) if pipelined else _run_plain(pr, stopper, None)
     if info is not None:
-        info.update(iterations=list(stopper.iterations), blocks=pr.B)
+        info.update(iterations=stopper.iterations.tolist(), blocks=pr.B)
     return out
 
 
@@ -378,14 +357,17 @@ def serial_blockwise(
     inner_options: Mapping[str, Any] | None = None,
     blocks: int | None = None,
 ) -> Tensor:
-    """The serial solve SRDS converges to: the inner solver block after block.
-
-    For single-step inner solvers this is the plain serial N-step run; a multistep solver
-    restarts its history at every block boundary.
+    """The serial solve SRDS converges to (module docstring): the plain serial N-step run
+    for single-step inner solvers and for multistep ones with a ``history_step``; for
+    other multistep solvers the solver run block after block, its history restarted at
+    every block start.
     """
     pr, _ = _prepare(
         denoiser, x, sigmas, noise, inner, inner_options, blocks, 0.0, None, False, None
     )
+    if pr.carry:
+        # The history runs on across the blocks: the plain serial solve.
+        return pr.inner.run(pr.den, x, pr.S)
     for i in range(pr.B):
-        x = pr.F([i], [x])[i]
+        x = pr.inner.run(pr.den, x, pr.S[i * pr.K : (i + 1) * pr.K + 1], pr.fine_draws(i))
     return x

@@ -1,0 +1,183 @@
+"""Rows of one batched network call spread over devices or processes.
+
+* :class:`ShardedDenoiser`: several devices of one process (one worker thread and one CUDA
+  stream per device);
+* :class:`DistributedDenoiser`: the processes of a ``torch.distributed`` group (one device
+  each, e.g. a DDP world launched by Lightning or torchrun). Every process runs the same
+  sampler on the same batch (same seeds); each network call computes only its share of
+  the rows and ``all_gather`` gives every process the full output, so all host decisions
+  (early stops, window slides) agree and the samples equal a one-process run.
+
+The parallel-in-time samplers (SRDS, ParaDiGMS, parallel randomized midpoints) batch many
+time points into one call; either wrapper splits those rows, which is how a parallel round
+is spread over several accelerators.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .core import Denoiser, SamplerError, take_rows
+
+
+class ShardedDenoiser:
+    """Splits the rows of each batched call over several devices of one node.
+
+    Args:
+        denoisers_or_factory: one denoiser replica per device (a sequence, in the order of
+            ``devices``), or a factory ``f(device) -> denoiser`` called once per device.
+        devices: e.g. ``["cuda:0", "cuda:1"]``; ``["cpu", "cpu"]`` works (for tests).
+
+    Rows are split evenly (``tensor_split``), each shard is copied to its device and run
+    there; the devices run concurrently (one worker thread and one CUDA stream per
+    device) and the outputs are gathered, in order, on the caller's device. Attributes
+    (``sigma_min``, ``vp``, ...) are those of the first replica.
+    """
+
+    def __init__(
+        self,
+        denoisers_or_factory: Sequence[Denoiser] | Callable[[torch.device], Denoiser],
+        devices: Sequence[torch.device | str],
+    ) -> None:
+        if isinstance(devices, (str, torch.device)) or len(devices) == 0:
+            raise SamplerError("ShardedDenoiser: devices must be a non-empty list of devices")
+        self.devices = [torch.device(d) for d in devices]
+        if isinstance(denoisers_or_factory, Sequence):
+            replicas = list(denoisers_or_factory)
+            if len(replicas) != len(self.devices):
+                raise SamplerError(
+                    f"ShardedDenoiser: {len(replicas)} replicas for {len(self.devices)} devices"
+                )
+        elif callable(denoisers_or_factory):
+            replicas = [denoisers_or_factory(d) for d in self.devices]
+        else:
+            raise SamplerError("ShardedDenoiser: pass a list of replicas or a factory(device)")
+        if not all(callable(r) for r in replicas):
+            raise SamplerError("ShardedDenoiser: every replica must be a callable denoiser")
+        self.replicas = replicas
+        self._streams = [
+            torch.cuda.Stream(device=d) if d.type == "cuda" else None for d in self.devices
+        ]
+        self._pool = (
+            ThreadPoolExecutor(max_workers=len(self.devices)) if len(replicas) > 1 else None
+        )
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("replicas", "devices", "_streams", "_pool", "_lock"):
+            raise AttributeError(name)
+        return getattr(self.replicas[0], name)
+
+    def take(self, rows: Tensor) -> ShardedDenoiser:
+        """The replicas for the rows ``rows`` of the batch (see :func:`core.take_rows`)."""
+        view = copy.copy(self)
+        pairs = zip(self.replicas, self.devices, strict=True)
+        view.replicas = [take_rows(r, rows.to(d, non_blocking=True)) for r, d in pairs]
+        return view
+
+    def _run_shard(self, k: int, x: Tensor, sigma: Tensor, start: int = 0) -> Tensor:
+        device, stream = self.devices[k], self._streams[k]
+        replica = self.replicas[k]
+        if getattr(replica, "take", None) is not None:
+            # This shard is rows start..start+len of the call (per-sample conditioning).
+            replica = take_rows(replica, torch.arange(start, start + len(x), device=device))
+        if stream is None:
+            return replica(x.to(device), sigma.to(device))
+        with torch.cuda.device(device), torch.cuda.stream(stream):
+            out = replica(x.to(device, non_blocking=True), sigma.to(device))
+        stream.synchronize()
+        return out
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        n = len(self.replicas)
+        if x.is_cuda:
+            # The shards' streams must see the caller's finished inputs.
+            torch.cuda.current_stream(x.device).synchronize()
+        if n == 1 or x.shape[0] < 2:
+            outs = [self._run_shard(0, x, sigma)]
+        else:
+            xs, ss = x.tensor_split(n), sigma.tensor_split(n)
+            starts = [sum(len(xc) for xc in xs[:k]) for k in range(n)]
+            jobs = [(k, xc, sc) for k, (xc, sc) in enumerate(zip(xs, ss, strict=True)) if len(xc)]
+            with self._lock:
+                futures = [
+                    self._pool.submit(self._run_shard, k, xc, sc, starts[k]) for k, xc, sc in jobs
+                ]
+                outs = [f.result() for f in futures]
+        for o in outs:
+            if o.is_cuda:
+                # Made on a side stream, read on the caller's: tell the caching allocator.
+                o.record_stream(torch.cuda.current_stream(o.device))
+        return torch.cat([o.to(x.device) for o in outs])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+class DistributedDenoiser:
+    """Splits the rows of each call over the ranks of a ``torch.distributed`` process group.
+
+    Args:
+        denoiser: this process's replica (on this process's device).
+        group: the process group (default: the world). ``torch.distributed`` must be
+            initialised; every rank must make the same calls with the same row counts
+            (true when every rank runs the same sampler on the same seeds).
+
+    Rank ``r`` evaluates rows ``[r m, (r+1) m)`` with ``m = ceil(rows / world)``; the shards
+    are padded to ``m`` rows, gathered with ``all_gather`` and the padding dropped.
+    Attributes (``sigma_min``, ``vp``, ...) are those of ``denoiser``.
+    """
+
+    def __init__(self, denoiser: Denoiser, group: Any = None) -> None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise SamplerError(
+                "DistributedDenoiser: torch.distributed is not initialised (init_process_group)"
+            )
+        if not callable(denoiser):
+            raise SamplerError("DistributedDenoiser: the replica must be a callable denoiser")
+        self.denoiser, self.group = denoiser, group
+        self.world = dist.get_world_size(group)
+        self.rank = dist.get_rank(group)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("denoiser", "group", "world", "rank"):
+            raise AttributeError(name)
+        return getattr(self.denoiser, name)
+
+    def take(self, rows: Tensor) -> DistributedDenoiser:
+        """This rank's replica for the rows ``rows`` of the batch (see :func:`core.take_rows`)."""
+        view = copy.copy(self)
+        view.denoiser = take_rows(self.denoiser, rows)
+        return view
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        rows = x.shape[0]
+        if self.world == 1:
+            return self.denoiser(x, sigma)
+        m = math.ceil(rows / self.world)
+        lo, hi = min(rows, self.rank * m), min(rows, (self.rank + 1) * m)
+        # This rank's share of the rows (possibly none), padded to m rows.
+        out = torch.zeros((m, *x.shape[1:]), device=x.device, dtype=x.dtype)
+        if hi > lo:
+            replica = self.denoiser
+            if getattr(replica, "take", None) is not None:
+                # This rank's shard is rows lo..hi of the call (per-sample conditioning).
+                replica = take_rows(replica, torch.arange(lo, hi, device=x.device))
+            out[: hi - lo] = replica(x[lo:hi], sigma[lo:hi])
+        # Every rank receives every shard, in rank order.
+        parts = [torch.empty_like(out) for _ in range(self.world)]
+        dist.all_gather(parts, out, group=self.group)
+        return torch.cat(parts)[:rows]
