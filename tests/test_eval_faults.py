@@ -411,7 +411,8 @@ def test_corrupt_cache_is_rebuilt_with_a_note(tmp_path):
 # --- evaluate: checkpoint, stale grids, one progress bar -------------------------------------
 
 
-def test_evaluate_records_checkpoint_and_clears_stale_grids(tmp_path):
+def test_evaluate_records_checkpoint_and_clears_stale_grids(tmp_path, capsys):
+    from samplerlab.cli import main
     from samplerlab.trainer.run import evaluate, train
 
     train(load_config("test", overrides=[f"out_dir={tmp_path / 't'}", "eval.enabled=false"]))
@@ -419,6 +420,9 @@ def test_evaluate_records_checkpoint_and_clears_stale_grids(tmp_path):
     saved = torch.load(ckpt, weights_only=True, mmap=True)
     out = tmp_path / "e"
     evaluate(str(ckpt), [], [f"out_dir={out}"])
+    capsys.readouterr()
+    assert main(["evaluate", "--ckpt", str(ckpt), f"out_dir={out}"]) == 0  # the same again
+    assert "4 rows: 4 ok; 4 resumed" in capsys.readouterr().out
     assert {p.name for p in (out / "grids").iterdir()} == {
         f"{s}_nfe{b}.png" for s in ("euler", "ddim") for b in (2, 4)
     }
