@@ -295,7 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samplers", default=",".join(CANDIDATES))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/panel")
+    p.add_argument("--report-only", action="store_true", help="re-render panel.md from panel.json")
     args = p.parse_args(argv)
+    if args.report_only:
+        out = Path(args.out)
+        state = json.loads(out.with_suffix(".json").read_text())
+        write_report(state, out.with_suffix(".md"), state["config"]["nfe"])
+        return 0
     torch.set_num_threads(args.threads)
     # The oracle's LMS warns that scale_model_input was not called: its model is analytic.
     warnings.filterwarnings("ignore", message=".*scale_model_input.*")
@@ -414,7 +420,8 @@ def _opts(o: dict) -> str:
 def render(state: dict, budgets: list[int], chosen: dict[str, dict]) -> str:
     rows = state["rows"]
     tab = _table(rows)
-    models = list(dict.fromkeys(r["model"] for r in rows))
+    present = {r["model"] for r in rows}
+    models = [m for m in [*PANEL, *HOLDOUT] if m in present]
     family = {r["model"]: r["family"] for r in rows}
     cfg = state["config"]
     lines = [

@@ -369,7 +369,8 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "dpm_solver_2": SamplerSpec(
         "dpm_solver_2",
         dpm_solver.sample_dpm_solver,
-        "DPM-Solver-2 singlestep, data prediction (DPM-Solver++, Lu et al. 2022b; algorithm=dpmsolver: Lu et al. 2022); steps = NFE (DPM-Solver-fast orders)",
+        "DPM-Solver-2 singlestep on the data prediction (DPM-Solver++, Lu et al. 2022b; "
+        "algorithm=dpmsolver: Lu et al. 2022); steps = NFE (DPM-Solver-fast orders)",
         deterministic=True,
         nfe=_dpm_nfe,
         order=2,
@@ -382,7 +383,8 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "dpm_solver_3": SamplerSpec(
         "dpm_solver_3",
         dpm_solver.sample_dpm_solver,
-        "DPM-Solver-3 singlestep, data prediction (DPM-Solver++, Lu et al. 2022b; algorithm=dpmsolver: Lu et al. 2022); steps = NFE (DPM-Solver-fast orders)",
+        "DPM-Solver-3 singlestep on the data prediction (DPM-Solver++, Lu et al. 2022b; "
+        "algorithm=dpmsolver: Lu et al. 2022); steps = NFE (DPM-Solver-fast orders)",
         deterministic=True,
         nfe=_dpm_nfe,
         order=3,

@@ -76,8 +76,8 @@ def sample_unipc(
     costs no evaluation (NFE = steps). ``variant`` picks ``B(h)`` (``bh1``: ``h``;
     ``bh2``: ``e^h - 1``); ``order`` 1-3 with warm-up; ``lower_order_final`` caps the last
     two steps at orders 1 and 2 (diffusers' default; on grids ending at 0 it only changes
-    order 3); defaults chosen on the analytic panel (benchmarks/bench_panel.py); a step to sigma = 0 is the denoise
-    step and is not corrected.
+    order 3); defaults chosen on the analytic panel (benchmarks/bench_panel.py); a step to
+    sigma = 0 is the denoise step and is not corrected.
     """
     if variant not in VARIANTS:
         raise SamplerError(f"unknown UniPC variant '{variant}'; valid: {', '.join(VARIANTS)}")
