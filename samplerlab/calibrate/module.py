@@ -56,6 +56,20 @@ def calibration_seeds(seed: int, indices: Sequence[int]) -> list[int]:
     return fit_seeds(seed, indices)
 
 
+def _working_dtype(denoiser: Any, dtype: torch.dtype) -> torch.dtype:
+    """The least precise of ``dtype`` and the floating weights of the network behind
+    ``denoiser`` (analytic models have none)."""
+    from ..iia.files import _find_module
+
+    module = _find_module(denoiser)
+    dtypes = {dtype} | {
+        p.dtype
+        for p in (module.parameters() if module is not None else ())
+        if p.is_floating_point()
+    }
+    return max(dtypes, key=lambda d: torch.finfo(d).eps)
+
+
 def candidate_grids(denoiser: Any, spec: SamplerSpec, grid_steps: int, default: Tensor) -> Tensor:
     """``[C, N+1]``: the default grid first, then the library's other schedules (same
     ``sigma_0``, ending in 0) as starting points."""
@@ -106,8 +120,9 @@ class CalibrationFitModule(L.LightningModule):
         self.batch_size = batch_size or num_samples
         self.fit_dtype, self.teacher_steps = dtype, teacher_steps
         self.teacher_sigma_end = teacher_sigma_end
-        # Central differences: the step that balances truncation and rounding, eps^(1/3).
-        self.fd_eps = fd_eps or torch.finfo(dtype).eps ** (1 / 3)
+        # Central differences: the step that balances truncation and rounding, eps^(1/3) of
+        # the working precision (a float32 network's, even when the fit runs in float64).
+        self.fd_eps = fd_eps or torch.finfo(_working_dtype(denoiser, dtype)).eps ** (1 / 3)
         self.candidates = candidates
         P = param.size
         # Buffers: returned to the main process by Lightning's spawn launcher.
