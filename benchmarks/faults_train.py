@@ -238,12 +238,19 @@ def main() -> None:
 
     @case("resume-capped", "resume a run that reached its time cap")
     def _():
-        run("train", *TEST, "out_dir=r_cap", "trainer.max_epochs=1000", "data.gmm.num_samples=4096",
-            "trainer.max_time=00:00:00:05")  # fmt: skip
+        import torch
+
+        cap = [
+            "trainer.max_epochs=1000",
+            "data.gmm.num_samples=4096",
+            "trainer.max_time=00:00:00:05",
+        ]
+        run("train", *TEST, "out_dir=r_cap", *cap)
         c = work / "r_cap" / "checkpoints" / "last.ckpt"
-        r = run("train", *TEST, "out_dir=r_cap", f"ckpt_path={c}", "trainer.max_epochs=1000",
-                "data.gmm.num_samples=4096", "trainer.max_time=00:00:00:05")  # fmt: skip
-        r["note"] = r["stdout_tail"][0][:120]
+        first = torch.load(c, map_location="cpu", weights_only=True)["global_step"]
+        r = run("train", *TEST, "out_dir=r_cap", f"ckpt_path={c}", *cap)
+        second = torch.load(c, map_location="cpu", weights_only=True)["global_step"]
+        r["note"] = f"steps after the first run: {first}, after the resumed run: {second}"
         return r
 
     @case("nan", "`optim.lr=1e8` (NaN loss)")

@@ -118,3 +118,30 @@ def test_claim_refuses_without_markers_only(tmp_path):
     (run / "config.yaml").write_text("name: x\n")
     with pytest.raises(ConfigError, match="already holds a run"):
         claim_run_dir(cfg_for(tmp_path))
+
+
+def test_unwritable_out_dir_is_one_line_before_any_work(tmp_path, monkeypatch):
+    """A folder the user cannot write to (root ignores permissions: simulated)."""
+    import os
+    import pathlib
+
+    from samplerlab.trainer.runs import claim_run_dir
+
+    real = pathlib.Path.write_text
+
+    def denied(self, *args, **kwargs):
+        if self.name.startswith(".write-test"):
+            raise PermissionError(13, os.strerror(13))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", denied)
+    with pytest.raises(ConfigError, match=r"out_dir: cannot write to .*Permission denied"):
+        claim_run_dir(cfg_for(tmp_path))
+    if os.geteuid() != 0:  # a real read-only folder, where permissions apply
+        monkeypatch.undo()
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        cfg = load_config("test", overrides=[f"out_dir={ro / 'run'}"])
+        with pytest.raises(ConfigError, match="out_dir: cannot write"):
+            claim_run_dir(cfg)
