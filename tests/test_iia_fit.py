@@ -49,7 +49,11 @@ def _err(x, ref):
     # but not the end-to-end error (10 steps: 0.073 -> 0.246, one sample changes mode): the
     # base's later local errors partly cancel the error carried from earlier steps, and the
     # two scalars of eq. 23 per step remove part of the cancelling component.
-    [("iia_ddim", 10, 0.8), ("iia_dpmpp_2m", 4, 0.85), ("iia_edm", 6, 0.5), ("biia_edm", 6, 0.7)],
+    # IIA-DDIM at 10 steps from 32 fitting noises: ratio 0.73-0.92 over 12 (fit seed, held-out
+    # seeds) sets with the counter-based noise, 0.71-0.82 over 6 with per-sample generators
+    # (the spread comes mostly from the fit set; M = 10 or 64 fitting noises do not narrow
+    # it), so the bound is 0.95.
+    [("iia_ddim", 10, 0.95), ("iia_dpmpp_2m", 4, 0.85), ("iia_edm", 6, 0.5), ("biia_edm", 6, 0.7)],
 )
 def test_iia_beats_base_on_held_out_noise(gmm, name, steps, gain):
     c = fit(gmm, name, steps=steps, M=4, num_samples=32, progress=False)

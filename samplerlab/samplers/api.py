@@ -137,7 +137,8 @@ def sample(
     sigmas: Tensor | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
-    noise_device: torch.device | str = "cpu",
+    noise_device: torch.device | str | None = None,
+    noise_kind: str = "splitmix",
     **options: Any,
 ) -> SampleResult:
     """Draw ``shape[0]`` samples with the registered sampler ``name``.
@@ -147,6 +148,9 @@ def sample(
     random draws of stochastic samplers still come from the seeds). ``steps`` means what
     the sampler's registry entry says (``samplerlab samplers``); ``sigmas`` overrides the
     schedule. Raises :class:`NonFiniteError` naming the round if a sample is NaN/Inf.
+    ``noise_kind`` picks the :class:`PerSampleNoise` generator (``"generator"``: one
+    ``torch.Generator`` per sample, the stream of earlier versions and of EDM's seeds);
+    ``noise_device`` where it runs (default: the sampling device; the CPU for generators).
     """
     if not callable(denoiser):
         raise SamplerError(f"the denoiser must be a callable D(x, sigma), got {type(denoiser)}")
@@ -194,7 +198,7 @@ def sample(
     run_options = {**planned, **options}
 
     def run(den: Any) -> Tensor:
-        source = PerSampleNoise(seeds, noise_device)
+        source = PerSampleNoise(seeds, noise_device, kind=noise_kind)
         if noise is None:
             z = source.randn(shape, device=device, dtype=dtype)
         else:

@@ -88,25 +88,26 @@ def sample_paradigms(
     Z = predraw_noise(noise, x, N) if spec.stochastic else None
     # Buffer of all N+1 states, initialised to x_0 (x_T in the paper).
     X = x[None].repeat(N + 1, *([1] * x.ndim))
-    b = [0] * batch
-    e = [min(window, N)] * batch
-    iterations = [0] * batch
+    # Per-sample windows [b, e) and iteration counts: host tensors, updated without a
+    # Python loop over the samples.
+    b = torch.zeros(batch, dtype=torch.long)
+    e = torch.full((batch,), min(window, N), dtype=torch.long)
+    iterations = torch.zeros(batch, dtype=torch.long)
     windows: list[list[tuple[int, int]]] = []
     cols = torch.arange(batch, device=dev)
-    while any(bk < N for bk in b):
-        lens = [ek - bk for bk, ek in zip(b, e, strict=True)]
-        W = max(lens)
+    while bool((b < N).any()):
+        lens = e - b
+        W = int(lens.max())
         # Rows (w, k) of the window, w-major: state x_{b_k + w} of sample k. Indices are
         # built on the host and sent without blocking (no sync but the convergence test).
-        valid = torch.tensor([[w < n for n in lens] for w in range(W)])  # host [W, batch]
+        valid = torch.arange(W)[:, None] < lens[None]  # host [W, batch]
         wi, kk = valid.nonzero(as_tuple=True)  # row-major: the order of mask indexing
-        b_host = torch.tensor(b)
-        jj = b_host[kk] + wi
-        jn = (b_host[None] + torch.arange(1, W + 1)[:, None]).clamp_max(N)  # [W, batch]
+        jj = b[kk] + wi
+        jn = (b[None] + torch.arange(1, W + 1)[:, None]).clamp_max(N)  # [W, batch]
         idx = torch.stack([jj, kk, wi, jn[wi, kk]]).to(dev, non_blocking=True)
         jj_d, kk_d, wi_d, jv_d = idx
         jn_d = jn.to(dev, non_blocking=True)
-        b_d = b_host.to(dev, non_blocking=True)
+        b_d = b.to(dev, non_blocking=True)
         rows = X[jj_d, kk_d]
         grid = torch.stack([S[jj, kk], S[jj + 1, kk]])  # host [2, R]
         draws = [Z[jj_d, kk_d]] if Z is not None else []
@@ -120,20 +121,25 @@ def sample_paradigms(
         unconverged = (err > thresh[jn_d, cols[None]]).cpu() & valid  # the one sync
         # Write back, slide each window to its first unconverged step (at most `window`).
         X[jv_d, kk_d] = X_new[wi_d, kk_d]
-        windows.append(list(zip(b, e, strict=True)))
-        for k in range(batch):
-            if b[k] >= N:
-                continue
-            iterations[k] += 1
-            bad = unconverged[: lens[k], k].nonzero()
-            ind = int(bad[0]) if len(bad) else lens[k]
-            # States up to b+ind+1 are now exact; the slide never exceeds the window.
-            nb = b[k] + min(1 + ind, lens[k], window)
-            ne = min(nb + window, N)
-            # Newly exposed states start from the last state of the old window.
-            if ne > e[k]:
-                X[e[k] + 1 : ne + 1, k] = X[e[k], k]
-            b[k], e[k] = nb, ne
+        windows.append(list(zip(b.tolist(), e.tolist(), strict=True)))
+        active = b < N
+        iterations += active
+        first_bad = unconverged.to(torch.uint8).argmax(0)  # first True (or 0 if none)
+        ind = torch.where(unconverged.any(0), first_bad, lens)
+        # States up to b+ind+1 are now exact; the slide never exceeds the window.
+        nb = b + torch.minimum(1 + ind, lens).clamp_max(window)
+        ne = (nb + window).clamp_max(N)
+        # Newly exposed states x_{e+1..ne} start from the last state of the old window:
+        # all samples in one indexed copy.
+        grow = torch.where(active & (ne > e), ne - e, 0)
+        total = int(grow.sum())
+        if total > 0:
+            ks = torch.arange(batch).repeat_interleave(grow)
+            first = torch.cumsum(grow, 0) - grow
+            js = e[ks] + 1 + torch.arange(total) - first[ks]
+            js_d, ks_d, src_d = torch.stack([js, ks, e[ks]]).to(dev, non_blocking=True)
+            X[js_d, ks_d] = X[src_d, ks_d]
+        b, e = torch.where(active, nb, b), torch.where(active, ne, e)
     if info is not None:
-        info.update(iterations=iterations, windows=windows)
+        info.update(iterations=iterations.tolist(), windows=windows)
     return X[N]

@@ -126,7 +126,7 @@ class _Stopper:
         self.out: Tensor | None = None
         self.last: Tensor | None = None
         self.stopped = torch.zeros(batch, dtype=torch.bool)
-        self.iterations = [cap] * batch
+        self.iterations = torch.full((batch,), cap, dtype=torch.long)
 
     def update(self, p: int, x_final: Tensor) -> bool:
         """Feed the final state of iteration ``p``; returns True when every sample stopped."""
@@ -138,8 +138,7 @@ class _Stopper:
         elif self.tol > 0 and self.last is not None:
             newly = (_rms(x_final - self.last) < self.tol).cpu() & ~self.stopped
         if bool(newly.any()):
-            for k in newly.nonzero().flatten().tolist():
-                self.iterations[k] = p
+            self.iterations[newly] = p
             self.out = where_rows(newly.to(x_final.device), x_final, self.out)
             self.stopped |= newly
         self.last = x_final
@@ -342,7 +341,7 @@ def sample_srds(
     )
     out = _run_pipelined(pr, stopper) if pipelined else _run_plain(pr, stopper, None)
     if info is not None:
-        info.update(iterations=list(stopper.iterations), blocks=pr.B)
+        info.update(iterations=stopper.iterations.tolist(), blocks=pr.B)
     return out
 
 
