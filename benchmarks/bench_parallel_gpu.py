@@ -19,6 +19,14 @@ reported in the table and the run goes on.
 ``K`` GPUs (``ShardedDenoiser``; ``K = 1``: one GPU, unsharded; on ``--smoke`` the
 "devices" are CPU replicas) and ends with a table of each method's wall-clock per device
 count and its speed-up over one device, measured in the same run.
+
+    python benchmarks/bench_parallel_gpu.py --latency --noise --out bench_gpu.md
+
+``--latency`` adds, per mode, serial DDIM at batch 1 against the network's own forward time
+at batch 1 times the NFE (the sampler's overhead over the network). ``--noise`` adds the
+time of one per-sample noise draw on the device (``PerSampleNoise``: the counter-based
+default, Philox and per-sample generators) against one batched ``torch.randn`` of the same
+shape, for each batch size. Every ratio is measured within the same run.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import samplerlab as sl
 from samplerlab.fileio import atomic_write_text
 from samplerlab.samplers import build_sigmas, get_sampler
 from samplerlab.samplers.denoisers import from_eps
+from samplerlab.samplers.noise import NOISE_KINDS, PerSampleNoise
 from samplerlab.samplers.parallel import ShardedDenoiser
 from samplerlab.samplers.schedules import betas_for
 
@@ -177,6 +186,67 @@ def time_method(
     return {"seconds": statistics.median(times), "rounds": res.rounds, "nfe": res.nfe, "x": res.x}
 
 
+def median_seconds(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
+    """Median wall-clock of ``fn`` over ``reps`` runs after one warm-up, synchronised."""
+    fn()
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def network_call(den) -> Callable[[Tensor, Tensor], Tensor]:
+    """The raw (possibly compiled) network call ``eps(x_vp, t)`` inside a denoiser."""
+    inner = den.inner if isinstance(den, Bucketed) else den
+    if isinstance(inner, ShardedDenoiser):
+        inner = inner.replicas[0]
+    return inner.model_fn
+
+
+def latency_rows(den, mode: str, steps: int, shape, device, reps: int, serial: dict) -> str:
+    """Serial batch-1 seconds against (forward at batch 1) x NFE, one markdown row."""
+    net = network_call(den)
+    x = torch.randn(1, *shape, device=device)
+    t = torch.full((1,), 500.0, device=device)
+    forward = median_seconds(lambda: net(x, t), device, max(reps, 10))
+    ideal = forward * serial["nfe"]
+    return (
+        f"| {steps} | {mode} | {forward * 1e3:.3f} | {serial['nfe']:.0f} | {ideal:.3f} "
+        f"| {serial['seconds']:.3f} | {serial['seconds'] / ideal:.2f}x |"
+    )
+
+
+def noise_rows(batches: list[int], shape, device, reps: int) -> list[str]:
+    """One draw of each PerSampleNoise kind on ``device`` against one batched torch.randn."""
+    lines = [
+        f"Per-sample noise, one draw of (batch, {', '.join(map(str, shape))}) float32 on "
+        f"{device} (median of {max(reps, 5)}):",
+        "",
+        "| batch | torch.randn ms | " + " | ".join(f"{k} ms (x randn)" for k in NOISE_KINDS) + " |",
+        "|---|---|" + "---|" * len(NOISE_KINDS),
+    ]
+    for batch in batches:
+        full = (batch, *shape)
+        base = median_seconds(
+            lambda full=full: torch.randn(full, device=device), device, max(reps, 5)
+        )
+        cells = []
+        for kind in NOISE_KINDS:
+            src = PerSampleNoise(range(batch), kind=kind)
+            sec = median_seconds(
+                lambda src=src, full=full: src.randn(full, device=device, dtype=torch.float32),
+                device,
+                max(reps, 5),
+            )
+            cells.append(f"{sec * 1e3:.3f} (x{sec / base:.2f})")
+        lines.append(f"| {batch} | {base * 1e3:.3f} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def run(args: argparse.Namespace) -> list[str]:
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
@@ -199,6 +269,7 @@ def run(args: argparse.Namespace) -> list[str]:
         "| speed-up vs compiled serial | rounds | NFE | max abs diff to serial |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    latency: list[str] = []
     for steps in args.steps:
         for batch in args.batch:
             results: dict[tuple[str, str], dict[str, Any]] = {}
@@ -254,6 +325,32 @@ def run(args: argparse.Namespace) -> list[str]:
                         f"| {diff:.1e} |"
                     )
             print("\n".join(lines[-len(args.modes) * len(METHODS) :]), file=sys.stderr, flush=True)
+            if args.latency and batch == 1:
+                for mode in args.modes:
+                    ser = results.get((mode, "serial"), {})
+                    if "seconds" not in ser:
+                        continue
+                    try:
+                        den = make_denoiser(unet, dtype, mode == "compiled", shard)
+                        den = Bucketed(den, base=1) if mode == "compiled" else den
+                        latency.append(
+                            latency_rows(den, mode, steps, shape, device, args.reps, ser)
+                        )
+                    except Exception as e:  # reported in the table
+                        latency.append(f"| {steps} | {mode} | error: {e!s:.80} |")
+    if args.latency:
+        lines += [
+            "",
+            "Serial DDIM at batch 1 against the network's forward time at batch 1 x NFE "
+            "(same mode, same run):",
+            "",
+            "| N | mode | forward ms | NFE | forward x NFE s | serial s "
+            "| serial / (forward x NFE) |",
+            "|---|---|---|---|---|---|---|",
+            *latency,
+        ]
+    if args.noise:
+        lines += ["", *noise_rows(args.batch, shape, device, args.reps)]
     return lines
 
 
@@ -306,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--gpus", type=int, nargs="+", default=None, help="device counts to compare, e.g. 1 2"
     )
+    p.add_argument("--latency", action="store_true", help="serial batch 1 vs forward x NFE")
+    p.add_argument("--noise", action="store_true", help="per-sample noise draws vs torch.randn")
     p.add_argument("--out", help="write the markdown table here (atomically)")
     args = p.parse_args(argv)
     smoke = args.smoke

@@ -53,6 +53,7 @@ import samplerlab as sl
 from samplerlab.fileio import atomic_write_text
 from samplerlab.samplers import SAMPLERS, get_sampler
 from samplerlab.samplers.denoisers import EDMDenoiser, VPDenoiser, maybe_compile
+from samplerlab.samplers.noise import NOISE_KINDS
 
 BASELINE = "ddim"
 PRECISIONS = ("fp32", "bf16")
@@ -277,6 +278,7 @@ def time_cell(
         device=device,
         dtype=torch.float32,
         noise_device=args.noise_device,
+        noise_kind=args.noise_kind,
     )
     for _ in range(args.warmup):  # compilation, CUDA graph recording, cuDNN autotuning
         sl.sample(den, name, **kw)
@@ -380,8 +382,9 @@ class Results:
             "## Sampling throughput (`samplerlab.sample` on the EMA denoiser)",
             "",
             f"Median of {self.args.reps} runs after {self.args.warmup} warm-up run(s), "
-            f"torch.cuda.synchronize around each; per-sample noise drawn on "
-            f"'{self.args.noise_device}'. bf16 = autocast around the network call only; "
+            f"torch.cuda.synchronize around each; per-sample noise `{self.args.noise_kind}` "
+            f"drawn on {self.args.noise_device or 'the sampling device'}. "
+            "bf16 = autocast around the network call only; "
             f"compiled = the network call under `maybe_compile({self.args.compile_desc})`, "
             f"rows padded to batch * 2^k. x DDIM: samples/s over serial DDIM's at the same "
             "NFE budget, batch, precision and mode; x eager fp32: over the same sampler's "
@@ -526,7 +529,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile-backend", default=None, help="e.g. eager (tests)")
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--noise-device", default="cpu", help="per-sample generators' device")
+    p.add_argument(
+        "--noise-device", default=None, help="where per-sample noise is drawn (default: sampling)"
+    )
+    p.add_argument(
+        "--noise-kind", default="splitmix", choices=NOISE_KINDS, help="PerSampleNoise kind"
+    )
     p.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"])
     p.add_argument("--time-budget", type=float, default=None, help="seconds for the timing phase")
     args = p.parse_args(argv)

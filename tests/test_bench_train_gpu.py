@@ -71,6 +71,8 @@ def test_smoke_writes_every_cell(smoke):
             assert 0 < c["rel_diff"] < 0.05
     assert "| dpmpp_2m | 4 | 4 | 4 | bf16 | eager |" in md
     assert "## Training" in md and "## Evaluation" in md
+    # Sampling used the counter-based per-sample noise, drawn on the sampling device.
+    assert "per-sample noise `splitmix` drawn on the sampling device" in md
 
 
 def test_compiled_network_gives_the_same_samples(bench, smoke, tmp_path):

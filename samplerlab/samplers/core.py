@@ -11,7 +11,9 @@ samplers). Grids usually end in 0; a step to ``sigma_next = 0`` is the first-ord
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import torch
@@ -70,6 +72,32 @@ def check_grid(sigmas: Tensor) -> Tensor:
     return s
 
 
+# The device grids of running sampler calls (Grid.compact), by storage address. Weak: an
+# entry leaves with its call. Wrappers use it to compute grid-only quantities once per grid.
+_LIVE_GRIDS: weakref.WeakValueDictionary[tuple, Tensor] = weakref.WeakValueDictionary()
+
+
+def _storage_key(t: Tensor) -> tuple[torch.device, int]:
+    return t.device, t.data_ptr() - t.storage_offset() * t.element_size()  # storage start
+
+
+def grid_positions(sigma: Tensor) -> tuple[Tensor, tuple] | None:
+    """The live device grid ``sigma`` is a view of, and where in it: ``(grid, (shape, stride,
+    offset))`` such that ``table.as_strided(shape, stride, offset)`` reads, from any table
+    computed elementwise on ``grid``, the entries at ``sigma``'s positions. None when
+    ``sigma`` is not inside a live grid (then compute directly)."""
+    grid = _LIVE_GRIDS.get(_storage_key(sigma))
+    if grid is None or grid.dtype != sigma.dtype:
+        return None
+    offset = sigma.storage_offset() - grid.storage_offset()
+    last = offset + sum((n - 1) * st for n, st in zip(sigma.shape, sigma.stride(), strict=True))
+    if offset < 0 or last >= grid.numel() or min(sigma.stride(), default=0) < 0:
+        return None
+    if math.prod(sigma.shape) == 0:
+        return None
+    return grid, (tuple(sigma.shape), tuple(sigma.stride()), offset)
+
+
 class Grid:
     """A sigma grid prepared once per sampler call.
 
@@ -85,8 +113,12 @@ class Grid:
                 f"per-row sigmas have {self.host.shape[1]} columns but x has {batch} rows"
             )
         dev = self.host.to(x.device, x.dtype, non_blocking=True)  # no host sync per call
+        self.compact = dev  # [N+1] (shared by all rows) or [N+1, B]
+        if dev.is_contiguous():
+            _LIVE_GRIDS[_storage_key(dev)] = dev
         self.dev = dev if dev.ndim == 2 else dev[:, None].expand(-1, batch)
         self.steps = self.host.shape[0] - 1
+        self.batch = batch
 
     def __len__(self) -> int:
         return self.steps
@@ -94,6 +126,19 @@ class Grid:
     def __iter__(self) -> Iterator[tuple[int, Tensor, Tensor]]:
         for i in range(self.steps):
             yield i, self.dev[i], self.dev[i + 1]
+
+    def per_step(self, fn: Callable[[Tensor, Tensor], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+        """``fn(sigma, sigma_next)`` for every step at once, as ``[N, B]`` device tensors.
+
+        Grid-only quantities (per-step coefficients) are computed in one set of kernels
+        per call, on the compact grid (a shared grid is expanded afterwards, not copied),
+        instead of a set of kernels per step.
+        """
+        s = self.compact
+        out = fn(s[:-1], s[1:])
+        if s.ndim == 2:
+            return out
+        return tuple(v[:, None].expand(-1, self.batch) for v in out)
 
     def all_final(self, i: int) -> bool:
         """Whether every row's step ``i`` ends at sigma = 0 (known on the host)."""

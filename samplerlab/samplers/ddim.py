@@ -87,7 +87,20 @@ def sample_ddim(
         raise SamplerError(f"ddim option eta must be a finite number >= 0, got {eta!r}")
     if eta < 0:
         raise SamplerError(f"eta must be >= 0, got {eta}")
-    for _, sigma, sigma_next in Grid(sigmas, x):
+    grid = Grid(sigmas, x)
+
+    def coefficients(s: Tensor, s_next: Tensor) -> tuple[Tensor, Tensor]:
+        sigma_down, sigma_up = ancestral_sigmas(s, s_next, eta)
+        return sigma_down / s, sigma_up
+
+    # (sigma_down / sigma, sigma_up) of every step, computed once per call.
+    ratio, up = grid.per_step(coefficients)
+    n = x.ndim
+    for i, sigma, _ in grid:
         z = randn_like(noise, x) if eta > 0 else None
-        x = step_ddim(denoiser, x, sigma, sigma_next, eta=eta, z=z)
+        denoised = denoiser(x, sigma)
+        # step_ddim's update x0_hat + sigma_down eps_hat as one interpolation (eq. 12).
+        x = torch.lerp(denoised, x, append_dims(ratio[i], n))
+        if eta > 0:
+            x = x.addcmul_(append_dims(up[i], n), z)
     return x

@@ -78,7 +78,16 @@ def sample_ddpm(
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) on any grid; one noise draw per step."""
     if variant not in DDPM_VARIANTS:
         raise SamplerError(f"unknown ddpm variant '{variant}'; valid: {', '.join(DDPM_VARIANTS)}")
-    for _, sigma, sigma_next in Grid(sigmas, x):
+    grid = Grid(sigmas, x)
+    # (A, G, Gamma) of every step, computed once: the loop is step_ddpm's update.
+    A, G, Gamma = grid.per_step(lambda s, s_next: ddpm_coefficients(s, s_next, variant))
+    n = x.ndim
+    for i, sigma, _ in grid:
         z = randn_like(noise, x)
-        x = step_ddpm(denoiser, x, sigma, sigma_next, z, variant=variant)
+        eps = to_d(x, sigma, denoiser(x, sigma))
+        g, gamma = append_dims(G[i], n), append_dims(Gamma[i], n)
+        if variant == "sde":
+            x = append_dims(A[i], n) * x + g * eps + gamma * z
+        else:  # A = 1: two fused multiply-adds
+            x = torch.addcmul(x, gamma, z).addcmul_(g, eps)
     return x

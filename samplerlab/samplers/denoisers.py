@@ -10,13 +10,14 @@ time schedule, or None), ``prior_std`` (the std of the data term of the initial 
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .core import SamplerError, append_dims, take_rows
+from .core import SamplerError, append_dims, grid_positions, take_rows
 from .schedules import ContinuousVP, DiscreteVP, VPSchedule
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -79,28 +80,60 @@ class VPDenoiser:
         self.sigma_max = vp.sigma_max
         self.prior_std = 1.0
         self.data_shape = data_shape
+        self._grid_cache: tuple | None = None  # (weakref to a grid, version, dtype, alpha, t)
+        self._last_grid: weakref.ref | None = None
 
     def take(self, rows: Tensor) -> VPDenoiser:
         """This model for the rows ``rows`` of the batch (see :func:`core.take_rows`)."""
         fn = take_rows(self.model_fn, rows)
         if fn is self.model_fn:
             return self
-        view = copy.copy(self)
+        view = copy.copy(self)  # __getstate__: the view starts without a grid cache
         view.model_fn = fn
         return view
 
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        # Schedule math in at least float32 (in bf16, t = 999 rounds to 1000, off the table).
-        sigma = sigma.to(torch.promote_types(x.dtype, torch.float32))
-        alpha = append_dims((1 + sigma**2).rsqrt(), x.ndim)  # VP signal scale
-        t = self.vp.t(sigma)
+    def __getstate__(self) -> dict[str, Any]:
+        # The grid cache holds weak references: not copied, not pickled.
+        return {**self.__dict__, "_grid_cache": None, "_last_grid": None}
+
+    def _schedule(self, sigma: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``(alpha, t)`` of ``sigma``: the VP signal scale and the model's time input."""
+        s = sigma.to(dtype)
+        t = self.vp.t(s)
         if self.quantize:
             t = t.round().long()
         elif self.time_scale != 1.0:
             t = t * self.time_scale
+        return (1 + s * s).rsqrt(), t
+
+    def _lookup(self, sigma: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """:meth:`_schedule`, once per grid: samplers pass views of one device grid step
+        after step (:func:`grid_positions`), so from the second call on a grid its lookups
+        are made for every grid point at once and read back as views; a grid seen once
+        (one-step inner calls) is computed directly."""
+        found = grid_positions(sigma)
+        if found is None:
+            return self._schedule(sigma, dtype)
+        grid, at = found
+        version = None if torch.is_inference(grid) else grid._version
+        cached = self._grid_cache
+        if cached is None or cached[0]() is not grid or cached[1:3] != (version, dtype):
+            if self._last_grid is None or self._last_grid() is not grid:
+                self._last_grid = weakref.ref(grid)  # first call on this grid
+                return self._schedule(sigma, dtype)
+            cached = (weakref.ref(grid), version, dtype, *self._schedule(grid, dtype))
+            self._grid_cache = cached
+        return cached[3].as_strided(*at), cached[4].as_strided(*at)
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        # Schedule math in at least float32 (in bf16, t = 999 rounds to 1000, off the table).
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        alpha, t = self._lookup(sigma, dtype)
+        alpha = append_dims(alpha, x.ndim)  # VP signal scale
+        sigma = sigma.to(dtype)
         out = self.model_fn((x * alpha).to(x.dtype), t).to(x.dtype)
         if self.prediction_type == "epsilon":
-            x0 = x - append_dims(sigma, x.ndim) * out
+            x0 = torch.addcmul(x, append_dims(sigma, x.ndim), out, value=-1)  # x - sigma eps
         elif self.prediction_type == "v_prediction":
             # x0 = alpha * x_vp - sigma_vp * v with x_vp = alpha x, sigma_vp = alpha sigma.
             x0 = alpha * (alpha * x - append_dims(sigma, x.ndim) * out)

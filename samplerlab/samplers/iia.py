@@ -245,10 +245,11 @@ def step_terms(
     n = x.ndim
     a = lambda v: append_dims(v, n)
     if name == "iia_ddim":
-        # DDIM step in EDM coordinates: x_{i+1} = D_i + sigma_{i+1} e_i.
+        # DDIM step in EDM coordinates: x_{i+1} = D_i + sigma_{i+1} e_i (as sample_ddim
+        # computes it: one interpolation between D_i and x_i).
         D = denoiser(x, sigma)
         e = to_d(x, sigma, D)
-        base = D + a(sigma_next) * e
+        base = torch.lerp(D, x, a(sigma_next / sigma))
         if form == "guided":
             q: list[Tensor | None] = [e]
         elif history is None:

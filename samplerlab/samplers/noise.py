@@ -66,6 +66,7 @@ _GAMMA = _s64(0x9E3779B97F4A7C15)
 _MIX = ((30, _s64(0xBF58476D1CE4E5B9)), (27, _s64(0x94D049BB133111EB)), (31, None))
 _DRAW_SEED, _ELEMENT_SEED = 0x243F6A8885A308D3, 0x13198A2E03707344  # digits of pi
 _ROW_BLOCK = 32  # row values computed per call, for this many consecutive draws
+_CPU_BLOCK = 1 << 16  # element pairs per block of rows on a CPU (a cache-sized working set)
 
 
 def _mulhilo(a: Tensor, m: int) -> tuple[Tensor, Tensor]:
@@ -97,10 +98,11 @@ def philox4x32(
     return c0, c1, c2, c3
 
 
-def splitmix64_mix_(z: Tensor) -> Tensor:
+def splitmix64_mix_(z: Tensor, work: Tensor | None = None) -> Tensor:
     """SplitMix64's output function on int64 ``z``, in place (``z ^= z >>> 30; z *= C1;
-    z ^= z >>> 27; z *= C2; z ^= z >>> 31``, wrapping int64 products, logical shifts)."""
-    t = torch.empty_like(z)
+    z ^= z >>> 27; z *= C2; z ^= z >>> 31``, wrapping int64 products, logical shifts).
+    ``work``: an int64 buffer of ``z``'s shape for the shifted copies (else allocated)."""
+    t = torch.empty_like(z) if work is None else work
     for shift, mult in _MIX:
         torch.bitwise_right_shift(z, shift, out=t)
         t &= (1 << (64 - shift)) - 1  # arithmetic shift -> logical shift
@@ -130,14 +132,14 @@ def stream_keys(seeds: Sequence[int]) -> Tensor:
     return (w1 - ((w1 >> 31) << 32)) * (1 << 32) + w0
 
 
-def _box_muller(lo: Tensor, hi: Tensor, dtype: torch.dtype) -> Tensor:
-    """``[B, 2, h]`` normals from 32-bit words ``lo`` (uint32 values, for the radius) and
-    ``hi`` (any 32-bit words, for the angle): ``r = sqrt(-2 log u)``, ``u = (lo+1) 2^-32``
-    in ``(0, 1]``; ``(r cos theta, r sin theta)``, ``theta = 2 pi hi 2^-32``."""
-    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    r = lo.to(work).add_(1.0).mul_(2.0**-32).log_().mul_(-2.0).sqrt_()
-    theta = hi.to(work).mul_(2 * math.pi * 2.0**-32)
-    out = torch.empty((lo.shape[0], 2, lo.shape[1]), dtype=work, device=lo.device)
+def _box_muller(lo: Tensor, hi: Tensor, out: Tensor, r: Tensor, theta: Tensor) -> Tensor:
+    """Normals into ``out [b, 2, h]`` from 32-bit words ``lo`` (uint32 values, for the
+    radius) and ``hi`` (any 32-bit words, for the angle), ``[b, h]`` each:
+    ``r = sqrt(-2 log u)``, ``u = (lo+1) 2^-32`` in ``(0, 1]``;
+    ``(r cos theta, r sin theta)``, ``theta = 2 pi hi 2^-32``. ``r``, ``theta``: float
+    buffers ``[b, h]`` of ``out``'s dtype."""
+    r.copy_(lo).add_(1.0).mul_(2.0**-32).log_().mul_(-2.0).sqrt_()
+    theta.copy_(hi).mul_(2 * math.pi * 2.0**-32)
     torch.cos(theta, out=out[:, 0])
     out[:, 0].mul_(r)
     torch.sin(theta, out=out[:, 1])
@@ -276,14 +278,15 @@ class PerSampleNoise:
             cached = self._cache[("rows", dev)] = (block, splitmix64_mix_(keys + d))
         return cached[1][:, col : col + 1]
 
-    def _element_bits(self, count: int, dev: torch.device) -> Tensor:
-        """``[B, count]`` 64-bit words ``mix(R + C_p)`` of this draw, ``p < count``."""
+    def _element_bits(self, count: int, dev: torch.device) -> tuple[Tensor, Tensor]:
+        """``(R [B, 1], C [1, count])``: this draw's row values and the element offsets;
+        the draw's 64-bit words are ``mix(R + C)``."""
         c = self._host(
             f"elements{count}",
             dev,
             lambda: splitmix64_outputs(_ELEMENT_SEED, torch.arange(count))[None],
         )
-        return splitmix64_mix_(self._row_values(self._next_draw(), dev) + c)
+        return self._row_values(self._next_draw(), dev), c
 
     def _philox_words(self, blocks: int, dev: torch.device) -> tuple[Tensor, ...]:
         """Philox4x32-10 of counters ``(b, draw, 0, 0)``, ``b < blocks``, under each seed."""
@@ -295,18 +298,44 @@ class PerSampleNoise:
         zero = torch.zeros((1, 1), dtype=torch.int64, device=dev)
         return philox4x32((b, c1 & _MASK32, zero, (c1 >> 32) & _MASK32), (k0, k1))
 
+    def _workspace(self, shape: tuple[int, int], dev: torch.device, dtype: torch.dtype):
+        """Reused buffers (two int64, two float) of one block of a draw: no fresh memory,
+        and no page faults, for the temporaries of every draw."""
+        key = ("work", shape, dev, dtype)
+        if key not in self._cache:
+            ints = torch.empty((2, *shape), dtype=torch.int64, device=dev)
+            floats = torch.empty((2, *shape), dtype=dtype, device=dev)
+            self._cache[key] = (*ints, *floats)
+        return self._cache[key]
+
     def _counter_randn(self, row: tuple[int, ...], dev: torch.device, dtype: torch.dtype):
         B, m = len(self.seeds), math.prod(row)
+        work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
         if self.kind == "splitmix":
             h = (m + 1) // 2
-            z = self._element_bits(h, dev)
-            # The high words: an int32 view on little-endian machines (no shift kernel).
-            little = sys.byteorder == "little"
-            hi = z.view(torch.int32).view(B, h, 2)[..., 1] if little else z >> 32
-            out = _box_muller(z & _MASK32, hi, dtype)
+            R, c = self._element_bits(h, dev)
+            out = torch.empty((B, 2, h), dtype=work, device=dev)
+            # On a CPU, blocks of rows small enough to stay in cache (the same numbers).
+            step = max(1, _CPU_BLOCK // h) if dev.type == "cpu" and h < _CPU_BLOCK else B
+            step = min(step, B)
+            z_buf, t_buf, r_buf, th_buf = self._workspace((step, h), dev, work)
+            for r0 in range(0, B, step):
+                k = min(step, B - r0)
+                z, t = z_buf[:k], t_buf[:k]
+                splitmix64_mix_(torch.add(R[r0 : r0 + k], c, out=z), t)
+                # The high words: an int32 view on little-endian machines (no shift kernel).
+                little = sys.byteorder == "little"
+                hi = z.view(torch.int32).view(k, h, 2)[..., 1] if little else z >> 32
+                lo = torch.bitwise_and(z, _MASK32, out=t)
+                _box_muller(lo, hi, out[r0 : r0 + k], r_buf[:k], th_buf[:k])
         else:
             w0, w1, w2, w3 = self._philox_words((m + 3) // 4, dev)
-            out = _box_muller(torch.cat([w0, w2], 1), torch.cat([w1, w3], 1), dtype)
+            h = 2 * w0.shape[1]
+            out = torch.empty((B, 2, h), dtype=work, device=dev)
+            lo, hi = torch.cat([w0, w2], 1), torch.cat([w1, w3], 1)
+            _box_muller(
+                lo, hi, out, torch.empty_like(lo, dtype=work), torch.empty_like(lo, dtype=work)
+            )
         flat = out.view(B, -1)
         flat = flat if flat.shape[1] == m else flat[:, :m].contiguous()
         return flat.to(dtype).view(B, *row)
@@ -314,7 +343,8 @@ class PerSampleNoise:
     def _counter_rand(self, row: tuple[int, ...], dev: torch.device, dtype: torch.dtype):
         B, m = len(self.seeds), math.prod(row)
         if self.kind == "splitmix":
-            u = _uniform_bits(self._element_bits(m, dev), dtype)
+            R, c = self._element_bits(m, dev)
+            u = _uniform_bits(splitmix64_mix_(R + c), dtype)
         else:
             w = torch.stack(self._philox_words((m + 3) // 4, dev), -1).view(B, -1)[:, :m]
             u = _uniform_bits(w, dtype, bits=32)

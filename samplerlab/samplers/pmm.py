@@ -179,6 +179,57 @@ def poisson_midpoint_step(
     return xh + corr, xh
 
 
+def _unit_midpoint_step(
+    drift: MidpointDrift,
+    x: Tensor,
+    b0: Tensor,
+    G: Tensor,
+    Gamma: Tensor,
+    z: Tensor,
+    H: Tensor,
+    weight: float,
+) -> tuple[Tensor, Tensor]:
+    """:func:`poisson_midpoint_step` for ``A_i = 1``, per-row scalars ``G, Gamma [K, B]``
+    and increments ``W_i = Gamma_i z_i``.
+
+    The interpolant is a sum, ``xh_i = T_i + (sum_{l<i} G_l) b0`` with the running noise sum
+    ``T_i = x + sum_{l<i} Gamma_l z_l`` (one fused kernel per sub-step); the midpoints are
+    gathered from it and evaluated in one call; the correction
+    ``corr_K = sum_i G_i (weight H_i c_i)`` is added row by row in sub-step order (one
+    ``index_add_`` per midpoint rank, so no row is added to twice in one kernel: the
+    recursion's sums, deterministic on every device). ``K = 1`` is :func:`sample_ddpm`'s
+    update, bit for bit.
+    """
+    n, dev, K = x.ndim, x.device, z.shape[0]
+    cG = G.cumsum(0)  # [K, B]: sum of G over sub-steps 0..i
+    rank = H.cumsum(1) - 1  # host: each midpoint's rank within its row
+    a = lambda v: append_dims(v, n)
+    T, gathered, rows_list, steps_list = torch.addcmul(x, a(Gamma[0]), z[0]), [], [], []
+    for i in range(1, K):
+        rows = H[:, i].nonzero().flatten()  # host tensor: no device sync
+        if rows.numel() > 0:
+            r = rows.to(dev, non_blocking=True)
+            gathered.append(torch.addcmul(T[r], a(cG[i - 1, r]), b0[r]))  # xh_i of these rows
+            rows_list.append(rows)
+            steps_list.append(torch.full_like(rows, i))
+        T.addcmul_(a(Gamma[i]), z[i])
+    xh = torch.addcmul(T, a(cG[-1]), b0)
+    if not gathered:
+        return xh, xh
+    rows_h, steps_h = torch.cat(rows_list), torch.cat(steps_list)
+    order = rank[rows_h, steps_h]
+    rows_d, steps_d = torch.stack([rows_h, steps_h]).to(dev, non_blocking=True)
+    # Midpoint drifts c_i = b(xh_i, tau_i) - b0: all (sample, i) pairs in one call.
+    c = drift(torch.cat(gathered), rows_d, steps_d) - b0[rows_d]
+    kicks = a(G[steps_d, rows_d]) * (weight * c)
+    # Corrected end state x_K = xh_K + sum_i G_i (weight H_i c_i), in sub-step order per row.
+    corr = torch.zeros_like(xh)
+    for k in range(int(order.max()) + 1):  # host-known ranks
+        sel = (order == k).nonzero().flatten().to(dev, non_blocking=True)
+        corr.index_add_(0, rows_d[sel], kicks[sel])
+    return xh + corr, xh
+
+
 def step_pmm(
     denoiser: Denoiser,
     x: Tensor,
@@ -188,6 +239,7 @@ def step_pmm(
     weight: float,
     *,
     variant: str = "posterior",
+    coeffs: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One coarse PMM step over the DDPM sub-steps ``sigmas[0] -> ... -> sigmas[K]``.
 
@@ -195,12 +247,14 @@ def step_pmm(
         sigmas: per-row fine grid of this coarse step, ``[K+1, B]`` (device).
         z: standard-normal increments ``[K, B, ...]``.
         H, weight: from :func:`draw_midpoints`.
+        coeffs: the sub-steps' ``(A, G, Gamma)``, ``[K, B]`` each (computed here if None).
 
     Returns ``(x_K, xh_K)`` (corrected state, frozen-drift interpolant).
     """
-    K, n = z.shape[0], x.ndim
-    coeffs = [ddpm_coefficients(sigmas[i], sigmas[i + 1], variant) for i in range(K)]
-    a = lambda v: append_dims(v, n)
+    n = x.ndim
+    if coeffs is None:
+        coeffs = ddpm_coefficients(sigmas[:-1], sigmas[1:], variant)
+    A, G, Gamma = coeffs
     # b0 = eps_hat(x, sigma_0): 1 NFE.
     b0 = to_d(x, sigmas[0], denoiser(x, sigmas[0]))
 
@@ -209,13 +263,16 @@ def step_pmm(
         s = sigmas[sub, rows]
         return to_d(pts, s, take_rows(denoiser, rows)(pts, s))
 
-    W = torch.stack([a(coeffs[i][2]) * z[i] for i in range(K)])
+    if variant != "sde":  # A_i = 1: the interpolant and correction are sums
+        return _unit_midpoint_step(drift, x, b0, G, Gamma, z, H, weight)
+    # Gaussian increments W_i = Gamma_i Z_i of all sub-steps in one kernel.
+    W = append_dims(Gamma, n + 1) * z
     return poisson_midpoint_step(
         drift,
         x,
         b0,
-        lambda i, s: a(coeffs[i][0]) * s,
-        lambda i, b: a(coeffs[i][1]) * b,
+        lambda i, s: append_dims(A[i], n) * s,
+        lambda i, b: append_dims(G[i], n) * b,
         W,
         H,
         weight,
@@ -251,12 +308,22 @@ def sample_pmm(
         )
     source = default_noise(noise)
     B = x.shape[0]
+    # (A, G, Gamma) of every fine sub-step, computed once.
+    coeffs = grid.per_step(lambda s, s_next: ddpm_coefficients(s, s_next, variant))
     for c in range(grid.steps // K):
         # Gaussian increments Z_0..Z_{K-1} (shared by interpolation and update).
         z = source.randn((B, K, *x.shape[1:]), device=x.device, dtype=x.dtype).transpose(0, 1)
         # Midpoint selection H (host-side draws: no device sync).
         H, weight = draw_midpoints(source, B, K, midpoints)
+        sub = slice(c * K, (c + 1) * K)
         x, _ = step_pmm(
-            denoiser, x, grid.dev[c * K : (c + 1) * K + 1], z, H, weight, variant=variant
+            denoiser,
+            x,
+            grid.dev[c * K : (c + 1) * K + 1],
+            z,
+            H,
+            weight,
+            variant=variant,
+            coeffs=tuple(v[sub] for v in coeffs),
         )
     return x
