@@ -59,7 +59,7 @@ def calibration_seeds(seed: int, indices: Sequence[int]) -> list[int]:
 def _working_dtype(denoiser: Any, dtype: torch.dtype) -> torch.dtype:
     """The least precise of ``dtype`` and the floating weights of the network behind
     ``denoiser`` (analytic models have none)."""
-    from ..iia.files import _find_module
+    from ..samplers.iia import _find_module
 
     module = _find_module(denoiser)
     dtypes = {dtype} | {

@@ -159,6 +159,10 @@ def sample(
     """
     if not callable(denoiser):
         raise SamplerError(f"the denoiser must be a callable D(x, sigma), got {type(denoiser)}")
+    if schedule_options is not None and not isinstance(schedule_options, Mapping):
+        raise SamplerError(
+            f"schedule_options must be a mapping (e.g. {{'rho': 7}}), got {schedule_options!r}"
+        )
     # A library's name ("DPM++ 2M Karras", "UniPCMultistepScheduler") -> sampler, options, grid.
     name, options, schedule, schedule_options = resolve(name, options, schedule, schedule_options)
     spec = get_sampler(name)
@@ -176,10 +180,6 @@ def sample(
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise SamplerError(
             f"dtype must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}"
-        )
-    if schedule_options is not None and not isinstance(schedule_options, Mapping):
-        raise SamplerError(
-            f"schedule_options must be a mapping (e.g. {{'rho': 7}}), got {schedule_options!r}"
         )
     if device is None:
         device = noise.device if noise is not None else "cpu"

@@ -315,6 +315,10 @@ def _find_module(obj: Any, depth: int = 0) -> torch.nn.Module | None:
 
 def _hash_tensor(h: Any, name: str, t: Tensor) -> None:
     t = t.detach().to("cpu").contiguous()
+    if t.is_floating_point() and t.dtype != torch.float32:
+        # One model in float64 (float64 evaluation) or float32: the same fingerprint (a float32
+        # weight survives the round trip through float64 exactly).
+        t = t.float()
     h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
@@ -326,14 +330,22 @@ _WEIGHT_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _weights_digest(module: torch.nn.Module) -> bytes:
     state = sorted(module.state_dict().items())
-    key = tuple((n, t.data_ptr(), t._version, tuple(t.shape), t.dtype) for n, t in state)
+    # Inference tensors (weights made under torch.inference_mode) have no version counter:
+    # their digest is never cached.
+    cacheable = not any(t.is_inference() for _, t in state)
+    key = (
+        tuple((n, t.data_ptr(), t._version, tuple(t.shape), t.dtype) for n, t in state)
+        if cacheable
+        else None
+    )
     hit = _WEIGHT_DIGESTS.get(module)
-    if hit is not None and hit[0] == key:
+    if key is not None and hit is not None and hit[0] == key:
         return hit[1]
     h = hashlib.sha256(b"weights;")
     for name, t in state:
         _hash_tensor(h, name, t)
-    _WEIGHT_DIGESTS[module] = (key, h.digest())
+    if key is not None:
+        _WEIGHT_DIGESTS[module] = (key, h.digest())
     return h.digest()
 
 
