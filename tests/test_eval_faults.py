@@ -512,3 +512,11 @@ def test_coefficients_scaled_by_1e6_are_a_diverged_row(tmp_path):
     ev.check_jobs(mix)  # the file itself is fine: same grid, same model
     (row,) = ev.evaluate(mix, CPU)["results"]
     assert row["status"] == "diverged" and row["range_ratio"] > 1e3, row
+
+
+def test_unwritable_cache_is_a_note_not_a_failure(tmp_path):
+    (tmp_path / "blocker").write_text("a file where the cache folder would be")
+    ev, cfg = make(tmp_path, f"eval.cache_dir={tmp_path / 'blocker' / 'cache'}")
+    rep = ev.evaluate(exact_gmm(cfg), CPU)
+    assert all(r["status"] == "ok" for r in rep["results"])
+    assert any("FID cache" in n and "not written" in n for n in rep["notes"])
