@@ -60,6 +60,15 @@ def test_bad_job_fails_before_training(tmp_path, override, key):
     assert re.search(key, str(e.value)) and "\n" not in str(e.value)
 
 
+def test_bad_value_of_an_option_the_nfe_rule_reads_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"^eval\.samplers\.pc: TypeError"):
+        callback(
+            tmp_path,
+            "eval.samplers.pc.sampler=rmm_pc",
+            "eval.samplers.pc.options.corrector_steps=abc",
+        )
+
+
 def test_train_with_a_bad_option_value_trains_nothing(tmp_path):
     from samplerlab.trainer.run import train
 
