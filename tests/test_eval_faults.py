@@ -529,3 +529,15 @@ def test_unwritable_cache_is_a_note_not_a_failure(tmp_path):
     rep = ev.evaluate(exact_gmm(cfg), CPU)
     assert all(r["status"] == "ok" for r in rep["results"])
     assert any("FID cache" in n and "not written" in n for n in rep["notes"])
+
+
+def test_row_store_skips_a_damaged_line(tmp_path):
+    from samplerlab.callbacks.rows import RowStore
+
+    store = RowStore(tmp_path / "rows.jsonl")
+    store.append({"key": "a", "fid": 1.0})
+    with open(store.path, "a") as f:
+        f.write('{"key": "b", "fi')  # a hand-truncated line: that row is simply re-run
+    store.append({"key": "c", "fid": 3.0})
+    assert set(store.load()) == {"a", "c"}
+    assert not list(tmp_path.glob("*.tmp"))
