@@ -64,6 +64,12 @@ def test_two_processes_match_one(tmp_path):
     for k in s1:
         assert s1[k].shape == (24, 2)
         torch.testing.assert_close(s2[k], s1[k], rtol=1e-9, atol=1e-12)
+    # A rerun on 2 processes reads the finished rows back (rank 0 reads, broadcasts to all).
+    again = _evaluate(
+        ckpt, tmp_path / "two", tmp_path / "wb3", "trainer.devices=2", "trainer.strategy=ddp"
+    )
+    assert all(r.get("resumed") for r in again["results"])
+    assert [r["fid"] for r in again["results"]] == [r["fid"] for r in two["results"]]
     # The W&B offline run of the DDP evaluation holds the FID keys (written by rank 0 only).
     runs = list((tmp_path / "wb2").rglob("*.wandb"))
     assert len(runs) == 1

@@ -60,6 +60,15 @@ def test_bad_job_fails_before_training(tmp_path, override, key):
     assert re.search(key, str(e.value)) and "\n" not in str(e.value)
 
 
+def test_bad_value_of_an_option_the_nfe_rule_reads_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"^eval\.samplers\.pc: TypeError"):
+        callback(
+            tmp_path,
+            "eval.samplers.pc.sampler=rmm_pc",
+            "eval.samplers.pc.options.corrector_steps=abc",
+        )
+
+
 def test_train_with_a_bad_option_value_trains_nothing(tmp_path):
     from samplerlab.trainer.run import train
 
@@ -515,3 +524,23 @@ def test_coefficients_scaled_by_1e6_are_a_diverged_row(tmp_path):
     ev.check_jobs(mix)  # the file itself is fine: same grid, same model
     (row,) = ev.evaluate(mix, CPU)["results"]
     assert row["status"] == "diverged" and row["range_ratio"] > 1e3, row
+
+
+def test_unwritable_cache_is_a_note_not_a_failure(tmp_path):
+    (tmp_path / "blocker").write_text("a file where the cache folder would be")
+    ev, cfg = make(tmp_path, f"eval.cache_dir={tmp_path / 'blocker' / 'cache'}")
+    rep = ev.evaluate(exact_gmm(cfg), CPU)
+    assert all(r["status"] == "ok" for r in rep["results"])
+    assert any("FID cache" in n and "not written" in n for n in rep["notes"])
+
+
+def test_row_store_skips_a_damaged_line(tmp_path):
+    from samplerlab.callbacks.rows import RowStore
+
+    store = RowStore(tmp_path / "rows.jsonl")
+    store.append({"key": "a", "fid": 1.0})
+    with open(store.path, "a") as f:
+        f.write('{"key": "b", "fi')  # a hand-truncated line: that row is simply re-run
+    store.append({"key": "c", "fid": 3.0})
+    assert set(store.load()) == {"a", "c"}
+    assert not list(tmp_path.glob("*.tmp"))
