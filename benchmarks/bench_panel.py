@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
         state["rows"] = [r for r in state["rows"] if r["model"] != mname] + rows
         state["done"].append(mname)
-        atomic_write_text(json_path, json.dumps(state))
+        atomic_write_text(json_path, json.dumps(state, separators=(",", ":")))
         print(f"{mname}: {len(rows)} runs in {time.time() - t0:.0f} s", flush=True)
     write_report(state, out.with_suffix(".md"), budgets)
     return 0
