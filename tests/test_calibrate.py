@@ -105,6 +105,12 @@ def test_sample_uses_the_calibration(gmm, cal, tmp_path):
         sl.sample(gmm, "ddim", calibration=cal, **kw)
     with pytest.raises(sl.SamplerError, match="not both"):
         sl.sample(gmm, "dpmpp_2m", calibration=cal, schedule="karras", **kw)
+    # An option the fit did not use, at its default value, is the same run.
+    sl.sample(gmm, "dpmpp_2m", calibration=cal, lower_order_final=False, **kw)
+    with pytest.raises(
+        CalibrationError, match="lower_order_final=False, not lower_order_final=True"
+    ):
+        sl.sample(gmm, "dpmpp_2m", calibration=cal, lower_order_final=True, **kw)
     with pytest.raises(CalibrationError, match="lower_order_final=False, not"):
         sl.sample(gmm, "dpmpp_2m", calibration=Calibration("dpmpp_2m", 5, cal.sigmas,
                   {"lower_order_final": False}), lower_order_final=True, **kw)  # fmt: skip

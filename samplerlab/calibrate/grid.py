@@ -19,6 +19,7 @@ no increment underflows to a repeated point).
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from ..samplers.core import SamplerError, check_grid
 from ..samplers.iia import BASES
+from ..samplers.registry import get_sampler
 
 LIMIT = 15.0  # |theta| bound: softmax fractions >= e^-30 (distinct float64 points)
 _EDGE = 1e-4  # initial sigmoid kept inside (EDGE, 1 - EDGE): b stays finite
@@ -138,17 +140,27 @@ class Calibration:
                 f"steps={steps}; calibrate with `samplerlab calibrate --sampler {name} "
                 f"--steps {steps}`"
             )
-        diff = {
-            k: v
-            for k, v in (options or {}).items()
-            if k in self.options and self.options[k] != v and k != "coeffs"
-        }
-        if diff:
-            k = next(iter(diff))
-            raise CalibrationError(
-                f"calibration was fitted with {k}={self.options[k]!r}, not {k}={diff[k]!r}"
-            )
+        fitted, asked = _effective(name, self.options), _effective(name, options or {})
+        for k in sorted(set(fitted) | set(asked)):
+            if fitted.get(k) != asked.get(k):
+                raise CalibrationError(
+                    f"calibration was fitted with {k}={fitted.get(k)!r}, not {k}={asked.get(k)!r}"
+                )
         return self.sigmas.clone()
+
+
+def _effective(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Sampler options with the sampler's defaults filled in (``coeffs`` excluded): what a
+    run with ``options`` actually uses."""
+    spec = get_sampler(base_sampler(name))
+    params = inspect.signature(spec.fn).parameters
+    out = {
+        k: p.default
+        for k, p in params.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("noise", "coeffs")
+    }
+    out.update({k: v for k, v in {**spec.defaults, **options}.items() if k != "coeffs"})
+    return out
 
 
 def resolve(
