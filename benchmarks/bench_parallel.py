@@ -251,10 +251,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-rmm", action="store_true", help="skip rmm_parallel")
     p.add_argument("--out", help="write OUT.md and OUT.json (atomically)")
     p.add_argument("--summarize", help="print the summary tables of a saved OUT.json")
+    p.add_argument(
+        "--rebuild", help="rebuild OUT.md/.json from the JSON lines a run printed to stderr"
+    )
     args = p.parse_args(argv)
     if args.summarize:
         with open(args.summarize) as f:
             print("\n".join(summary(json.load(f))))
+        return 0
+    if args.rebuild:
+        with open(args.rebuild) as f:
+            rows = [json.loads(line) for line in f if line.startswith("{")]
+        lines, ok = table(rows)
+        text = (
+            f"Rebuilt from the per-run log {args.rebuild} ({len(rows)} runs; see "
+            f"benchmarks/bench_parallel.py for the settings).\n\n"
+            + "\n".join(lines)
+            + f"\n\nholdout targets: {'all met' if ok else 'NOT all met'}"
+            + "\n\nSummary (README):\n\n"
+            + "\n".join(summary(rows))
+        )
+        print(text)
+        if args.out:
+            atomic_write_text(args.out + ".md", text + "\n")
+            atomic_write_text(args.out + ".json", json.dumps(rows, indent=1) + "\n")
         return 0
     if args.n < 1 or args.seed_sets < 1 or any(s < 2 for s in args.steps):
         print("bench_parallel: --n, --seed-sets must be >= 1 and --steps >= 2", file=sys.stderr)
