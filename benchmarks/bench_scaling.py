@@ -13,10 +13,13 @@ The targets (n = 4096, one thread): the noise cost of ``ddpm`` (its time minus `
 200 steps) at most 1.5x that of 200 batched draws; ``pmm`` (25 coarse steps over the
 1000-step chain) at most 2x the 1000-step ddpm floor; ``ddim`` at most 3x its floor (200
 steps) and at most 3x 100 raw calls of a tiny MLP at batch 1. Each configuration is timed
-``--repeats`` times, interleaved, and the minimum is kept (a shared machine's load only
-adds time); every ratio is taken within one run. The scaling table times every sampler at
+``--repeats`` times (the millisecond-long batch-1 pair 8x as often), interleaved, and the
+minimum CPU time of the process is kept (the machine may be shared: CPU time leaves out
+the time other processes run, and load only adds time); every ratio is taken within one
+run. The scaling table times every sampler at
 ``--steps`` for each ``--n`` and against each of ``--steps-axis`` at ``--n-steps``, with
-its ratio to the floor of the same NFE (ddpm floor for stochastic samplers).
+its ratio to the floor of the same NFE (ddpm floor for stochastic samplers; for PMM the
+ddpm floor over its whole fine chain).
 
     PYTHONPATH=$PWD python benchmarks/bench_scaling.py --out benchmarks/results   # ~4 min
     PYTHONPATH=$PWD python benchmarks/bench_scaling.py --smoke --out /tmp/scaling
@@ -99,13 +102,18 @@ def floor_ddpm(eps_fn, den, sigmas: Tensor, x: Tensor) -> Tensor:
 
 
 def time_min(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Minimum wall-clock seconds of each callable over ``repeats`` interleaved rounds."""
+    """Minimum CPU seconds of each callable over ``repeats`` interleaved rounds.
+
+    CPU time of this (one-thread) process, user + system: on an idle machine it is the
+    wall-clock time; on a shared one it leaves out the time other processes hold the CPU,
+    which would otherwise inflate long runs more than short ones.
+    """
     best = {k: float("inf") for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            start = time.perf_counter()
+            start = time.process_time()
             fn()
-            best[k] = min(best[k], time.perf_counter() - start)
+            best[k] = min(best[k], time.process_time() - start)
     return best
 
 
@@ -139,12 +147,13 @@ def targets(n: int, steps: int, chain: int, coarse: int, mlp_steps: int, repeats
             mlp(x1, tt)
 
     with torch.inference_mode():
+        # Milliseconds each: many more interleaved repeats than the long runs above.
         t1 = time_min(
             {
                 "ddim_b1": lambda: sl.sample(mden, "ddim", steps=mlp_steps, shape=(1, DIM)),
                 "raw_b1": raw,
             },
-            repeats,
+            max(repeats, 8 * repeats if repeats > 1 else 1),
         )
     t.update(t1)
     ratios = {
@@ -181,11 +190,13 @@ def scaling(ns: list[int], steps: int, n_steps: int, steps_axis: list[int], repe
             def run(name=name, s=s, shape=shape, opts=opts):
                 return sl.sample(den, name, steps=s, shape=shape, seeds=range(shape[0]), **opts)
 
-            res = run()  # warm-up; its realised NFE sizes the floor
-            nfe = max(1, round(res.nfe))
-            grid = build_sigmas(den, get_sampler("ddim"), nfe)
+            res = run()  # warm-up; its realised NFE (PMM: its fine chain) sizes the floor
             stochastic = not spec.is_deterministic(opts)
             floor = floor_ddpm if stochastic else floor_ddim
+            if name == "pmm":  # PMM's arithmetic is its whole fine chain of sub-steps
+                grid = res.sigmas
+            else:
+                grid = build_sigmas(den, get_sampler("ddim"), max(1, round(res.nfe)))
             t = time_min(
                 {"sampler": run, "floor": lambda f=floor, g=grid, x=x0: f(trivial_eps, den, g, x)},
                 repeats,
@@ -198,7 +209,8 @@ def scaling(ns: list[int], steps: int, n_steps: int, steps_axis: list[int], repe
                     "nfe": res.nfe,
                     "rounds": res.rounds,
                     "seconds": t["sampler"],
-                    "floor": "ddpm" if stochastic else "ddim",
+                    "floor": ("ddpm" if stochastic else "ddim"),
+                    "floor_steps": len(grid) - 1,
                     "floor_seconds": t["floor"],
                     "ratio": t["sampler"] / t["floor"],
                 }
@@ -219,7 +231,7 @@ def render(result: dict) -> str:
         "# Sampler cost besides the network (`benchmarks/bench_scaling.py`)",
         "",
         f"CPU, {result['threads']} thread(s), trivial eps model, d = {DIM}; "
-        f"torch {result['torch']}; minimum of {result['repeats']} interleaved repeats "
+        f"torch {result['torch']}; minimum CPU time of {result['repeats']} interleaved repeats "
         f"(scaling cells: {result['scaling_repeats']}, after a warm-up run); "
         f"command: `{result['command']}`.",
         "",
@@ -241,7 +253,7 @@ def render(result: dict) -> str:
         f"{r['ddim_batch1']:.2f}x | {t['ddim_b1']:.4f} / {t['raw_b1']:.4f} | "
         f"<= {TARGETS['ddim_batch1']} | {'yes' if tg['met']['ddim_batch1'] else '**no**'} |",
         "",
-        "## Every sampler: seconds (ratio to the floor of the same NFE)",
+        "## Every sampler: seconds (ratio to the floor of the same NFE; PMM: of its fine chain)",
         "",
     ]
     rows = result["scaling"]
@@ -266,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the plumbing")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3, help="timed repeats of the targets")
-    p.add_argument("--scaling-repeats", type=int, default=1, help="of each scaling cell")
+    p.add_argument("--scaling-repeats", type=int, default=2, help="of each scaling cell")
     p.add_argument("--n", default="256,1024,4096,16384", help="sample counts of the n axis")
     p.add_argument("--steps", type=int, default=20, help="steps of the n axis")
     p.add_argument("--n-steps", type=int, default=1024, help="n of the steps axis")

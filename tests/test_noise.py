@@ -310,3 +310,19 @@ def test_cuda_draws_match_cpu_draws(kind, dtype):
     ua = cpu.rand((3000, 7), device=CPU, dtype=dtype)
     ub = gpu.rand((3000, 7), device=torch.device("cuda"), dtype=dtype)
     assert torch.equal(ua, ub.cpu())
+
+
+STOCHASTIC = [name for name, spec in sl.samplers.SAMPLERS.items() if not spec.is_deterministic()]
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_rank_shards_equal_the_single_run(gmm_small, name):
+    """What each DDP rank samples (its shard ``seeds[rank::world]``) is the single-process
+    run's rows, for every stochastic sampler (the counter noise on its sampling device)."""
+    den, seeds = gmm_small, list(range(40, 47))
+    kw = {"steps": 4, "dtype": F64}
+    full = sl.sample(den, name, shape=(len(seeds), den.dim), seeds=seeds, **kw).x
+    for rank in range(2):
+        shard = seeds[rank::2]
+        part = sl.sample(den, name, shape=(len(shard), den.dim), seeds=shard, **kw).x
+        torch.testing.assert_close(part, full[rank::2], rtol=1e-12, atol=1e-12)

@@ -79,15 +79,28 @@ def sample_ddpm(
     if variant not in DDPM_VARIANTS:
         raise SamplerError(f"unknown ddpm variant '{variant}'; valid: {', '.join(DDPM_VARIANTS)}")
     grid = Grid(sigmas, x)
-    # (A, G, Gamma) of every step, computed once: the loop is step_ddpm's update.
-    A, G, Gamma = grid.per_step(lambda s, s_next: ddpm_coefficients(s, s_next, variant))
+
+    def coefficients(s: Tensor, s_next: Tensor) -> tuple[Tensor, ...]:
+        A, G, Gamma = ddpm_coefficients(s, s_next, variant)
+        return A, G, Gamma, -G / s
+
+    # (A, G, Gamma, -G / sigma) of every step, computed once: the loop is step_ddpm's update.
+    A, G, Gamma, W = grid.per_step(coefficients)
     n = x.ndim
     for i, sigma, _ in grid:
         z = randn_like(noise, x)
-        eps = to_d(x, sigma, denoiser(x, sigma))
-        g, gamma = append_dims(G[i], n), append_dims(Gamma[i], n)
+        D = denoiser(x, sigma)
         if variant == "sde":
-            x = append_dims(A[i], n) * x + g * eps + gamma * z
-        else:  # A = 1: two fused multiply-adds
-            x = torch.addcmul(x, gamma, z).addcmul_(g, eps)
+            eps = to_d(x, sigma, D)
+            x = append_dims(A[i], n) * x + append_dims(G[i], n) * eps + append_dims(Gamma[i], n) * z
+        else:
+            x = unit_ddpm_update(x, D, W[i], Gamma[i], z)
     return x
+
+
+def unit_ddpm_update(x: Tensor, D: Tensor, w: Tensor, gamma: Tensor, z: Tensor) -> Tensor:
+    """``x + G eps_hat + Gamma z`` for ``A = 1`` (posterior, fixed_large), with ``w = -G /
+    sigma`` in ``[0, 1]``: ``x + w (D - x) + Gamma z``, one interpolation and one fused
+    multiply-add (exactly ``D`` on a final step, where ``w = 1`` and ``Gamma = 0``)."""
+    n = x.ndim
+    return torch.lerp(x, D, append_dims(w, n)).addcmul_(append_dims(gamma, n), z)

@@ -26,7 +26,7 @@ within ``DEVICE_TOL`` (absolute, per dtype). A draw in float32 is the float64 dr
 rounded (to 1e-6 relative for normals; uniforms are truncated to the dtype's mantissa).
 
 ``kind="philox"`` runs Philox4x32-10 itself for every four 32-bit words (counter
-``(block, draw, 0, 0)``, key the seed): the reference generator, about 4x slower on a CPU.
+``(block, draw, 0, 0)``, key the seed): the reference generator, several times slower.
 ``kind="generator"`` keeps one ``torch.Generator`` per sample (EDM's
 ``StackedRandomGenerator``): the stream of samplerlab before the counter-based default,
 and EDM's own seeds; it loops over the samples in Python on every draw.

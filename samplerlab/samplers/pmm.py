@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 
 from .core import Denoiser, Grid, SamplerError, append_dims, take_rows, to_d
-from .ddpm import DDPM_VARIANTS, ddpm_coefficients
+from .ddpm import DDPM_VARIANTS, ddpm_coefficients, unit_ddpm_update
 from .noise import NoiseSource, default_noise
 
 MIDPOINTS = ("bernoulli", "single")
@@ -256,7 +256,11 @@ def step_pmm(
         coeffs = ddpm_coefficients(sigmas[:-1], sigmas[1:], variant)
     A, G, Gamma = coeffs
     # b0 = eps_hat(x, sigma_0): 1 NFE.
-    b0 = to_d(x, sigmas[0], denoiser(x, sigmas[0]))
+    D0 = denoiser(x, sigmas[0])
+    if z.shape[0] == 1 and variant != "sde":  # K = 1: the plain DDPM step, as sample_ddpm
+        x1 = unit_ddpm_update(x, D0, -G[0] / sigmas[0], Gamma[0], z[0])
+        return x1, x1
+    b0 = to_d(x, sigmas[0], D0)
 
     def drift(pts: Tensor, rows: Tensor, sub: Tensor) -> Tensor:
         # Each midpoint at its own sub-step time sigma_i of its own row (pitfall §4.6.5).
