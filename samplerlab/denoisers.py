@@ -4,6 +4,7 @@ that need third-party packages: a diffusers ``UNet2DModel`` with its scheduler c
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "ClippedDenoiser",
     "ContinuousVP",
     "CountingDenoiser",
+    "DiffusersModel",
     "DiscreteVP",
     "EDMDenoiser",
     "FiniteCheckDenoiser",
@@ -85,6 +87,9 @@ def from_diffusers(
     looked up in the folder. Nothing is downloaded: ``from_pretrained`` reads the folder.
     The prediction type and ``clip_sample`` come from the scheduler config; ``compile=True``
     wraps the UNet call in ``torch.compile(mode="reduce-overhead")`` (CUDA graphs).
+    ``class_labels`` binds one label per sample (or one for all); conditioning passed to
+    ``samplerlab.sample(..., cond=)`` instead reaches the UNet as described in
+    :class:`DiffusersModel` (and may be guided).
     """
     from diffusers import DDPMScheduler, UNet2DModel
 
@@ -117,8 +122,10 @@ def from_diffusers(
 
     labels_all = None if class_labels is None else torch.as_tensor(class_labels).reshape(-1)
     if labels_all is None:
-        model_fn = lambda x_vp, t: unet(x_vp.to(unet.dtype), t).sample
-        vp_compile = compile
+        model_fn = DiffusersModel(
+            unet, maybe_compile(lambda x, t, **kw: unet(x, t, **kw).sample, compile)
+        )
+        vp_compile = False
     else:
         # Compile the network call itself: the labels wrapper stays a plain object whose
         # take() gives gathered rows their own samples' labels.
@@ -135,6 +142,44 @@ def from_diffusers(
         data_shape=(unet.config.in_channels, *hw),
         compile=vp_compile,
     )
+
+
+class DiffusersModel:
+    """A diffusers network as ``f(x_vp, t)`` or, with conditioning, ``f(x_vp, t, cond)``.
+
+    ``cond`` holds the rows aligned with ``x_vp``'s: a tensor goes to
+    ``encoder_hidden_states`` when it is floating and the network takes that argument
+    (``UNet2DConditionModel``: text embeddings), else to ``class_labels``
+    (``UNet2DModel`` with a class embedding); a dict is passed as keyword arguments
+    (e.g. ``{"class_labels": y}``), its keys checked against the network's ``forward``.
+    """
+
+    def __init__(self, unet: torch.nn.Module, call: Any) -> None:
+        self.unet = unet  # the module (for fingerprints)
+        self.call = call  # call(x, t, **kwargs) -> output tensor
+        self.params = frozenset(inspect.signature(unet.forward).parameters)
+
+    def keywords(self, cond: Any) -> dict[str, Any]:
+        if isinstance(cond, dict):
+            unknown = sorted(set(cond) - self.params)
+            if unknown:
+                raise SamplerError(
+                    f"cond keys {unknown} are not arguments of {type(self.unet).__name__}"
+                    f".forward (it takes: {', '.join(sorted(self.params - {'self'}))})"
+                )
+            return dict(cond)
+        if cond.is_floating_point() and "encoder_hidden_states" in self.params:
+            return {"encoder_hidden_states": cond.to(self.unet.dtype)}
+        if "class_labels" in self.params:
+            return {"class_labels": cond}
+        raise SamplerError(
+            f"{type(self.unet).__name__} takes neither class_labels nor encoder_hidden_states: "
+            "pass cond as a dict of its forward's keyword arguments"
+        )
+
+    def __call__(self, x_vp: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        kwargs = {} if cond is None else self.keywords(cond)
+        return self.call(x_vp.to(self.unet.dtype), t, **kwargs)
 
 
 class LabelledModel:
@@ -165,7 +210,12 @@ class LabelledModel:
         view = LabelledModel(self.unet, self.call, labels if n == 1 else labels[rows % n])
         return view
 
-    def __call__(self, x_vp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x_vp: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        if cond is not None:
+            raise SamplerError(
+                "this model's class labels are bound by from_diffusers(class_labels=); pass "
+                "them there or as sample(cond=), not both"
+            )
         labels = self._labels_on(x_vp.device)
         rows, n = x_vp.shape[0], labels.numel()
         if n == 1:
