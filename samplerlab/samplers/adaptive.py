@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import Denoiser, Grid, SamplerError, append_dims, to_d
+from .core import Denoiser, Grid, SamplerError, append_dims, take_rows, to_d
 from .noise import NoiseSource
 
 
@@ -88,18 +88,19 @@ def sample_dpm_adaptive(
         t = torch.exp(-(lam[idx] + hs))
         idx_dev = idx.to(dev, non_blocking=True)
         xa = x.index_select(0, idx_dev)
+        den_a = take_rows(denoiser, idx_dev)  # the gathered rows' samples (conditioning)
         # Noise prediction at the current point, for rows that moved since their last one.
         need = idx[~fresh[idx]]
         if need.numel():
             need_dev = need.to(dev, non_blocking=True)
             xn, sn = x.index_select(0, need_dev), a(torch.exp(-lam[need])).flatten()
-            eps_s.index_copy_(0, need_dev, to_d(xn, sn, denoiser(xn, sn)))
+            eps_s.index_copy_(0, need_dev, to_d(xn, sn, take_rows(denoiser, need_dev)(xn, sn)))
             fresh[need] = True
         es = eps_s.index_select(0, idx_dev)
         # Intermediate point s1 = lambda + r1 h (DPM-Solver-1 step there) and its prediction.
         s1 = s * torch.exp(-r1 * hs)
         u1 = xa + a(s1 - s) * es
-        e1 = to_d(u1, a(s1).flatten(), denoiser(u1, a(s1).flatten()))
+        e1 = to_d(u1, a(s1).flatten(), den_a(u1, a(s1).flatten()))
         if order == 2:
             # Low: DPM-Solver-1; high: DPM-Solver-2 (r1 = 1/2).
             x_low = xa + a(t - s) * es
@@ -112,7 +113,7 @@ def sample_dpm_adaptive(
             phi_12 = torch.expm1(r2 * hs)
             phi_22 = phi_12 / (r2 * hs) - 1
             u2 = xa - a(s2 * phi_12) * es - a((r2 / r1) * s2 * phi_22) * (e1 - es)
-            e2 = to_d(u2, a(s2).flatten(), denoiser(u2, a(s2).flatten()))
+            e2 = to_d(u2, a(s2).flatten(), den_a(u2, a(s2).flatten()))
             # High: DPM-Solver-3.
             phi_2 = torch.expm1(hs) / hs - 1
             x_high = xa - a(t * torch.expm1(hs)) * es - a(t * phi_2 / r2) * (e2 - es)
@@ -138,5 +139,5 @@ def sample_dpm_adaptive(
     if ends.numel():
         ends_dev = ends.to(dev, non_blocking=True)
         xe, se = x.index_select(0, ends_dev), a(sigma_end[ends]).flatten()
-        x.index_copy_(0, ends_dev, denoiser(xe, se))
+        x.index_copy_(0, ends_dev, take_rows(denoiser, ends_dev)(xe, se))
     return x
