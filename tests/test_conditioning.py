@@ -230,3 +230,21 @@ def test_a_denoiser_without_cond_is_refused():
     mixture = GaussianMixture.random(dim=3, components=2)
     with pytest.raises(SamplerError, match=r"needs a conditional denoiser D\(x, sigma, cond\)"):
         sl.sample(mixture, "ddim", steps=3, shape=(4, 3), cond=LABELS)
+
+
+@pytest.mark.parametrize("name", ["pmm", "srds"])
+def test_sharded_rows_keep_their_conditioning(model, name):
+    """Conditioned and guided rows split over replicas (ShardedDenoiser) keep their rows of
+    cond and uncond; NFE counts every replica's rows."""
+    from samplerlab.samplers.parallel import ShardedDenoiser
+
+    sharded = ShardedDenoiser([model, model], ["cpu", "cpu"])
+    kw = {"steps": 9, "shape": (4, 3), "dtype": F64, "seeds": SEEDS, "cond": LABELS}
+    kw |= {"guidance": torch.tensor([2.0, 1.0, 3.0, 0.5]), "uncond": torch.tensor([NULL])}
+    try:
+        ref = sl.sample(model, name, **kw)
+        got = sl.sample(sharded, name, **kw)
+        torch.testing.assert_close(got.x, ref.x, rtol=0, atol=1e-12)
+        assert got.nfe == ref.nfe and got.rounds == ref.rounds
+    finally:
+        sharded.close()
