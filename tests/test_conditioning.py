@@ -248,3 +248,23 @@ def test_sharded_rows_keep_their_conditioning(model, name):
         assert got.nfe == ref.nfe and got.rounds == ref.rounds
     finally:
         sharded.close()
+
+
+def test_readme_conditioning_block_runs_as_written():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("### Conditioning and guidance") :]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    seen: list[torch.Tensor] = []
+
+    def eps_fn(x_vp, t, cond):
+        seen.append(cond)
+        return 0.1 * x_vp + 0.01 * cond.to(x_vp)[:, None, None, None]
+
+    ac = torch.linspace(0.9999, 0.002, 1000, dtype=F64)
+    namespace = {"eps_fn": eps_fn, "alphas_cumprod": ac}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["res"].x.shape == (4, 3, 32, 32)
+    assert any(len(c) == 8 and int(c[-1]) == 10 for c in seen)  # cond and null rows together
