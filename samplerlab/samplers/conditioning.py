@@ -146,7 +146,10 @@ class Guided(Conditioned):
 
     Each call evaluates the conditional rows ``x`` and the unconditional rows in one
     network call (one round); the extra rows are counted in :attr:`extra_rows` (NFE per
-    sample: 2 per guided evaluation).
+    sample: 2 per guided evaluation). Combining denoiser outputs equals combining the
+    networks' eps (or v) predictions, since ``D`` is affine in them at fixed ``x, sigma``;
+    a model that clamps its ``x0_hat`` (``clip_denoised``) is clamped per branch, before the
+    combination.
     """
 
     _own = (*Conditioned._own, "interval", "skip_outside", "extra_rows")
