@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .samplers.conditioning import Conditioned, Guided
 from .samplers.core import SamplerError
 from .samplers.denoisers import (
     ChunkedDenoiser,
@@ -31,12 +32,14 @@ from .samplers.schedules import ContinuousVP, DiscreteVP
 __all__ = [
     "ChunkedDenoiser",
     "ClippedDenoiser",
+    "Conditioned",
     "ContinuousVP",
     "CountingDenoiser",
     "DiffusersModel",
     "DiscreteVP",
     "EDMDenoiser",
     "FiniteCheckDenoiser",
+    "Guided",
     "LabelledModel",
     "NonFiniteError",
     "VPDenoiser",
