@@ -49,7 +49,7 @@ MODES = {
     "guided-per-sample": lambda k: {
         "cond": LABELS[k],
         "guidance": torch.tensor([3.0, 1.0, 0.5, 2.0])[k],
-        "uncond": torch.full((4,), NULL)[k],
+        "uncond": torch.tensor([NULL, 2, 0, 1])[k],  # per sample (a "negative" class)
         "guidance_interval": (0.3, 4.0),
     },
 }
