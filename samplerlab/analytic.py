@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from .samplers.core import SamplerError, append_dims
+from .samplers.core import SamplerError, append_dims, where_rows
 from .samplers.schedules import DiscreteVP, betas_for
 
 
@@ -154,6 +154,55 @@ class GaussianMixture:
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self.means[k] + self.stds[k] * z
+
+
+class ClassConditionalMixture(GaussianMixture):
+    """A Gaussian mixture whose components are the classes: ``p(y = k) = w_k``,
+    ``p(x | y = k) = N(mu_k, diag(s_k^2))``; ``p(x)`` is the mixture.
+
+    A conditional denoiser ``D(x, sigma, cond)``: ``cond`` holds one label per row of ``x``;
+    label ``k >= 0`` gives the class's Gaussian denoiser
+    ``mu_k + s_k^2 / (s_k^2 + sigma^2) (x - mu_k)``, a negative label (:attr:`NULL`, the
+    "no condition" value) the mixture's, as does a call without ``cond``. The conditional
+    PF-ODE of each class is a Gaussian's, solved exactly by :meth:`ode_solution`.
+    """
+
+    NULL = -1
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
+        marginal = super().__call__(x, sigma)
+        if cond is None:
+            return marginal
+        flat = x.reshape(x.shape[0], -1)
+        y = cond.reshape(-1).long()
+        k = y.clamp(min=0)
+        mu, s2 = self.means.to(flat)[k], self.stds.to(flat)[k] ** 2
+        sig2 = append_dims(sigma.to(flat.dtype), 2) ** 2
+        per_class = (mu + s2 / (s2 + sig2) * (flat - mu)).reshape(x.shape)
+        return where_rows(y < 0, marginal, per_class)
+
+    def component(self, k: int) -> Gaussian:
+        """Class ``k`` as a :class:`Gaussian` (same VP table)."""
+        return Gaussian(self.means[k], self.stds[k], self.vp)
+
+    def sample_class(self, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Exact samples of ``p(x | y)``, one per label."""
+        k = torch.as_tensor(labels).reshape(-1).long()
+        z = torch.randn(k.numel(), self.dim, generator=generator, dtype=torch.float64)
+        return self.means[k] + self.stds[k] * z
+
+    def ode_solution(
+        self, x: Tensor, labels: Tensor, sigma_from: Tensor | float, sigma_to: Tensor | float
+    ) -> Tensor:
+        """The exact conditional PF-ODE state at ``sigma_to`` of each row's class (labels
+        ``>= 0``), started from ``x`` at ``sigma_from``."""
+        k = torch.as_tensor(labels, device=x.device).reshape(-1).long()
+        if bool((k < 0).any()) or bool((k >= self.weights.numel()).any()):
+            raise SamplerError(f"labels must be classes in [0, {self.weights.numel()})")
+        mu, s2 = self.means.to(x)[k], self.stds.to(x)[k] ** 2
+        a = append_dims(torch.as_tensor(sigma_from, dtype=x.dtype).expand(x.shape[0]), x.ndim)
+        b = append_dims(torch.as_tensor(sigma_to, dtype=x.dtype).expand(x.shape[0]), x.ndim)
+        return mu + ((s2 + b**2) / (s2 + a**2)).sqrt() * (x - mu)
 
 
 # The panel on which defaults are chosen (issue: "defaults chosen on a panel, not on one

@@ -4,12 +4,14 @@ that need third-party packages: a diffusers ``UNet2DModel`` with its scheduler c
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .samplers.conditioning import Conditioned, Guided
 from .samplers.core import SamplerError
 from .samplers.denoisers import (
     ChunkedDenoiser,
@@ -30,11 +32,14 @@ from .samplers.schedules import ContinuousVP, DiscreteVP
 __all__ = [
     "ChunkedDenoiser",
     "ClippedDenoiser",
+    "Conditioned",
     "ContinuousVP",
     "CountingDenoiser",
+    "DiffusersModel",
     "DiscreteVP",
     "EDMDenoiser",
     "FiniteCheckDenoiser",
+    "Guided",
     "LabelledModel",
     "NonFiniteError",
     "VPDenoiser",
@@ -67,6 +72,11 @@ def load_scheduler_config(path: str | Path) -> dict[str, Any]:
     )
 
 
+# Networks a folder may hold (its config's _class_name), and the pipeline subfolders.
+NETWORKS = ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", "Transformer2DModel")
+NETWORK_FOLDERS = ("unet", "transformer")
+
+
 def from_diffusers(
     model: str | Path | torch.nn.Module,
     scheduler: Any = None,
@@ -77,28 +87,48 @@ def from_diffusers(
     class_labels: torch.Tensor | None = None,
     compile: bool | dict[str, Any] = False,
 ) -> VPDenoiser:
-    """A diffusers ``UNet2DModel`` and its noise schedule as ``D(x, sigma)``.
+    """A diffusers network and its noise schedule as ``D(x, sigma)``.
 
-    ``model`` is a loaded UNet or a local folder: a pipeline folder (``unet/`` and
-    ``scheduler/``) or a UNet folder with ``scheduler_config.json`` beside its config.
+    The network is a ``UNet2DModel``, a ``UNet2DConditionModel`` (text-conditional: the
+    embeddings come as ``cond``) or a DiT (``DiTTransformer2DModel`` /
+    ``Transformer2DModel``, class-conditional; a learned-variance output's second half is
+    dropped). Latent models sample latents (decoding them is the caller's). ``model`` is a
+    loaded network or a local folder: a pipeline folder (``unet/`` or ``transformer/``, and
+    ``scheduler/``) or a network folder with ``scheduler_config.json`` beside its config.
     ``scheduler`` is a diffusers scheduler, a config dict or a path; by default it is
     looked up in the folder. Nothing is downloaded: ``from_pretrained`` reads the folder.
     The prediction type and ``clip_sample`` come from the scheduler config; ``compile=True``
     wraps the UNet call in ``torch.compile(mode="reduce-overhead")`` (CUDA graphs).
+    ``class_labels`` binds one label per sample (or one for all); conditioning passed to
+    ``samplerlab.sample(..., cond=)`` instead reaches the UNet as described in
+    :class:`DiffusersModel` (and may be guided).
     """
-    from diffusers import DDPMScheduler, UNet2DModel
+    import diffusers
+    from diffusers import DDPMScheduler
 
     if isinstance(model, (str, Path)):
         root = Path(model)
         if not root.exists():
             raise SamplerError(f"model folder {root} does not exist")
-        sub = "unet" if (root / "unet" / "config.json").is_file() else None
+        sub = next((d for d in NETWORK_FOLDERS if (root / d / "config.json").is_file()), None)
         if sub is None and not (root / "config.json").is_file():
-            raise SamplerError(f"{root} holds neither config.json nor unet/config.json")
+            raise SamplerError(f"{root} holds neither config.json nor unet/ or transformer/")
+        config_file = root / (sub or "") / "config.json"
         try:
-            unet = UNet2DModel.from_pretrained(root, subfolder=sub, local_files_only=True)
+            kind = json.loads(config_file.read_text()).get("_class_name", "UNet2DModel")
+        except json.JSONDecodeError as e:
+            raise SamplerError(f"{config_file}: not valid JSON ({e.msg})") from None
+        if kind not in NETWORKS:
+            raise SamplerError(
+                f"{config_file}: _class_name {kind!r} is not a network samplerlab loads "
+                f"(valid: {', '.join(NETWORKS)})"
+            )
+        try:
+            unet = getattr(diffusers, kind).from_pretrained(
+                root, subfolder=sub, local_files_only=True
+            )
         except (OSError, ValueError) as e:
-            raise SamplerError(f"cannot load a UNet2DModel from {root}: {e}") from None
+            raise SamplerError(f"cannot load a {kind} from {root}: {e}") from None
         if scheduler is None:
             scheduler = load_scheduler_config(root)
     else:
@@ -117,8 +147,10 @@ def from_diffusers(
 
     labels_all = None if class_labels is None else torch.as_tensor(class_labels).reshape(-1)
     if labels_all is None:
-        model_fn = lambda x_vp, t: unet(x_vp.to(unet.dtype), t).sample
-        vp_compile = compile
+        model_fn = DiffusersModel(
+            unet, maybe_compile(lambda x, t, **kw: unet(x, t, **kw).sample, compile)
+        )
+        vp_compile = False
     else:
         # Compile the network call itself: the labels wrapper stays a plain object whose
         # take() gives gathered rows their own samples' labels.
@@ -135,6 +167,57 @@ def from_diffusers(
         data_shape=(unet.config.in_channels, *hw),
         compile=vp_compile,
     )
+
+
+class DiffusersModel:
+    """A diffusers network as ``f(x_vp, t)`` or, with conditioning, ``f(x_vp, t, cond)``.
+
+    ``cond`` holds the rows aligned with ``x_vp``'s: a tensor goes to
+    ``encoder_hidden_states`` when it is floating and the network takes that argument
+    (``UNet2DConditionModel``: text embeddings), else to ``class_labels``
+    (``UNet2DModel`` with a class embedding); a dict is passed as keyword arguments
+    (e.g. ``{"class_labels": y}``), its keys checked against the network's ``forward``.
+    """
+
+    def __init__(self, unet: torch.nn.Module, call: Any) -> None:
+        self.unet = unet  # the module (for fingerprints)
+        self.call = call  # call(x, t, **kwargs) -> output tensor
+        params = list(inspect.signature(unet.forward).parameters.values())
+        self.params = frozenset(p.name for p in params)
+        # Arguments after (x, t) without a default (UNet2DConditionModel's embeddings).
+        self.required = [p.name for p in params[2:] if p.default is inspect.Parameter.empty]
+        cfg = unet.config
+        out = getattr(cfg, "out_channels", None) or cfg.in_channels
+        # A learned-variance output (DiT): [eps, variance] along the channels.
+        self.channels = cfg.in_channels if out == 2 * cfg.in_channels else None
+
+    def keywords(self, cond: Any) -> dict[str, Any]:
+        if isinstance(cond, dict):
+            unknown = sorted(set(cond) - self.params)
+            if unknown:
+                raise SamplerError(
+                    f"cond keys {unknown} are not arguments of {type(self.unet).__name__}"
+                    f".forward (it takes: {', '.join(sorted(self.params - {'self'}))})"
+                )
+            return dict(cond)
+        if cond.is_floating_point() and "encoder_hidden_states" in self.params:
+            return {"encoder_hidden_states": cond.to(self.unet.dtype)}
+        if "class_labels" in self.params:
+            return {"class_labels": cond}
+        raise SamplerError(
+            f"{type(self.unet).__name__} takes neither class_labels nor encoder_hidden_states: "
+            "pass cond as a dict of its forward's keyword arguments"
+        )
+
+    def __call__(self, x_vp: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        if cond is None and self.required:
+            raise SamplerError(
+                f"{type(self.unet).__name__} needs conditioning ({', '.join(self.required)}): "
+                "pass sample(..., cond=)"
+            )
+        kwargs = {} if cond is None else self.keywords(cond)
+        out = self.call(x_vp.to(self.unet.dtype), t, **kwargs)
+        return out if self.channels is None else out[:, : self.channels]
 
 
 class LabelledModel:
@@ -165,7 +248,12 @@ class LabelledModel:
         view = LabelledModel(self.unet, self.call, labels if n == 1 else labels[rows % n])
         return view
 
-    def __call__(self, x_vp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x_vp: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        if cond is not None:
+            raise SamplerError(
+                "this model's class labels are bound by from_diffusers(class_labels=); pass "
+                "them there or as sample(cond=), not both"
+            )
         labels = self._labels_on(x_vp.device)
         rows, n = x_vp.shape[0], labels.numel()
         if n == 1:

@@ -88,6 +88,7 @@ def sample_dpm_adaptive(
         t = torch.exp(-(lam[idx] + hs))
         idx_dev = idx.to(dev, non_blocking=True)
         xa = x.index_select(0, idx_dev)
+        den_a = take_rows(denoiser, idx_dev)  # the gathered rows' samples (conditioning)
         # Noise prediction at the current point, for rows that moved since their last one.
         need = idx[~fresh[idx]]
         if need.numel():
@@ -96,11 +97,10 @@ def sample_dpm_adaptive(
             eps_s.index_copy_(0, need_dev, to_d(xn, sn, take_rows(denoiser, need_dev)(xn, sn)))
             fresh[need] = True
         es = eps_s.index_select(0, idx_dev)
-        den = take_rows(denoiser, idx_dev)  # these rows' own samples (per-sample state)
         # Intermediate point s1 = lambda + r1 h (DPM-Solver-1 step there) and its prediction.
         s1 = s * torch.exp(-r1 * hs)
         u1 = xa + a(s1 - s) * es
-        e1 = to_d(u1, a(s1).flatten(), den(u1, a(s1).flatten()))
+        e1 = to_d(u1, a(s1).flatten(), den_a(u1, a(s1).flatten()))
         if order == 2:
             # Low: DPM-Solver-1; high: DPM-Solver-2 (r1 = 1/2).
             x_low = xa + a(t - s) * es
@@ -113,7 +113,7 @@ def sample_dpm_adaptive(
             phi_12 = torch.expm1(r2 * hs)
             phi_22 = phi_12 / (r2 * hs) - 1
             u2 = xa - a(s2 * phi_12) * es - a((r2 / r1) * s2 * phi_22) * (e1 - es)
-            e2 = to_d(u2, a(s2).flatten(), den(u2, a(s2).flatten()))
+            e2 = to_d(u2, a(s2).flatten(), den_a(u2, a(s2).flatten()))
             # High: DPM-Solver-3.
             phi_2 = torch.expm1(hs) / hs - 1
             x_high = xa - a(t * torch.expm1(hs)) * es - a(t * phi_2 / r2) * (e2 - es)

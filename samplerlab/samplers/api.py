@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .conditioning import Cond, condition
 from .core import Denoiser, SamplerError, append_dims, check_grid
 from .denoisers import CountingDenoiser, FiniteCheckDenoiser, NonFiniteError
 from .noise import PerSampleNoise
@@ -141,6 +142,10 @@ def sample(
     noise_device: torch.device | str | None = None,
     noise_kind: str = "splitmix",
     calibration: Any = None,
+    cond: Cond | None = None,
+    guidance: float | Tensor | None = None,
+    uncond: Cond | None = None,
+    guidance_interval: tuple[float, float] | None = None,
     **options: Any,
 ) -> SampleResult:
     """Draw ``shape[0]`` samples with the registered sampler ``name`` (or an alias such as
@@ -156,6 +161,11 @@ def sample(
     ``noise_kind`` picks the :class:`PerSampleNoise` generator (``"generator"``: one
     ``torch.Generator`` per sample, the stream of earlier versions and of EDM's seeds);
     ``noise_device`` where it runs (default: the sampling device; the CPU for generators).
+    ``cond`` is per-sample conditioning for a conditional denoiser ``D(x, sigma, cond)``: a
+    tensor or a dict of tensors with ``n`` rows; ``guidance`` (a number or one per sample)
+    with ``uncond`` (the "no condition" value, one row or ``n``) applies classifier-free
+    guidance, only for sigma in ``guidance_interval = (lo, hi]`` if given (see
+    :mod:`samplerlab.samplers.conditioning`); ``nfe`` counts both guided rows.
     """
     if not callable(denoiser):
         raise SamplerError(f"the denoiser must be a callable D(x, sigma), got {type(denoiser)}")
@@ -172,6 +182,11 @@ def sample(
         raise SamplerError(f"steps={steps} is more than samplerlab plans ({MAX_GRID_STEPS})")
     shape = _check_shape(denoiser, shape)
     n = shape[0]
+    # Per-sample conditioning (and guidance) bound to the samples' rows: a D(x, sigma).
+    model = condition(
+        denoiser, n, cond=cond, guidance=guidance, uncond=uncond,
+        guidance_interval=guidance_interval,
+    )  # fmt: skip
     spec.check_options(options)
     seeds = _check_seeds(seeds, n)
     if noise is not None and (not isinstance(noise, Tensor) or tuple(noise.shape) != shape):
@@ -222,7 +237,7 @@ def sample(
         x = z * append_dims(scale, z.ndim)
         return spec(den, x, sigmas, noise=source, **run_options)
 
-    counter = CountingDenoiser(denoiser)
+    counter = CountingDenoiser(model)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -232,7 +247,7 @@ def sample(
     seconds = time.perf_counter() - start
     if not bool(torch.isfinite(x).all()):
         # Re-run with a checking wrapper (same seeds, same result) to name the round.
-        run(FiniteCheckDenoiser(denoiser, label=f"sampler '{name}'"))
+        run(FiniteCheckDenoiser(model, label=f"sampler '{name}'"))
         raise NonFiniteError(f"sampler '{name}': the final samples are not finite")
     return SampleResult(
         x=x,

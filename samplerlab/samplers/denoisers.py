@@ -41,7 +41,9 @@ class VPDenoiser:
     ``x0_hat`` by the prediction type (k-diffusion's ``DiscreteEpsDDPMDenoiser``).
 
     Args:
-        model_fn: ``f(x_vp, t) -> eps | v | x0`` with ``t: [B]`` (float; long if ``quantize``).
+        model_fn: ``f(x_vp, t) -> eps | v | x0`` with ``t: [B]`` (float; long if ``quantize``);
+            called as ``f(x_vp, t, cond)`` when the denoiser is called with conditioning
+            (the rows of ``cond`` aligned with ``x``'s: see :mod:`.conditioning`).
         vp: the model's :class:`DiscreteVP` table or :class:`ContinuousVP` schedule.
         prediction_type: ``epsilon``, ``v_prediction`` or ``sample``.
         clip_denoised: clamp ``x0_hat`` to ``[-1, 1]`` (diffusers' ``clip_sample``).
@@ -125,13 +127,15 @@ class VPDenoiser:
             self._grid_cache = cached
         return cached[3].as_strided(*at), cached[4].as_strided(*at)
 
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
         # Schedule math in at least float32 (in bf16, t = 999 rounds to 1000, off the table).
         dtype = torch.promote_types(x.dtype, torch.float32)
         alpha, t = self._lookup(sigma, dtype)
         alpha = append_dims(alpha, x.ndim)  # VP signal scale
         sigma = sigma.to(dtype)
-        out = self.model_fn((x * alpha).to(x.dtype), t).to(x.dtype)
+        x_vp = (x * alpha).to(x.dtype)
+        out = self.model_fn(x_vp, t) if cond is None else self.model_fn(x_vp, t, cond)
+        out = out.to(x.dtype)
         if self.prediction_type == "epsilon":
             x0 = torch.addcmul(x, append_dims(sigma, x.ndim), out, value=-1)  # x - sigma eps
         elif self.prediction_type == "v_prediction":
@@ -171,7 +175,8 @@ class EDMDenoiser:
     ``D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)`` with ``c_skip = sd^2/(sigma^2+sd^2)``,
     ``c_out = sigma sd / sqrt(sigma^2+sd^2)``, ``c_in = 1/sqrt(sigma^2+sd^2)``,
     ``c_noise = log(sigma)/4``. Pass ``preconditioned=False`` for a network that already
-    returns ``D`` (then it is called as ``net(x, sigma)``).
+    returns ``D`` (then it is called as ``net(x, sigma)``). Called with conditioning
+    ``cond`` (rows aligned with ``x``'s), the network is called as ``net(x, c, cond)``.
     """
 
     def __init__(
@@ -203,17 +208,18 @@ class EDMDenoiser:
         view.net = net
         return view
 
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
         sigma = sigma.to(x.dtype)
+        extra = () if cond is None else (cond,)
         if not self.preconditioned:
-            return self.net(x, sigma).to(x.dtype)
+            return self.net(x, sigma, *extra).to(x.dtype)
         sd = self.sigma_data
         s = append_dims(sigma, x.ndim)
         c_skip = sd**2 / (s**2 + sd**2)
         c_out = s * sd / (s**2 + sd**2).sqrt()
         c_in = (s**2 + sd**2).rsqrt()
         c_noise = sigma.log() / 4
-        return c_skip * x + c_out * self.net(c_in * x, c_noise).to(x.dtype)
+        return c_skip * x + c_out * self.net(c_in * x, c_noise, *extra).to(x.dtype)
 
 
 class _Wrapper:
@@ -241,7 +247,10 @@ class CountingDenoiser(_Wrapper):
     """Counts sequential network rounds and evaluated rows.
 
     One call is one round (a sequential network call, whatever its batch); NFE per sample
-    is ``rows / batch``. Counters are Python ints: no GPU->CPU sync. The output must have
+    is ``rows / batch``. A denoiser that evaluates more network rows than it is given
+    (classifier-free guidance: a conditional and an unconditional row) reports them in its
+    ``extra_rows`` tally, which is added here. Counters are Python ints: no GPU->CPU sync.
+    The output must have
     the input's shape (a shape is host metadata: checking it costs no sync); a model that
     returns another shape would otherwise be broadcast into wrong samples.
     """
@@ -261,8 +270,10 @@ class CountingDenoiser(_Wrapper):
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         counts = self.parent or self
         counts.rounds += 1
-        counts.rows += x.shape[0]
+        tally = getattr(self.inner, "extra_rows", None)
+        before = 0 if tally is None else tally.count
         out = self.inner(x, sigma)
+        counts.rows += x.shape[0] + (0 if tally is None else tally.count - before)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise SamplerError(

@@ -28,6 +28,13 @@ from torch import Tensor
 from .core import Denoiser, SamplerError, take_rows
 
 
+def _rows(cond: Any, lo: int, hi: int, device: torch.device) -> Any:
+    """Rows ``lo..hi`` of conditioning aligned with a call's rows (a tensor or a dict)."""
+    if isinstance(cond, Tensor):
+        return cond[lo:hi].to(device, non_blocking=True)
+    return {k: v[lo:hi].to(device, non_blocking=True) for k, v in cond.items()}
+
+
 class ShardedDenoiser:
     """Splits the rows of each batched call over several devices of one node.
 
@@ -39,7 +46,8 @@ class ShardedDenoiser:
     Rows are split evenly (``tensor_split``), each shard is copied to its device and run
     there; the devices run concurrently (one worker thread and one CUDA stream per
     device) and the outputs are gathered, in order, on the caller's device. Attributes
-    (``sigma_min``, ``vp``, ...) are those of the first replica.
+    (``sigma_min``, ``vp``, ...) are those of the first replica. A conditional call
+    ``D(x, sigma, cond)`` (``sample(..., cond=)``) splits ``cond``'s rows with ``x``'s.
     """
 
     def __init__(
@@ -83,33 +91,38 @@ class ShardedDenoiser:
         view.replicas = [take_rows(r, rows.to(d, non_blocking=True)) for r, d in pairs]
         return view
 
-    def _run_shard(self, k: int, x: Tensor, sigma: Tensor, start: int = 0) -> Tensor:
+    def _run_shard(
+        self, k: int, x: Tensor, sigma: Tensor, start: int = 0, cond: tuple = ()
+    ) -> Tensor:
         device, stream = self.devices[k], self._streams[k]
         replica = self.replicas[k]
         if getattr(replica, "take", None) is not None:
             # This shard is rows start..start+len of the call (per-sample conditioning).
             replica = take_rows(replica, torch.arange(start, start + len(x), device=device))
+        # Conditioning rows of this shard (a conditional call D(x, sigma, cond)).
+        cond = tuple(_rows(c, start, start + len(x), device) for c in cond)
         if stream is None:
-            return replica(x.to(device), sigma.to(device))
+            return replica(x.to(device), sigma.to(device), *cond)
         with torch.cuda.device(device), torch.cuda.stream(stream):
-            out = replica(x.to(device, non_blocking=True), sigma.to(device))
+            out = replica(x.to(device, non_blocking=True), sigma.to(device), *cond)
         stream.synchronize()
         return out
 
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor, *cond: Any) -> Tensor:
         n = len(self.replicas)
         if x.is_cuda:
             # The shards' streams must see the caller's finished inputs.
             torch.cuda.current_stream(x.device).synchronize()
         if n == 1 or x.shape[0] < 2:
-            outs = [self._run_shard(0, x, sigma)]
+            outs = [self._run_shard(0, x, sigma, 0, cond)]
         else:
             xs, ss = x.tensor_split(n), sigma.tensor_split(n)
             starts = [sum(len(xc) for xc in xs[:k]) for k in range(n)]
             jobs = [(k, xc, sc) for k, (xc, sc) in enumerate(zip(xs, ss, strict=True)) if len(xc)]
             with self._lock:
                 futures = [
-                    self._pool.submit(self._run_shard, k, xc, sc, starts[k]) for k, xc, sc in jobs
+                    self._pool.submit(self._run_shard, k, xc, sc, starts[k], cond)
+                    for k, xc, sc in jobs
                 ]
                 outs = [f.result() for f in futures]
         for o in outs:
@@ -134,7 +147,8 @@ class DistributedDenoiser:
 
     Rank ``r`` evaluates rows ``[r m, (r+1) m)`` with ``m = ceil(rows / world)``; the shards
     are padded to ``m`` rows, gathered with ``all_gather`` and the padding dropped.
-    Attributes (``sigma_min``, ``vp``, ...) are those of ``denoiser``.
+    Attributes (``sigma_min``, ``vp``, ...) are those of ``denoiser``. A conditional call
+    ``D(x, sigma, cond)`` gives each rank its rows of ``cond``.
     """
 
     def __init__(self, denoiser: Denoiser, group: Any = None) -> None:
@@ -161,12 +175,12 @@ class DistributedDenoiser:
         view.denoiser = take_rows(self.denoiser, rows)
         return view
 
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor, *cond: Any) -> Tensor:
         import torch.distributed as dist
 
         rows = x.shape[0]
         if self.world == 1:
-            return self.denoiser(x, sigma)
+            return self.denoiser(x, sigma, *cond)
         m = math.ceil(rows / self.world)
         lo, hi = min(rows, self.rank * m), min(rows, (self.rank + 1) * m)
         # This rank's share of the rows (possibly none), padded to m rows.
@@ -176,7 +190,8 @@ class DistributedDenoiser:
             if getattr(replica, "take", None) is not None:
                 # This rank's shard is rows lo..hi of the call (per-sample conditioning).
                 replica = take_rows(replica, torch.arange(lo, hi, device=x.device))
-            out[: hi - lo] = replica(x[lo:hi], sigma[lo:hi])
+            shard = tuple(_rows(c, lo, hi, x.device) for c in cond)
+            out[: hi - lo] = replica(x[lo:hi], sigma[lo:hi], *shard)
         # Every rank receives every shard, in rank order.
         parts = [torch.empty_like(out) for _ in range(self.world)]
         dist.all_gather(parts, out, group=self.group)
