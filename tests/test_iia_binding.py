@@ -110,3 +110,17 @@ def test_non_finite_coefficients_are_refused(tmp_path):
     with pytest.raises(IIAFileError, match="contain NaN or Inf") as e:
         load(path)
     _one_line(e)
+
+
+def test_sharded_replicas_have_their_models_fingerprint(fitted):
+    from samplerlab.samplers.parallel import ShardedDenoiser
+
+    gmm, c = fitted
+    sharded = ShardedDenoiser([gmm, gmm], ["cpu", "cpu"])
+    try:
+        assert fingerprint(sharded) == fingerprint(gmm)
+        x = sl.sample(sharded, "iia_ddim", steps=6, shape=(4, gmm.dim), dtype=F64, coeffs=c).x
+        ref = sl.sample(gmm, "iia_ddim", steps=6, shape=(4, gmm.dim), dtype=F64, coeffs=c).x
+        torch.testing.assert_close(x, ref)
+    finally:
+        sharded.close()

@@ -363,6 +363,9 @@ def model_fingerprint(denoiser: Any) -> str:
     inner = getattr(denoiser, "inner", None)  # samplerlab wrappers (Counting, Chunked, ...)
     if inner is not None and not isinstance(denoiser, torch.nn.Module):
         return model_fingerprint(inner)
+    replicas = getattr(denoiser, "__dict__", {}).get("replicas")  # ShardedDenoiser
+    if replicas:
+        return model_fingerprint(replicas[0])
     h = hashlib.sha256()
     h.update(type(denoiser).__qualname__.encode())
     module = _find_module(denoiser)
