@@ -544,3 +544,27 @@ def test_row_store_skips_a_damaged_line(tmp_path):
     store.append({"key": "c", "fid": 3.0})
     assert set(store.load()) == {"a", "c"}
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_check_model_false_lets_another_models_coefficients_sample(tmp_path):
+    from samplerlab import iia
+
+    _, cfg = make(tmp_path, out="fit")
+    mix = exact_gmm(cfg)
+    # Same grid, another model: the fit's fingerprint differs from the evaluated model's.
+    other = GaussianMixture(mix.weights, mix.means + 0.05, mix.stds)
+    c = iia.fit(other, "iia_ddim", steps=4, M=2, num_samples=4, progress=False)
+    path = iia.save(c, tmp_path / "other.safetensors")
+    jobs = [
+        "eval.nfe=[4]",
+        "eval.samplers.ddim.enabled=false",
+        "eval.samplers.euler.enabled=false",
+        "eval.samplers.x.sampler=iia_ddim",
+        f"eval.samplers.x.coeffs={path}",
+    ]
+    ev, _ = make(tmp_path, *jobs, out="strict")
+    (row,) = ev.evaluate(mix, CPU)["results"]
+    assert row["status"] == "error" and "another model" in row["error"], row
+    ev, _ = make(tmp_path, *jobs, "eval.iia.check_model=false", out="override")
+    (row,) = ev.evaluate(mix, CPU)["results"]
+    assert row["status"] == "ok", row
