@@ -61,8 +61,9 @@ def block_choices(steps: int) -> list[int]:
 def default_blocks(steps: int, factor: float = 2.0) -> int:
     """The divisor of N nearest to ``factor * sqrt(N)`` (default 2: chosen on the analytic
     panel, where pipelined SRDS needs ~2-5 iterations: its rounds, about
-    ``B + (p + 1) N / B``, are least near ``B = sqrt((p + 1) N)``; the paper's sqrt(N)
-    blocks took 0.46-0.55x the serial rounds at N = 100 there, 2 sqrt(N) 0.28-0.40x)."""
+    ``B + (p + 1) N / B``, are least near ``B = sqrt((p + 1) N)``; at N = 100 the paper's
+    sqrt(N) blocks took 0.63x the serial rounds there on average (worst 0.82x), 2 sqrt(N)
+    0.43x (worst 0.60x; README, "SRDS, ParaDiGMS and parallel randomized midpoints"))."""
     return min(block_choices(steps), key=lambda b: (abs(b - factor * math.sqrt(steps)), -b))
 
 
