@@ -13,8 +13,8 @@ over the sets is reported (ratios are computed per set, in one run).
 
 ``--models panel`` runs the same on the choice panel: the configuration quoted as "the
 best calibrated configuration" on the holdout is the one with the lowest mean log error
-ratio to the best diffusers scheduler on the panel VP models (``--choose``), never chosen on
-the holdout itself.
+ratio to the best diffusers scheduler over the panel models, never chosen on the holdout
+itself.
 
 Writes ``benchmarks/results/calibrate{,_panel}.md`` and ``.json`` atomically. Usage::
 
@@ -361,7 +361,7 @@ def table(result: dict[str, Any], chosen: str | None, keep_diffusers: int = 6) -
 
 def choose(panel_json: Path) -> str | None:
     """The calibrated configuration with the lowest mean log ratio to diffusers' best over the
-    panel's VP models (from a saved ``--models panel`` run)."""
+    panel models (from a saved ``--models panel`` run)."""
     if not panel_json.is_file():
         return None
     data = json.loads(panel_json.read_text())

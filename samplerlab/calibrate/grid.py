@@ -1,4 +1,4 @@
-"""Calibrated sigma grids: the parameterisation that is fitted, and the result object.
+"""Calibrated sigma grids: the parameterisation that is fitted, its starting grids, and the result.
 
 A grid ``sigma_0 > sigma_1 > ... > sigma_{N-1} > sigma_N = 0`` keeps its first point (the
 noise level of the initial state) and its final 0 (the denoise step) fixed; the ``N - 1``
@@ -29,9 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..samplers.api import model_sigma_range
 from ..samplers.core import SamplerError, check_grid
 from ..samplers.iia import BASES
-from ..samplers.registry import get_sampler
+from ..samplers.registry import SamplerSpec, get_sampler
+from ..samplers.schedules import get_sigmas
 
 LIMIT = 15.0  # |theta| bound: softmax fractions >= e^-30 (distinct float64 points)
 _EDGE = 1e-4  # initial sigmoid kept inside (EDGE, 1 - EDGE): b stays finite
@@ -100,6 +102,39 @@ class GridParam:
             .clamp(-LIMIT, LIMIT)
             .to(torch.float64)
         )
+
+
+def working_dtype(denoiser: Any, dtype: torch.dtype) -> torch.dtype:
+    """The least precise of ``dtype`` and the floating weights of the network behind
+    ``denoiser`` (analytic models have none)."""
+    from ..samplers.iia import _find_module
+
+    module = _find_module(denoiser)
+    dtypes = {dtype} | {
+        p.dtype
+        for p in (module.parameters() if module is not None else ())
+        if p.is_floating_point()
+    }
+    return max(dtypes, key=lambda d: torch.finfo(d).eps)
+
+
+def candidate_grids(denoiser: Any, spec: SamplerSpec, grid_steps: int, default: Tensor) -> Tensor:
+    """``[C, N+1]``: the default grid first, then the library's other schedules (same
+    ``sigma_0``, ending in 0) as starting points."""
+    vp = getattr(denoiser, "vp", None)
+    lo, hi = model_sigma_range(denoiser)
+    names = ["karras", "logsnr"] + (["time_uniform", "time_quadratic"] if vp is not None else [])
+    grids = [default]
+    for name in names:
+        for final in ("append", "replace"):
+            try:
+                g = get_sigmas(name, grid_steps, sigma_min=lo, sigma_max=hi, vp=vp, final=final)
+            except SamplerError:
+                continue
+            same_top = abs(float(g[0]) - float(default[0])) <= 1e-9 * float(default[0])
+            if same_top and float(g[-2]) > 0 and not any(torch.equal(g, h) for h in grids):
+                grids.append(g)
+    return torch.stack(grids)
 
 
 @dataclass(frozen=True, eq=False)

@@ -43,8 +43,8 @@ from ..samplers.core import SamplerError
 from ..samplers.dpm_solver import sample_dpm_solver
 from ..samplers.noise import PerSampleNoise
 from ..samplers.registry import SamplerSpec, get_sampler
-from ..samplers.schedules import get_sigmas, logsnr
-from .grid import LIMIT, Calibration, GridParam, base_sampler
+from ..samplers.schedules import logsnr
+from .grid import LIMIT, Calibration, GridParam, base_sampler, candidate_grids, working_dtype
 
 MAX_STEP = 3.0  # largest change of one theta entry per Levenberg-Marquardt step
 
@@ -54,39 +54,6 @@ def calibration_seeds(seed: int, indices: Sequence[int]) -> list[int]:
     default sampling seeds, and the *same* noises when a grid and IIA coefficients on it are
     fitted with the same ``seed`` and ``num_samples`` (the pair has seen only those)."""
     return fit_seeds(seed, indices)
-
-
-def _working_dtype(denoiser: Any, dtype: torch.dtype) -> torch.dtype:
-    """The least precise of ``dtype`` and the floating weights of the network behind
-    ``denoiser`` (analytic models have none)."""
-    from ..samplers.iia import _find_module
-
-    module = _find_module(denoiser)
-    dtypes = {dtype} | {
-        p.dtype
-        for p in (module.parameters() if module is not None else ())
-        if p.is_floating_point()
-    }
-    return max(dtypes, key=lambda d: torch.finfo(d).eps)
-
-
-def candidate_grids(denoiser: Any, spec: SamplerSpec, grid_steps: int, default: Tensor) -> Tensor:
-    """``[C, N+1]``: the default grid first, then the library's other schedules (same
-    ``sigma_0``, ending in 0) as starting points."""
-    vp = getattr(denoiser, "vp", None)
-    lo, hi = model_sigma_range(denoiser)
-    names = ["karras", "logsnr"] + (["time_uniform", "time_quadratic"] if vp is not None else [])
-    grids = [default]
-    for name in names:
-        for final in ("append", "replace"):
-            try:
-                g = get_sigmas(name, grid_steps, sigma_min=lo, sigma_max=hi, vp=vp, final=final)
-            except SamplerError:
-                continue
-            same_top = abs(float(g[0]) - float(default[0])) <= 1e-9 * float(default[0])
-            if same_top and float(g[-2]) > 0 and not any(torch.equal(g, h) for h in grids):
-                grids.append(g)
-    return torch.stack(grids)
 
 
 class CalibrationFitModule(L.LightningModule):
@@ -122,7 +89,7 @@ class CalibrationFitModule(L.LightningModule):
         self.teacher_sigma_end = teacher_sigma_end
         # Central differences: the step that balances truncation and rounding, eps^(1/3) of
         # the working precision (a float32 network's, even when the fit runs in float64).
-        self.fd_eps = fd_eps or torch.finfo(_working_dtype(denoiser, dtype)).eps ** (1 / 3)
+        self.fd_eps = fd_eps or torch.finfo(working_dtype(denoiser, dtype)).eps ** (1 / 3)
         self.candidates = candidates
         P = param.size
         # Buffers: returned to the main process by Lightning's spawn launcher.
