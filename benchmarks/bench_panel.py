@@ -13,12 +13,14 @@ functions (the analytic denoiser evaluated at their sigmas), from the same noise
 
     PYTHONPATH=. nice -n 10 python benchmarks/bench_panel.py --out benchmarks/results/panel
 
-writes ``panel.json`` (every run, resumable: finished models are skipped) and ``panel.md``.
+writes ``panel.json.gz`` (every run, gzipped JSON, resumable: finished models are skipped)
+and ``panel.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import itertools
 import json
 import math
@@ -32,10 +34,21 @@ import torch
 
 from samplerlab.analytic import HOLDOUT, PANEL, panel
 from samplerlab.bench import reference_endpoint
-from samplerlab.fileio import atomic_write_text
+from samplerlab.fileio import atomic_write, atomic_write_text
 from samplerlab.samplers import SAMPLERS
 from samplerlab.samplers.api import model_sigma_range
 from samplerlab.samplers.schedules import get_sigmas
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """The saved runs (gzipped JSON: 13k rows would be 3.4 MB as text)."""
+    return json.loads(gzip.decompress(path.read_bytes()))
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    data = gzip.compress(json.dumps(state, separators=(",", ":")).encode(), mtime=0)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
 
 VP_GRIDS = {
     "time_uniform": ("time_uniform", {}),
@@ -295,11 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samplers", default=",".join(CANDIDATES))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/panel")
-    p.add_argument("--report-only", action="store_true", help="re-render panel.md from panel.json")
+    p.add_argument(
+        "--report-only", action="store_true", help="re-render panel.md from panel.json.gz"
+    )
     args = p.parse_args(argv)
     if args.report_only:
         out = Path(args.out)
-        state = json.loads(out.with_suffix(".json").read_text())
+        state = _read_state(out.with_suffix(".json.gz"))
         write_report(state, out.with_suffix(".md"), state["config"]["nfe"])
         return 0
     torch.set_num_threads(args.threads)
@@ -314,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         args.models if args.models in ("panel", "holdout", "all") else args.models.split(",")
     )
     out = Path(args.out)
-    json_path = out.with_suffix(".json")
-    state = json.loads(json_path.read_text()) if json_path.exists() else {"rows": [], "done": []}
+    json_path = out.with_suffix(".json.gz")
+    state = _read_state(json_path) if json_path.exists() else {"rows": [], "done": []}
     cmd = "PYTHONPATH=. nice -n 10 python benchmarks/bench_panel.py " + " ".join(
         argv or sys.argv[1:]
     )
@@ -384,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
         state["rows"] = [r for r in state["rows"] if r["model"] != mname] + rows
         state["done"].append(mname)
-        atomic_write_text(json_path, json.dumps(state, separators=(",", ":")))
+        _write_state(json_path, state)
         print(f"{mname}: {len(rows)} runs in {time.time() - t0:.0f} s", flush=True)
     write_report(state, out.with_suffix(".md"), budgets)
     return 0
