@@ -99,6 +99,12 @@ def test_sample_uses_the_calibration(gmm, cal, tmp_path):
     assert not torch.allclose(a.x, c.x)
     path = calibrate.save(cal, tmp_path / "c.safetensors")
     torch.testing.assert_close(sl.sample(gmm, "dpmpp_2m", calibration=str(path), **kw).x, a.x)
+    # The torch-only layer takes Calibration objects; files are read by samplerlab.sample.
+    from samplerlab.samplers import sample as pure_sample
+
+    torch.testing.assert_close(pure_sample(gmm, "dpmpp_2m", calibration=cal, **kw).x, a.x)
+    with pytest.raises(sl.SamplerError, match=r"calibration must be .*samplerlab\.calibrate\.load"):
+        pure_sample(gmm, "dpmpp_2m", calibration=str(path), **kw)
     with pytest.raises(CalibrationError, match=r"steps=5, not steps=6"):
         sl.sample(gmm, "dpmpp_2m", calibration=cal, **{**kw, "steps": 6})
     with pytest.raises(CalibrationError, match=r"fitted for sampler 'dpmpp_2m'.*not 'ddim'"):

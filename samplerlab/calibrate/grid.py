@@ -183,6 +183,13 @@ class Calibration:
                 )
         return self.sigmas.clone()
 
+    def grid_for(
+        self, name: str, steps: int, options: dict[str, Any] | None, denoiser: Any = None
+    ) -> Tensor:
+        """The hook ``samplerlab.sample(..., calibration=c)`` calls: :meth:`check` (an
+        in-memory calibration was fitted in this process; files check the model on load)."""
+        return self.check(name, steps, options)
+
 
 def _effective(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Sampler options with the sampler's defaults filled in (``coeffs`` excluded): what a

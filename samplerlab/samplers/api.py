@@ -6,7 +6,6 @@ import operator
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import import_module
 from typing import Any
 
 import torch
@@ -155,8 +154,9 @@ def sample(
     standard-normal initial noise ``[n, ...]`` used instead of the seeded draw (later
     random draws of stochastic samplers still come from the seeds). ``steps`` means what
     the sampler's registry entry says (``samplerlab samplers``); ``sigmas`` overrides the
-    schedule. ``calibration`` (a ``samplerlab.calibrate.Calibration`` or its file) runs on
-    the grid calibrated for this model, sampler and ``steps`` instead. Raises
+    schedule. ``calibration`` (a ``samplerlab.calibrate.Calibration``; ``samplerlab.sample``
+    also takes its file) runs on the grid calibrated for this model, sampler and ``steps``
+    instead. Raises
     :class:`NonFiniteError` naming the round if a sample is NaN/Inf.
     ``noise_kind`` picks the :class:`PerSampleNoise` generator (``"generator"``: one
     ``torch.Generator`` per sample, the stream of earlier versions and of EDM's seeds);
@@ -212,8 +212,16 @@ def sample(
         # Calibrated grid (samplerlab.calibrate): checked against sampler, steps and model.
         if sigmas is not None or schedule is not None:
             raise SamplerError("pass calibration= or sigmas=/schedule=, not both")
-        calibrated_grid = import_module("samplerlab.calibrate.grid").resolve
-        sigmas = calibrated_grid(calibration, name, steps, options, denoiser)
+        # Any object with grid_for(name, steps, options, denoiser) -> [N+1] grid (a
+        # samplerlab.calibrate.Calibration); files are loaded by samplerlab.sample.
+        grid_for = getattr(calibration, "grid_for", None)
+        if not callable(grid_for):
+            raise SamplerError(
+                "calibration must be a samplerlab.calibrate.Calibration (load a file with "
+                "samplerlab.calibrate.load, or pass its path to samplerlab.sample), got "
+                f"{type(calibration).__name__}"
+            )
+        sigmas = grid_for(name, steps, options, denoiser)
     if sigmas is None:
         sigmas = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
     else:
