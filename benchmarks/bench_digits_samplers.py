@@ -81,7 +81,15 @@ def spread_table(per_set: list[dict]) -> list[str]:
     lines = ["| entry | NFE | FID over the seed sets |", "|---|---:|---|"]
     for key, first in per_set[0].items():
         fids = [d[key]["fid"] if key in d else None for d in per_set]
-        cell = fmt_spread(fids, 3) if all(f is not None for f in fids) else first["status"]
+        if all(f is not None for f in fids):
+            cell = fmt_spread(fids, 3)
+        else:
+            # Some seed sets have no FID (diverged / error): say how many, and the others'.
+            bad = sorted({d[key]["status"] for d in per_set if key in d and d[key]["fid"] is None})
+            good = [f for f in fids if f is not None]
+            cell = f"{'/'.join(bad)} on {len(fids) - len(good)} of {len(fids)} sets"
+            if good:
+                cell += f"; the others {fmt_spread(good, 3)}"
         lines.append(f"| {key[0]} | {first['nfe']:.2f} | {cell} |")
     return lines
 

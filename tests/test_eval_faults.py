@@ -568,3 +568,38 @@ def test_check_model_false_lets_another_models_coefficients_sample(tmp_path):
     ev, _ = make(tmp_path, *jobs, "eval.iia.check_model=false", out="override")
     (row,) = ev.evaluate(mix, CPU)["results"]
     assert row["status"] == "ok", row
+
+
+def test_one_outlier_sample_is_not_a_diverged_row(tmp_path):
+    many = ["eval.num_samples=200", "eval.batch_size=200", "eval.nfe=[4]"]
+    ev, cfg = make(tmp_path, *many, "eval.all_samplers=false", "eval.samplers.ddim.sampler=ddim")
+    ev.jobs = [j for j in ev.jobs if j.label == "ddim"]
+    mix = exact_gmm(cfg)
+    n = cfg.eval.num_samples
+
+    def outliers(k):
+        def den(x, sigma):
+            out = mix(x, sigma)
+            # The last step (sigma -> 0) sends the first k rows of each call far away.
+            far = (sigma == sigma.min()).all() and bool(sigma.max() < 1e-2)
+            return torch.cat([out[:k] * 1e6, out[k:]]) if far else out
+
+        den.data_shape = mix.data_shape
+        return den
+
+    (r,) = ev.evaluate(outliers(1), CPU)["results"][:1]
+    assert r["status"] == "ok" and r["range_ratio"] > 1e4, r  # 1 of n: a sample, not a sampler
+    assert 0 < r["beyond_fraction"] <= cfg.eval.diverge_fraction
+    ev2, _ = make(
+        tmp_path, *many, "eval.all_samplers=false", "eval.samplers.ddim.sampler=ddim", out="many"
+    )
+    ev2.jobs = [j for j in ev2.jobs if j.label == "ddim"]
+    (r,) = ev2.evaluate(outliers(max(2, n // 8)), CPU)["results"][:1]
+    assert r["status"] == "diverged" and r["beyond_fraction"] > cfg.eval.diverge_fraction, r
+
+
+def test_diverge_fraction_is_checked():
+    from samplerlab.errors import ConfigError as CE
+
+    with pytest.raises(CE, match=r"eval\.diverge_fraction"):
+        load_config("test", overrides=["eval.diverge_fraction=1.5"])

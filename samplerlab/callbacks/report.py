@@ -207,7 +207,8 @@ def write_report(out_dir: str | Path, report: dict[str, Any], plot: bool = True)
         + (f"{nb} bootstrap resamples of the generated features" if nb else "(no bootstrap)")
         + '; "within its noise": at most 2 combined standard deviations above the best. '
         'NFE is realised (measured); "over budget" rows spent more than their budget and '
-        "are never picked. `diverged`: samples reach more than "
+        "are never picked. `diverged`: more than "
+        f"{report.get('diverge_fraction', 0.01):.0%} of the samples reach more than "
         f"{report.get('diverge_factor', 10):g} x the data's half-range from its midpoint.\n"
     )
     if floor is not None:

@@ -519,6 +519,7 @@ class Evaluator:
             "real": self.cache_path().name,
             "model": self.model_id,
             "diverge_factor": ev.diverge_factor,
+            "diverge_fraction": ev.diverge_fraction,
             "bootstrap": [ev.fid_bootstrap, ev.seed_offset],
             "max_rows": ev.max_rows,
         }
@@ -541,6 +542,8 @@ class Evaluator:
         center = (lo + hi) / 2
         error, rows, rounds, seconds, grid, feats = "", 0.0, 0, 0.0, [], []
         absmax = torch.zeros((), dtype=torch.float64, device=device)
+        beyond = torch.zeros((), dtype=torch.float64, device=device)  # samples past the limit
+        limit = ev.diverge_factor * max((hi - lo) / 2, 1e-12)
         exc: Exception | None = None
         options = dict(job.options)
         if ev.max_rows:
@@ -587,7 +590,9 @@ class Evaluator:
                 if sum(g.shape[0] for g in grid) < k_grid:
                     grid.append(res.x[:k_grid].detach())
                 x = res.x.to(device)
-                absmax = torch.maximum(absmax, (x.double() - center).abs().max())
+                reach = (x.double() - center).abs().flatten(1).amax(1)  # per sample
+                absmax = torch.maximum(absmax, reach.max())
+                beyond += (reach > limit).sum()
                 feats.append(self.features(x).double())
         except Exception as e:  # of any type: this job's error row, the others go on
             exc = e
@@ -624,11 +629,17 @@ class Evaluator:
             return row
         ratio = range_ratio(float(d.max(absmax)), lo, hi)
         row["range_ratio"] = ratio
-        if not ratio <= ev.diverge_factor:
+        # Diverged: more than eval.diverge_fraction of the samples reach past the limit (one
+        # outlier among hundreds is a sample, not a diverged sampler); NaN reach counts too.
+        frac = float(d.sum(beyond)) / max(float(stats[1]), 1.0)
+        row["beyond_fraction"] = frac
+        if not (frac <= ev.diverge_fraction and math.isfinite(ratio)):
             row["status"] = "diverged"
             row["error"] = (
-                f"samples reach {ratio:.3g} x the data's half-range from its midpoint "
-                f"(limit eval.diverge_factor={ev.diverge_factor:g})"
+                f"{frac:.1%} of the samples reach more than {ev.diverge_factor:g} x the data's "
+                f"half-range from its midpoint (up to {ratio:.3g} x; limits "
+                f"eval.diverge_factor={ev.diverge_factor:g}, "
+                f"eval.diverge_fraction={ev.diverge_fraction:g})"
             )
             return row
         local = torch.cat(feats) if feats else torch.zeros(0, self.features.num_features)
@@ -784,6 +795,7 @@ class Evaluator:
             "dataset": dataset_id(self.cfg.data),
             "data_range": [lo, hi],
             "diverge_factor": ev.diverge_factor,
+            "diverge_fraction": ev.diverge_fraction,
             "fid_bootstrap": ev.fid_bootstrap,
             "fid_floor": self._floor if ev.fid_floor else None,
             "floor_n": int(real["even"]["n"]),

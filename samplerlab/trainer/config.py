@@ -175,6 +175,7 @@ class EvalConfig:
     compile: bool = False  # torch.compile the network call (CUDA graphs: mode reduce-overhead)
     fid_bootstrap: int = 50  # bootstrap resamples of the generated features (FID std); 0: none
     diverge_factor: float = 10.0  # "diverged": samples beyond this x the data's half-range
+    diverge_fraction: float = 0.01  # ... for more than this fraction of the samples
     resume: bool = True  # reuse the finished rows of the same evaluation (rows.jsonl)
     iia: IIAConfig = field(default_factory=IIAConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
@@ -292,6 +293,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}: must be >= {low}, got {cfg[sect][name]}")
     if not cfg.eval.diverge_factor > 0:
         raise ConfigError(f"eval.diverge_factor: must be > 0, got {cfg.eval.diverge_factor}")
+    if not 0 <= cfg.eval.diverge_fraction < 1:
+        raise ConfigError(
+            f"eval.diverge_fraction: must be in [0, 1), got {cfg.eval.diverge_fraction}"
+        )
     if any(int(n) < 1 for n in cfg.eval.nfe):
         raise ConfigError(f"eval.nfe: budgets must be >= 1, got {list(cfg.eval.nfe)}")
     if cfg.data.channels is not None and cfg.data.channels not in (1, 3):
