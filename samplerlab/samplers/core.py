@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -22,6 +23,44 @@ from torch import Tensor
 
 class Denoiser(Protocol):
     def __call__(self, x: Tensor, sigma: Tensor, /) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a denoiser declares beyond ``D(x, sigma)``: the denoiser contract.
+
+    Attributes:
+        sigma_min, sigma_max: the noise range the model was trained on (EDM, Karras et al.
+            2022, Table 1: 0.002 and 80 by default).
+        prior_std: standard deviation of ``x`` at ``sigma_max`` is ``sqrt(sigma_max**2 +
+            prior_std**2)``; 0 for the usual ``x_T = sigma_max * n`` start.
+        vp: the model's VP time table (:class:`samplerlab.samplers.schedules.VPSchedule`), or
+            None for an EDM (variance-exploding) model.
+        data_shape: the shape of one sample, or None when the model takes any shape.
+    """
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    prior_std: float = 0.0
+    vp: Any = None
+    data_shape: tuple[int, ...] | None = None
+
+
+def describe(denoiser: Any) -> ModelInfo:
+    """The declared :class:`ModelInfo` of ``denoiser``: the one place attributes are read
+    with defaults (a plain function declares nothing and gets the defaults)."""
+    info = getattr(denoiser, "info", None)
+    if isinstance(info, ModelInfo):
+        return info
+    values = {f.name: getattr(denoiser, f.name, f.default) for f in fields(ModelInfo)}
+    shape = values["data_shape"]
+    return ModelInfo(
+        sigma_min=float(values["sigma_min"]),
+        sigma_max=float(values["sigma_max"]),
+        prior_std=float(values["prior_std"] or 0.0),
+        vp=values["vp"],
+        data_shape=None if shape is None else tuple(int(s) for s in shape),
+    )
 
 
 class SamplerError(ValueError):
