@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
@@ -42,7 +42,7 @@ class ModelInfo:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     prior_std: float = 0.0
-    vp: Any = None
+    vp: Any = field(default=None, repr=False)
     data_shape: tuple[int, ...] | None = None
 
 
