@@ -23,7 +23,7 @@ BACKBONES = ("unet", "mlp")
 PARAMETERIZATIONS = ("edm", "eps", "v")
 FEATURES = ("classifier", "inception", "raw")
 BETA_SCHEDULES = ("linear", "cosine")
-PRESETS = ("digits", "gmm", "cifar10", "test")
+PRESETS = ("digits", "digits_cond", "gmm", "cifar10", "test")
 
 
 @dataclass
@@ -78,8 +78,11 @@ class ModelConfig:
     P_std: float = 1.2
     beta_schedule: str = "linear"  # VP only
     num_train_timesteps: int = 1000
-    num_classes: int = 0  # > 0: class-conditional (needs data.conditional=true)
-    p_uncond: float = 0.1  # label dropout to the null class (conditional models)
+    # > 0: class-conditional on labels 0..K-1 (needs data.conditional=true); label K is the
+    # null label ("no condition", classifier-free guidance). 0 with data.conditional=true:
+    # the data's number of classes.
+    num_classes: int = 0
+    p_uncond: float = 0.1  # label dropout: a label becomes the null label with this probability
     pretrained: str | None = None  # a local diffusers folder (UNet + scheduler) to fine-tune
     unet: UNetConfig = field(default_factory=UNetConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
@@ -323,8 +326,17 @@ def validate(cfg: DictConfig) -> None:
     if cfg.seed < 0 or cfg.seed >= 2**63:
         raise ConfigError(f"seed: must be in [0, 2**63), got {cfg.seed}")
     validate_trainer(cfg.trainer)
+    if cfg.model.num_classes < 0:
+        raise ConfigError(f"model.num_classes: must be >= 0, got {cfg.model.num_classes}")
     if cfg.model.num_classes > 0 and not cfg.data.conditional:
         raise ConfigError("model.num_classes: a conditional model needs data.conditional=true")
+    if cfg.data.conditional and cfg.data.name == "gmm":
+        raise ConfigError("data.conditional: data.name=gmm has no class labels")
+    if not 0 <= cfg.model.p_uncond < 1:
+        raise ConfigError(
+            f"model.p_uncond: the label dropout probability must be in [0, 1), got "
+            f"{cfg.model.p_uncond}"
+        )
     for name in cfg.eval.exclude:
         if name not in SAMPLERS:
             raise ConfigError(
