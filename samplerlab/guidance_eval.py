@@ -39,6 +39,7 @@ __all__ = [
     "class_accuracy",
     "digits_reference",
     "evaluate_guided",
+    "guided_kwargs",
     "plan_guided_jobs",
     "run_guided_job",
 ]
@@ -63,6 +64,25 @@ def balanced_labels(seeds: Sequence[int] | Tensor, num_classes: int) -> Tensor:
         raise ConfigError(f"num_classes: a conditional evaluation needs >= 1, got {num_classes}")
     s = seeds if isinstance(seeds, Tensor) else torch.as_tensor(list(seeds), dtype=torch.long)
     return s.long() % int(num_classes)
+
+
+def guided_kwargs(
+    seeds: Sequence[int] | Tensor,
+    num_classes: int,
+    guidance: float | None,
+    null_label: Tensor,
+    interval: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """The conditioning arguments of ``samplerlab.sample`` (or of
+    :func:`samplerlab.samplers.conditioning.condition`) for seeded samples of a
+    class-conditional model: balanced labels, guidance ``w`` against ``null_label``
+    (``None``: conditional, no guidance)."""
+    out: dict[str, Any] = {"cond": balanced_labels(seeds, num_classes)}
+    if guidance is not None:
+        out.update(guidance=float(guidance), uncond=null_label)
+        if interval is not None:
+            out["guidance_interval"] = (float(interval[0]), float(interval[1]))
+    return out
 
 
 def check_guidance(guidance: Sequence[float], key: str = "guidance") -> list[float]:
@@ -188,7 +208,7 @@ def run_guided_job(
     try:
         for lo in range(0, num_samples, batch_size):
             batch = seeds[lo : lo + batch_size]
-            labels = balanced_labels(batch, num_classes)
+            kw = guided_kwargs(batch, num_classes, job.guidance, uncond, guidance_interval)
             res = sample(
                 denoiser,
                 job.sampler,
@@ -196,14 +216,12 @@ def run_guided_job(
                 shape=(len(batch), *shape),
                 seeds=batch,
                 schedule=job.schedule,
-                cond=labels,
-                guidance=job.guidance,
-                uncond=uncond,
-                guidance_interval=guidance_interval,
                 device=device,
                 dtype=dtype,
+                **kw,
                 **job.options,
             )
+            labels = kw["cond"]
             rows += res.nfe * len(batch)
             feats.append(features(res.x).double().cpu())
             correct = correct + class_accuracy(classifier, res.x, labels).cpu()
