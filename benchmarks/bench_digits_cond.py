@@ -93,7 +93,10 @@ def markdown(result: dict) -> str:
         "evaluations (the budget); the network rows are twice that for w != 1. FID: shipped "
         "digits-classifier features vs all 1797 digits (data-vs-data floor, two halves: "
         f"{ref['fid_floor']:.3f}); accuracy: the shipped classifier's on the samples against "
-        f"their labels (on the real digits: {ref['accuracy']:.4f}).",
+        f"their labels (on the real digits: {ref['accuracy']:.4f}). † k/n: in k of the n "
+        "seed sets more than 1% of the samples reach beyond 10x the data's half-range "
+        "(the sampler evaluation's 'diverged'); FID and accuracy are then those of the "
+        "samples clamped to [-1, 1].",
         "",
         f"Command: `{result['command']}`; {result['seconds']:.0f} s of sampling; "
         f"{result['machine']}.",
@@ -110,11 +113,13 @@ def markdown(result: dict) -> str:
                     sel = [
                         r for r in rows if (r["label"], r["budget"], r["guidance"]) == (label, b, w)
                     ]
-                    if any(r["status"] != "ok" for r in sel) or not sel:
-                        bad = next((r for r in sel if r["status"] != "ok"), None)
-                        cells.append(bad["status"] if bad else "—")
+                    bad = [r for r in sel if r["status"] not in ("ok", "diverged")]
+                    if bad or not sel:
+                        cells.append(bad[0]["status"] if bad else "—")
                         continue
-                    cells.append(fmt_spread([r[metric] for r in sel], d))
+                    cell = fmt_spread([r[metric] for r in sel], d)
+                    n_div = sum(r["status"] == "diverged" for r in sel)
+                    cells.append(cell + (f" † {n_div}/{len(sel)}" if n_div else ""))
                 steps = next(r["steps"] for r in rows if (r["label"], r["budget"]) == (label, b))
                 lines.append(f"| {label} ({steps} steps) | {b} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -128,7 +133,7 @@ def summary(rows: list[dict]) -> list[dict]:
     for r in rows:
         groups.setdefault((r["label"], r["budget"], r["guidance"]), []).append(r)
     for (label, b, w), sel in groups.items():
-        ok = [r for r in sel if r["status"] == "ok"]
+        ok = [r for r in sel if r["status"] in ("ok", "diverged")]
         out.append(
             {
                 "label": label,
@@ -138,6 +143,7 @@ def summary(rows: list[dict]) -> list[dict]:
                 "nfe": ok[0]["nfe"] if ok else None,
                 "seed_sets": len(sel),
                 "failed": len(sel) - len(ok),
+                "diverged": sum(r["status"] == "diverged" for r in sel),
                 "fid": spread([r["fid"] for r in ok]) if ok else None,
                 "accuracy": spread([r["accuracy"] for r in ok]) if ok else None,
             }

@@ -160,6 +160,7 @@ def digits_reference(
         "even": stats_of(f[even]),
         "odd": stats_of(f[~even]),
         "accuracy": float(class_accuracy(net, x, y)) / len(x),
+        "range": torch.stack([x.min(), x.max()]).double(),
         "n": len(x),
     }
     real["fid_floor"] = fid_from_stats(real["even"], real["odd"])
@@ -181,13 +182,18 @@ def run_guided_job(
     batch_size: int = 500,
     guidance_interval: tuple[float, float] | None = None,
     fid_bootstrap: int = 0,
+    diverge_factor: float = 10.0,
+    diverge_fraction: float = 0.01,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
     """One row: ``num_samples`` samples (seeds ``seed_offset + k``, labels
     :func:`balanced_labels`) of a conditional ``denoiser(x, sigma, cond)`` with guidance
     ``job.guidance`` against the null label ``uncond``; FID vs ``real["all"]`` and the
-    classifier's accuracy. A sampler error is the row's ``status`` / ``error``."""
+    classifier's accuracy. A sampler error is the row's ``status`` / ``error``; a row
+    with more than ``diverge_fraction`` of its samples beyond ``diverge_factor`` x the
+    data's half-range (``real["range"]``, default ``[-1, 1]``) is ``diverged`` (its FID and
+    accuracy, on the clamped samples, are still reported)."""
     seeds = list(range(seed_offset, seed_offset + num_samples))
     row: dict[str, Any] = {
         **{k: v for k, v in asdict(job).items() if k != "options"},
@@ -204,6 +210,12 @@ def run_guided_job(
     }
     feats, rows = [], 0.0
     correct = torch.zeros((), dtype=torch.long)
+    # Divergence as the sampler evaluation defines it: a sample whose largest |x - centre|
+    # exceeds diverge_factor x the data's half-range (real["range"], default [-1, 1]).
+    lo_x, hi_x = (float(v) for v in real.get("range", (-1.0, 1.0)))
+    centre, limit = (lo_x + hi_x) / 2, diverge_factor * max((hi_x - lo_x) / 2, 1e-12)
+    beyond = torch.zeros((), dtype=torch.long)
+    absmax = torch.zeros((), dtype=torch.float64)
     start = time.perf_counter()
     try:
         for lo in range(0, num_samples, batch_size):
@@ -223,6 +235,9 @@ def run_guided_job(
             )
             labels = kw["cond"]
             rows += res.nfe * len(batch)
+            reach = (res.x.double() - centre).abs().flatten(1).amax(1)
+            beyond = beyond + (~(reach <= limit)).sum().cpu()  # NaN counts as beyond
+            absmax = torch.maximum(absmax, reach.max().cpu())
             feats.append(features(res.x).double().cpu())
             correct = correct + class_accuracy(classifier, res.x, labels).cpu()
     except Exception as e:  # this row's error; the others go on
@@ -233,6 +248,14 @@ def run_guided_job(
     row["seconds"] = time.perf_counter() - start
     row["nfe"] = rows / num_samples
     row["accuracy"] = float(correct) / num_samples
+    row["beyond_fraction"] = float(beyond) / num_samples
+    row["range_ratio"] = float(absmax) / max((hi_x - lo_x) / 2, 1e-12)
+    if not row["beyond_fraction"] <= diverge_fraction:
+        row["status"] = "diverged"
+        row["error"] = (
+            f"{row['beyond_fraction']:.1%} of the samples reach more than {diverge_factor:g} x "
+            "the data's half-range from its midpoint"
+        )
     f = torch.cat(feats)
     if not bool(torch.isfinite(f).all()):
         row.update(status="non-finite", error="non-finite features of the samples")

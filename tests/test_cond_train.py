@@ -293,7 +293,13 @@ def test_guided_rows_equal_direct_sampling_on_the_mixture():
     bad = GuidedJob("ddim", "ddim", 8, 8, 2.0, options={"nope": 1})
     rows = evaluate_guided(mix, [bad, job], batch_size=30, **kw)
     assert rows[0]["status"] == "error" and "nope" in rows[0]["error"]
-    assert rows[1]["status"] == "ok"
+    assert rows[1]["status"] == "ok" and rows[1]["beyond_fraction"] == 0
+    # Samples beyond 10x the data's half-range in more than 1% of the samples: diverged.
+    ratio = float(ref.x.abs().max()) / 0.05
+    tiny = {**real, "range": torch.tensor([-0.05, 0.05], dtype=F64)}
+    div = run_guided_job(mix, job, batch_size=30, **{**kw, "real": tiny})
+    assert div["status"] == "diverged" and div["fid"] == pytest.approx(row["fid"], 1e-9)
+    assert div["range_ratio"] == pytest.approx(ratio, 1e-12) and div["beyond_fraction"] > 0.01
 
 
 def test_digits_reference():
