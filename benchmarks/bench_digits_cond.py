@@ -102,6 +102,17 @@ def markdown(result: dict) -> str:
         f"{result['machine']}.",
         "",
     ]
+    seen = [r for r in rows if r.get("range_ratio") is not None]
+    if seen:
+        top = max(seen, key=lambda r: r["range_ratio"])
+        lines += [
+            f"Range: {len(seen)} of the {len(rows)} rows recorded it (rows without it were "
+            "measured by the same sampling code before the check was added); the largest "
+            f"reach was {top['range_ratio']:.3g} x the "
+            f"half-range ({top['label']}@{top['budget']}, w = {top['guidance']:g}); "
+            f"{sum(r['status'] == 'diverged' for r in seen)} diverged.",
+            "",
+        ]
     lines += [*compact(result), ""]
     for metric, title, d in (("fid", "FID", 3), ("accuracy", "Class accuracy", 3)):
         lines += [f"## {title}", ""]
