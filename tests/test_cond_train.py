@@ -327,3 +327,47 @@ def test_sweep_hook_conditioning_under_the_evaluators_wrapper():
     torch.testing.assert_close(got.x, ref.x, rtol=0, atol=0)
     assert got.nfe == ref.nfe > sl.sample(mix, "pmm", cond=kw["cond"], **opts).nfe
     assert set(guided_kwargs(seeds, 3, None, torch.tensor([-1]))) == {"cond"}
+
+
+def _load_bench():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "bench_digits_cond", bench / "bench_digits_cond.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(bench))
+
+
+def test_bench_report_spreads_over_seed_sets_and_marks_diverged(tmp_path):
+    b = _load_bench()
+
+    def row(w, off, fid, acc, status="ok"):
+        return {"label": "ddim", "budget": 10, "steps": 10, "guidance": w, "seed_offset": off,
+                "fid": fid, "accuracy": acc, "status": status, "nfe": 10.0 * (1 + (w != 1)),
+                "range_ratio": 1.2, "seconds": 1.0}  # fmt: skip
+
+    rows = [row(1.0, 0, 2.0, 0.9), row(1.0, 1000, 4.0, 0.8), row(2.0, 0, 6.0, 1.0),
+            row(2.0, 1000, 8.0, 1.0, "diverged"), row(1.0, 2000, 9.0, 0.5)]  # fmt: skip
+    result = {
+        "rows": rows, "guidance": [1.0, 2.0], "checkpoint": "c", "epoch": 1, "step": 2,
+        "reference": {"fid_floor": 1.0, "accuracy": 0.99, "n": 1797}, "seconds": 3.0,
+        "command": "x", "machine": "m",
+        "args": {"samplers": ["ddim"], "nfe": [10], "num_samples": 8,
+                 "seed_offsets": [0, 1000, 2000]},
+    }  # fmt: skip
+    (tmp_path / "digits_cond.json").write_text(__import__("json").dumps(result))
+    b.report_only(tmp_path)  # seed set 2000 is incomplete (no w = 2 row): left out
+    md = (tmp_path / "digits_cond.md").read_text()
+    assert "| ddim | 10 | 3 ± 1.4 / 0.850 ± 0.071 | 7 ± 1.4 / 1.000 ± 0.000 † |" in md
+    assert "2 seed sets (offsets 0, 1000)" in md and "1 diverged" in md
+    s = {x["guidance"]: x for x in b.summary(rows[:4])}
+    assert s[2.0]["diverged"] == 1 and s[1.0]["fid"]["mean"] == 3.0
