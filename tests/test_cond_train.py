@@ -371,3 +371,23 @@ def test_bench_report_spreads_over_seed_sets_and_marks_diverged(tmp_path):
     assert "2 seed sets (offsets 0, 1000)" in md and "1 diverged" in md
     s = {x["guidance"]: x for x in b.summary(rows[:4])}
     assert s[2.0]["diverged"] == 1 and s[1.0]["fid"]["mean"] == 3.0
+
+
+def test_readme_conditional_block_runs_as_written(trained, tmp_path, monkeypatch):
+    """The README's class-conditional Python block, on the tiny trained checkpoint."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    _, ckpt = trained
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("### Class-conditional models and classifier-free guidance") :]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    where = tmp_path / "runs" / "digits_cond" / "checkpoints"
+    where.mkdir(parents=True)
+    shutil.copy(ckpt, where / "last.ckpt")
+    monkeypatch.chdir(tmp_path)
+    namespace = {"sl": sl, "torch": torch}
+    exec(compile(block, "README.md", "exec"), namespace)
+    res = namespace["res"]
+    assert res.x.shape == (10, 1, 8, 8) and res.nfe == 20
