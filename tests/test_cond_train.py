@@ -391,3 +391,22 @@ def test_readme_conditional_block_runs_as_written(trained, tmp_path, monkeypatch
     exec(compile(block, "README.md", "exec"), namespace)
     res = namespace["res"]
     assert res.x.shape == (10, 1, 8, 8) and res.nfe == 20
+
+
+def test_digits_cond_preset_trains_and_evaluates_unconditionally(tmp_path):
+    """The preset end to end (one batch, tiny UNet): the end-of-training sampler evaluation
+    runs on the conditional model with the null label."""
+    cfg = load_config(
+        "digits_cond",
+        overrides=[
+            f"out_dir={tmp_path / 'run'}", "trainer.fast_dev_run=true", "logger.wandb=false",
+            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "eval.nfe=[2]",
+            "eval.num_samples=8", "eval.batch_size=8", "eval.grid_size=8",
+            "eval.fid_bootstrap=0", "eval.every_n_epochs=1", *TINY_UNET,
+        ],
+    )  # fmt: skip
+    out = train(cfg)
+    assert out["module"].num_classes == 10
+    rows = out["reports"][-1]["results"]
+    assert {r["label"] for r in rows} == {"ddim", "dpmpp_2m", "unipc", "edm_heun"}
+    assert all(r["status"] == "ok" for r in rows)
