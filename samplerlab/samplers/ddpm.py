@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import Denoiser, Grid, SamplerError, append_dims, to_d
+from .core import Denoiser, Grid, append_dims, to_d
+from .errors import SamplerError
 from .noise import NoiseSource, randn_like
 
 DDPM_VARIANTS = ("posterior", "fixed_large", "sde")

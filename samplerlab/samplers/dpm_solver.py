@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import Denoiser, Grid, SamplerError, append_dims, to_d, where_rows
+from .core import Denoiser, Grid, append_dims, to_d, where_rows
+from .errors import SamplerError
 from .noise import NoiseSource
 
 

@@ -24,7 +24,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .core import SamplerError, append_dims
+from .core import append_dims
+from .errors import SamplerError
 from .noise import NoiseSource, default_noise
 from .pmm import check_pmm_options, draw_midpoints, poisson_midpoint_step
 

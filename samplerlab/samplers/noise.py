@@ -42,7 +42,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .core import SamplerError
+from .errors import SamplerError
 
 NOISE_KINDS = ("splitmix", "philox", "generator")
 # Largest difference between the same draw made on a CUDA device and on the CPU.

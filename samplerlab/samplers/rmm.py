@@ -34,8 +34,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import Denoiser, Grid, SamplerError, append_dims, to_d, where_rows
+from .core import Denoiser, Grid, append_dims, to_d, where_rows
 from .ddim import step_euler
+from .errors import SamplerError
 from .langevin import uld_randomized_midpoint_step
 from .noise import NoiseSource, default_noise
 
