@@ -17,7 +17,7 @@ from .noise import NoiseSource
 
 
 def dpm_solver_fast_orders(nfe: int, order: int) -> list[int]:
-    """DPM-Solver-fast order allocation of ``nfe`` evaluations (Lu et al. 2022, §3.4).
+    """DPM-Solver-fast order allocation of ``nfe`` evaluations (Lu et al. 2022, Sec. 3.4).
 
     Our grids end at sigma = 0, whose step is always first order; where the paper's
     allocation ends in a step of order ``k > 1``, that step is split into an order
