@@ -247,3 +247,31 @@ def test_fingerprint_of_wrapped_modules():
         net.weight[0, 0] += 1e-3
     assert fingerprint(den2) != f
     assert fingerprint(den) != g  # the module held only in a closure is hashed too
+
+
+def test_torch_only_layer_takes_loaded_coefficients(gmm, tmp_path):
+    # samplers/ imports only torch: a path is loaded by samplerlab.sample, not below it.
+    from samplerlab.samplers import sample as torch_only_sample
+
+    path = save(_fitted_like(gmm), tmp_path / "c.safetensors")
+    with pytest.raises(SamplerError, match=r"samplerlab\.iia\.load") as e:
+        torch_only_sample(gmm, "iia_edm", steps=6, shape=(2, gmm.dim), coeffs=str(path))
+    assert "\n" not in str(e.value)
+    kw = {"steps": 6, "shape": (2, gmm.dim), "dtype": F64}
+    x = torch_only_sample(gmm, "iia_edm", coeffs=load(path), **kw).x
+    assert torch.equal(x, sl.sample(gmm, "iia_edm", coeffs=path, **kw).x)
+
+
+def test_bench_option_takes_a_coefficient_file(gmm, tmp_path):
+    # `samplerlab bench --option iia_edm.coeffs=FILE`: the file is loaded for each run.
+    from samplerlab.bench import run_bench
+
+    c = _fitted_like(gmm)
+    path = save(c, tmp_path / "c.safetensors")
+    kw = {"nfe_budgets": [11], "n_samples": 8, "seed_sets": 2, "progress": False}
+    kw["ddpm_budgets"] = []
+    by_file = run_bench(gmm, ["iia_edm"], sampler_options={"iia_edm": {"coeffs": str(path)}}, **kw)
+    by_value = run_bench(gmm, ["iia_edm"], sampler_options={"iia_edm": {"coeffs": c}}, **kw)
+    plain = run_bench(gmm, ["iia_edm"], **kw)
+    assert "error" not in by_file[0] and by_file[0]["options"] == {"coeffs": str(path)}
+    assert by_file[0]["rms"] == by_value[0]["rms"] != plain[0]["rms"]
