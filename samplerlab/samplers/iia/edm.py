@@ -105,6 +105,14 @@ class IIAEDM(_EDMForm):
         form: str = "default",
         r: int = 1,
     ) -> StepTerms:
+        """Step ``i`` of Algorithm 1 (eqs. 18-19); the sampler then takes ``terms.base`` on
+        an unfitted step and ``terms.combine(b_i)`` on a fitted one::
+
+            Q^eps_{i-k} = x_{i-k} - D_{i-k},  Q^D_{i-k} = D_{i-k} - D~_{i-k+1},  k = 0..r
+            x_{i+1} = x_i + sum_k b^eps_ik Q^eps_{i-k} + b^D_ik Q^D_{i-k}
+
+        ``history`` holds the pairs of the ``r`` previous steps (none at step 0: plain Heun).
+        """
         if final:
             return self._final(denoiser, x, sigma, sigma_next, history, form, r)
         past = [] if history is None else list(history)
