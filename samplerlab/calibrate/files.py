@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import CalibrationFileError
 from ..fitstage import first_line, read_file, write_file
 from ..samplers.fingerprint import model_fingerprint as fingerprint
 from ..version import library_version
@@ -22,10 +23,6 @@ from .grid import Calibration, CalibrationError
 
 META_KEY = "samplerlab.calibrate"
 FORMAT_VERSION = 1
-
-
-class CalibrationFileError(CalibrationError):
-    """A calibration file that is missing, corrupt or fitted for another model or sampler."""
 
 
 def _hint(meta: dict[str, Any], path: str | Path) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import IIAFileError
 from ..fitstage import first_line, read_file, write_file
 from ..samplers.core import SamplerError
 from ..samplers.fingerprint import model_fingerprint
@@ -22,10 +23,6 @@ from ..version import library_version
 
 META_KEY = "samplerlab.iia"
 FORMAT_VERSION = 1
-
-
-class IIAFileError(SamplerError):
-    """A coefficient file that is missing, corrupt or fitted for another grid or model."""
 
 
 def fingerprint(denoiser: Any) -> str:
