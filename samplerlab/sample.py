@@ -10,6 +10,7 @@ against the sampler, the grid and the model.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Any
@@ -26,5 +27,7 @@ def sample(
     if isinstance(calibration, (str, os.PathLike)):
         calibration = calibrate.load(calibration, denoiser=denoiser)
     if isinstance(kwargs.get("coeffs"), (str, os.PathLike)):
-        kwargs["coeffs"] = iia.load(kwargs["coeffs"])
+        # Errors found by the sampler's checks (model, grid) name the file.
+        path = str(kwargs["coeffs"])
+        kwargs["coeffs"] = dataclasses.replace(iia.load(path), source=path)
     return _sample(denoiser, name, *args, calibration=calibration, **kwargs)

@@ -97,7 +97,6 @@ def load(
             form=meta.get("form", "default"),
             r=int(meta.get("r", 1)),
             metadata=meta,
-            source=str(path),
         )
     except Exception as e:  # any parse failure means "corrupt"
         raise IIAFileError(
