@@ -388,7 +388,7 @@ def fit(
         _check_int("steps", steps, 1)
         if steps > MAX_GRID_STEPS:
             raise ConfigError(f"steps={steps} is more than samplerlab plans ({MAX_GRID_STEPS})")
-        grid_steps, _ = spec.plan_for(steps)
+        grid_steps, _ = spec.plan(steps)
         sigmas = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
     host = check_grid(sigmas)
     if not bool(fitted_steps(sampler, host, form).any()):
