@@ -8,11 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from samplerlab.samplers.inner import Inner
 from samplerlab.samplers.noise import NoiseSource
 from samplerlab.samplers.registry import get_sampler
 from samplerlab.samplers.srds import SRDS
-from samplerlab.samplers.srds_parareal import run_plain
+from samplerlab.samplers.srds_parareal import Parareal, Stopper, run_plain
 
 
 def sample_srds(denoiser: Any, x: Tensor, sigmas: Tensor, **options: Any) -> Tensor:
@@ -25,14 +24,7 @@ def sample_paradigms(denoiser: Any, x: Tensor, sigmas: Tensor, **options: Any) -
     return get_sampler("paradigms")(denoiser, x, sigmas, **options)
 
 
-def _plain_inner(inner: str, inner_options: dict | None) -> Inner:
-    resolve = get_sampler("srds").resolve_inner
-    assert resolve is not None
-    return resolve({"inner": inner, "inner_options": inner_options, "pipelined": False})
-
-
-@torch.no_grad()
-def srds_iterates(
+def _plain(
     denoiser: Any,
     x: Tensor,
     sigmas: Tensor,
@@ -42,32 +34,31 @@ def srds_iterates(
     inner_options: dict | None = None,
     blocks: int | None = None,
     max_iters: int | None = None,
-) -> list[Tensor]:
+) -> tuple[Parareal, Stopper]:
+    """The parareal state of a non-pipelined SRDS run without early stop."""
+    resolve = get_sampler("srds").resolve_inner
+    assert resolve is not None
+    plain = {"inner": inner, "inner_options": inner_options, "pipelined": False}
+    config = SRDS(resolve(plain), blocks, 0.0, max_iters, False, None)
+    return config.prepare(denoiser, x, sigmas, noise)
+
+
+@torch.no_grad()
+def srds_iterates(denoiser: Any, x: Tensor, sigmas: Tensor, **options: Any) -> list[Tensor]:
     """The boundary states ``[B+1, batch, ...]`` of every iteration 0..p (non-pipelined, no
-    early stop). At iteration p the states ``i <= p`` are exact."""
-    config = SRDS(_plain_inner(inner, inner_options), blocks, 0.0, max_iters, False, None)
-    pr, stopper = config.prepare(denoiser, x, sigmas, noise)
+    early stop; options as :func:`_plain`). At iteration p the states ``i <= p`` are exact."""
+    pr, stopper = _plain(denoiser, x, sigmas, **options)
     record: list[Tensor] = []
     run_plain(pr, stopper, record)
     return record
 
 
-def serial_blockwise(
-    denoiser: Any,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    noise: NoiseSource | None = None,
-    inner: str = "ddim",
-    inner_options: dict | None = None,
-    blocks: int | None = None,
-) -> Tensor:
+def serial_blockwise(denoiser: Any, x: Tensor, sigmas: Tensor, **options: Any) -> Tensor:
     """The serial solve SRDS converges to (``samplerlab.samplers.srds``): the plain serial
     N-step run for single-step inner solvers and for multistep ones with a
     ``history_step``; for other multistep solvers the solver run block after block, its
-    history restarted at every block start."""
-    config = SRDS(_plain_inner(inner, inner_options), blocks, 0.0, None, False, None)
-    pr, _ = config.prepare(denoiser, x, sigmas, noise)
+    history restarted at every block start (options as :func:`_plain`, no ``max_iters``)."""
+    pr, _ = _plain(denoiser, x, sigmas, **options)
     if pr.carry:
         # The history runs on across the blocks: the plain serial solve.
         return pr.inner.run(pr.den, x, pr.S)

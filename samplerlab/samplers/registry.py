@@ -46,6 +46,22 @@ LOGSNR_TQ: dict[str, Any] = {**LOGSNR, "vp_schedule": "time_quadratic"}
 IIA: dict[str, Any] = {"needs_coeffs": True, "multistep": True}
 
 
+def _singlestep(order: int, **defaults: Any) -> dict[str, Any]:
+    """The DPM-Solver-k entries: order k, its plan and NFE rules, the DPM grids."""
+    return {
+        "order": order,
+        "defaults": {"order": order, **defaults},
+        **dpm_solver_rules(order),
+        **LOGSNR_TQ,
+    }
+
+
+DPM_SOLVER_PP = (
+    "DPM-Solver-{order} singlestep on the data prediction (DPM-Solver++, Lu et al. 2022b; "
+    "algorithm=dpmsolver: Lu et al. 2022); steps = NFE (DPM-Solver-fast orders)"
+)
+
+
 def _inner_deterministic(options: Options) -> bool:
     """A parallel sampler is deterministic iff its inner solver is."""
     inner = get_sampler(options.get("inner", DEFAULT_INNER))
@@ -107,30 +123,19 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "dpm_solver_1",
         dpm_solver.sample_dpm_solver,
         "DPM-Solver-1 singlestep (Lu et al. 2022); steps = NFE",
-        order=1,
-        defaults={"order": 1},
-        **dpm_solver_rules(1),
-        **LOGSNR_TQ,
+        **_singlestep(1),
     ),
     "dpm_solver_2": SamplerSpec(
         "dpm_solver_2",
         dpm_solver.sample_dpm_solver,
-        "DPM-Solver-2 singlestep on the data prediction (DPM-Solver++, Lu et al. 2022b; "
-        "algorithm=dpmsolver: Lu et al. 2022); steps = NFE (DPM-Solver-fast orders)",
-        order=2,
-        defaults={"order": 2, "algorithm": "dpmsolver++"},
-        **dpm_solver_rules(2),
-        **LOGSNR_TQ,
+        DPM_SOLVER_PP.format(order=2),
+        **_singlestep(2, algorithm="dpmsolver++"),
     ),
     "dpm_solver_3": SamplerSpec(
         "dpm_solver_3",
         dpm_solver.sample_dpm_solver,
-        "DPM-Solver-3 singlestep on the data prediction (DPM-Solver++, Lu et al. 2022b; "
-        "algorithm=dpmsolver: Lu et al. 2022); steps = NFE (DPM-Solver-fast orders)",
-        order=3,
-        defaults={"order": 3, "algorithm": "dpmsolver++"},
-        **dpm_solver_rules(3),
-        **LOGSNR_TQ,
+        DPM_SOLVER_PP.format(order=3),
+        **_singlestep(3, algorithm="dpmsolver++"),
     ),
     "dpmpp_2m": SamplerSpec(
         "dpmpp_2m",
