@@ -17,10 +17,16 @@ inner solver (SRDS, ParaDiGMS: ``resolve_inner`` set) also takes ``inner_options
 inner solver's own options; the registry resolves ``inner`` and ``inner_options`` into the
 :class:`~samplerlab.samplers.inner.Inner` its function takes.
 
-Step functions share one calling convention, that of a multistep solver's step with its
-history given (:data:`~samplerlab.samplers.inner.HistoryStep`):
+Step functions share one calling convention: the state, then the step's end points,
+``step(x, sigma, sigma_next, ...)``, per-row ``[B]`` sigmas on ``x``'s device. A
+single-step solver's step calls the network itself and takes it first,
+``step_<method>(denoiser, x, sigma, sigma_next, *, options)``; a multistep solver's step
+takes the network output at ``x`` and the history instead (it is evaluated once and shared),
 ``step(x, sigma, sigma_next, denoised, history) -> x_next`` with ``denoised = D(x, sigma)``
-and ``history`` the ``(D, sigma)`` pairs of the previous states, most recent first.
+and ``history`` the ``(D, sigma)`` pairs of the previous states, most recent first
+(:data:`~samplerlab.samplers.inner.HistoryStep`; :attr:`SamplerSpec.history_step`). A
+coarse step over sub-steps takes the sub-step grid ``sigmas`` ``[K+1, B]`` in place of
+``(sigma, sigma_next)`` (:func:`~samplerlab.samplers.pmm.step_pmm`).
 """
 
 from __future__ import annotations

@@ -27,10 +27,11 @@ def push(inner: Inner, hist: Hist, D: Tensor, s: Tensor) -> Hist:
 
 
 def step_with_histories(
-    inner: Inner, x: Tensor, s: Tensor, s_next: Tensor, D: Tensor, hists: list[Hist], batch: int
+    x: Tensor, s: Tensor, s_next: Tensor, D: Tensor, hists: list[Hist], *, inner: Inner, batch: int
 ) -> Tensor:
-    """One multistep step of several tasks stacked (task ``k``: rows ``k*batch..``), each
-    with its own history; tasks with equally long histories share one elementwise step."""
+    """One multistep step (the step convention, :mod:`samplerlab.samplers.spec`) of several
+    tasks stacked (task ``k``: rows ``k*batch..``), each with its own history ``hists[k]``;
+    tasks with equally long histories share one elementwise step."""
     out = torch.empty_like(x)
     by_len: dict[int, list[int]] = {}
     for k, h in enumerate(hists):
@@ -114,7 +115,9 @@ class Parareal:
             dev = grid.to(x.device, x.dtype, non_blocking=True)
             for j in range(L):
                 D = torch.cat(d0) if j == 0 else self.den(x, dev[j])
-                x = step_with_histories(self.inner, x, dev[j], dev[j + 1], D, hists, self.batch)
+                x = step_with_histories(
+                    x, dev[j], dev[j + 1], D, hists, inner=self.inner, batch=self.batch
+                )
                 hists = [
                     push(self.inner, h, Dk, sk)
                     for h, Dk, sk in zip(

@@ -69,7 +69,7 @@ def _wave(pr: Parareal, tasks: list[_Task]) -> list[Tensor]:
     dev = grid.to(x.device, x.dtype, non_blocking=True)
     s, s_next = dev[0], dev[1]
     D = den(x, s)
-    out = step_with_histories(inner, x, s, s_next, D, [t.hist for t in tasks], batch)
+    out = step_with_histories(x, s, s_next, D, [t.hist for t in tasks], inner=inner, batch=batch)
     for k, t in enumerate(tasks):
         if t.kind == "F":
             rows = slice(k * batch, (k + 1) * batch)
