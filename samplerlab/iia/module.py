@@ -448,7 +448,7 @@ def fit(
         "sampler": sampler,
         "base": BASES[sampler],
         "steps": module.steps,
-        "nfe": spec.nfe(module.steps),
+        "nfe": int(spec.nfe(module.steps)),  # exact for the IIA samplers
         "M": M,
         "num_samples": num_samples,
         "r": r,
