@@ -51,7 +51,7 @@ def test_correction_vanishes_for_constant_drift():
 
 def test_step_matches_the_written_out_recursion(gmm):
     # x_{i+1} = A_i x_i + G_i (b0 + K H_i c_i) + Gamma_i Z_i, c_i = eps(xh_i, sigma_i) - b0,
-    # xh the frozen-drift interpolant with the SAME Z_i (algorithms.md §4.2), by hand.
+    # xh the frozen-drift interpolant with the SAME Z_i (Kandasamy & Nagaraj 2024), by hand.
     K, B = 6, 4
     sig = fine_grid(gmm, 30)[10 : 10 + K + 1][:, None].expand(-1, B)
     x = 2 * torch.randn(B, gmm.dim)

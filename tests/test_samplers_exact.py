@@ -1,4 +1,4 @@
-"""Every registered sampler against exact answers on the analytic Gaussian (style.md §3.6).
+"""Every registered sampler against exact answers on the analytic Gaussian.
 
 * deterministic samplers: order of convergence and absolute accuracy against the closed-form
   PF-ODE solution ``Gaussian.ode_solution``;

@@ -15,16 +15,13 @@ from typing import Any
 
 import torch
 
+from ..errors import CalibrationFileError
 from ..fileio import atomic_write
 from ..iia.files import fingerprint, library_version
 from .grid import Calibration, CalibrationError
 
 META_KEY = "samplerlab.calibrate"
 FORMAT_VERSION = 1
-
-
-class CalibrationFileError(CalibrationError):
-    """A calibration file that is missing, corrupt or fitted for another model or sampler."""
 
 
 def _hint(meta: dict[str, Any], path: str | Path) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import CalibrationError
 from ..samplers.api import model_sigma_range
 from ..samplers.core import SamplerError, check_grid
 from ..samplers.iia import BASES
@@ -37,10 +38,6 @@ from ..samplers.schedules import get_sigmas
 
 LIMIT = 15.0  # |theta| bound: softmax fractions >= e^-30 (distinct float64 points)
 _EDGE = 1e-4  # initial sigmoid kept inside (EDGE, 1 - EDGE): b stays finite
-
-
-class CalibrationError(SamplerError):
-    """A calibration that does not fit the sampler, step count, model or file asked for."""
 
 
 def base_sampler(name: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import IIAFileError
 from ..fileio import atomic_write
 from ..samplers.core import SamplerError
 from ..samplers.iia import (
@@ -26,10 +27,6 @@ from ..samplers.iia import (
 
 META_KEY = "samplerlab.iia"
 FORMAT_VERSION = 1
-
-
-class IIAFileError(SamplerError):
-    """A coefficient file that is missing, corrupt or fitted for another grid or model."""
 
 
 def fingerprint(denoiser: Any) -> str:

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from .errors import SamplerError
+
 
 class Denoiser(Protocol):
     def __call__(self, x: Tensor, sigma: Tensor, /) -> Tensor: ...
@@ -61,10 +63,6 @@ def describe(denoiser: Any) -> ModelInfo:
         vp=values["vp"],
         data_shape=None if shape is None else tuple(int(s) for s in shape),
     )
-
-
-class SamplerError(ValueError):
-    """Bad input to a sampler, a schedule or the sampling API (one clear line)."""
 
 
 def take_rows(denoiser: Denoiser, rows: Tensor) -> Denoiser:

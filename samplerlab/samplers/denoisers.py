@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .core import SamplerError, append_dims, grid_positions, take_rows
+from .errors import NonFiniteError
 from .schedules import ContinuousVP, DiscreteVP, VPSchedule
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -332,10 +333,6 @@ class ClippedDenoiser(_Wrapper):
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.inner(x, sigma).clamp(self.lo, self.hi)
-
-
-class NonFiniteError(FloatingPointError):
-    """NaN or Inf met while sampling; the message names the sampler, round and sigma."""
 
 
 class FiniteCheckDenoiser(_Wrapper):
