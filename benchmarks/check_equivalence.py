@@ -300,14 +300,14 @@ def spec_out(name: str, options: dict[str, Any]) -> dict[str, Tensor]:
     grid, nfe, planned = [], [], []
     for steps in range(1, 13):
         try:
-            g, p = spec.plan_for(steps, options)
+            g, p = spec.plan(steps, options)
             grid.append(g)
             planned.append(p)
         except Exception as e:  # the message is part of the result
             grid.append(-1)
             planned.append(f"{type(e).__name__}: {e}")
         try:
-            nfe.append(float(spec.nfe_for(steps, options)))
+            nfe.append(float(spec.nfe(steps, options)))
         except Exception:
             nfe.append(float("nan"))
     budgets = []
@@ -321,7 +321,7 @@ def spec_out(name: str, options: dict[str, Any]) -> dict[str, Tensor]:
         "grid_steps": torch.tensor(grid, dtype=torch.int64),
         "nfe": torch.tensor(nfe, dtype=torch.float64),
         "steps_for_nfe": torch.tensor(budgets, dtype=torch.int64),
-        "deterministic": torch.tensor(bool(spec.is_deterministic(options))),
+        "deterministic": torch.tensor(bool(spec.deterministic(options))),
         "planned": _text(json.dumps(planned, sort_keys=True, default=str)),
     }
 

@@ -188,7 +188,7 @@ def test_bad_input_is_one_clear_line(gmm):
 
 
 DETERMINISTIC = sorted(
-    n for n, s in SAMPLERS.items() if s.is_deterministic() and not s.needs_coeffs
+    n for n, s in SAMPLERS.items() if s.deterministic() and not s.needs_coeffs
 )
 
 

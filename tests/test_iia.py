@@ -69,7 +69,7 @@ def test_per_row_grids_without_coeffs(gmm):
 def test_registry_entries():
     for name, base in iia.BASES.items():
         spec, b = get_sampler(name), get_sampler(base)
-        assert spec.needs_coeffs and spec.deterministic
+        assert spec.needs_coeffs and spec.deterministic()
         assert [spec.nfe(n) for n in (3, 10, 20)] == [b.nfe(n) for n in (3, 10, 20)]
         assert spec.option_names() == ["coeffs", "allow_fingerprint_mismatch"]
 

@@ -251,7 +251,7 @@ def fit(
     spec = get_sampler(name)
     options = dict(options or {})
     spec.check_options(options)
-    if not spec.is_deterministic(options):
+    if not spec.deterministic(options):
         raise ConfigError(f"sampler '{sampler}' is stochastic; calibration needs an ODE sampler")
     for key, value, lo in (
         ("steps", steps, 1),
@@ -263,7 +263,7 @@ def fit(
         check_int(key, value, lo)
     if batch_size is not None:
         check_int("batch_size", batch_size, 1)
-    grid_steps, planned = spec.plan_for(steps, options)
+    grid_steps, planned = spec.plan(steps, options)
     default = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
     if float(default[-1]) != 0.0:
         raise ConfigError(f"schedule {schedule!r} does not end at sigma = 0; cannot calibrate")
@@ -305,7 +305,7 @@ def fit(
     else:
         # Nothing beat the best starting grid (exactly, not its re-parameterised copy).
         sigmas, loss = starts[int(torch.argmin(cand))].clone(), float(cand.min())
-    nfe = spec.nfe_for(steps, options)
+    nfe = spec.nfe(steps, options)
     per_sample = (
         (3 * teacher_steps + 1) + len(starts) * nfe + iterations * (2 * param.size + 1) * nfe
     )

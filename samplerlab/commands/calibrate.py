@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     spec = get_sampler(args.sampler)
     options = dict(args.option)
     spec.check_options(options)
-    if not spec.is_deterministic(options):
+    if not spec.deterministic(options):
         raise ConfigError(
             f"--sampler {args.sampler} is stochastic; calibration needs an ODE sampler"
         )

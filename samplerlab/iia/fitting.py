@@ -101,7 +101,7 @@ def plan_fit(
         check_int("steps", steps, 1)
         if steps > MAX_GRID_STEPS:
             raise ConfigError(f"steps={steps} is more than samplerlab plans ({MAX_GRID_STEPS})")
-        grid_steps, _ = spec.plan_for(steps)
+        grid_steps, _ = spec.plan(steps)
         sigmas = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
     host = check_grid(sigmas)
     if not bool(iia_form.fitted_steps(host, form).any()):
