@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .core import Denoiser, Grid, SamplerError, append_dims, to_d
+from .core import Denoiser, Grid, SamplerError, append_dims, describe, to_d
 from .ddim import sample_ddim, step_euler
 from .dpm_solver import step_dpmpp_2m
 from .edm import heun_parts, sample_edm_heun
@@ -374,7 +374,7 @@ def model_fingerprint(denoiser: Any) -> str:
     else:
         attrs = getattr(denoiser, "__dict__", {})
         tensors = {k: v for k, v in attrs.items() if isinstance(v, Tensor)}
-        vp = getattr(denoiser, "vp", None)
+        vp = describe(denoiser).vp
         if vp is not None and isinstance(getattr(vp, "alphas_cumprod", None), Tensor):
             tensors["vp.alphas_cumprod"] = vp.alphas_cumprod
         if tensors:
