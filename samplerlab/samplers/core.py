@@ -159,11 +159,11 @@ def take_rows(denoiser: Denoiser, rows: Tensor) -> Denoiser:
     A sampler that evaluates a gathered subset of its rows (PMM's midpoints, ParaDiGMS'
     windows) names each row's sample this way, so that per-sample conditioning (class
     labels) follows the rows. A call of whole copies of the batch (row ``j`` is sample
-    ``j mod batch``) needs nothing. Denoisers without per-sample state are returned as
-    they are; ``rows`` is a device tensor (no host sync).
+    ``j mod batch``) needs nothing. Denoisers without per-sample state
+    (:func:`has_row_state`) are returned as they are; ``rows`` is a device tensor (no host
+    sync).
     """
-    take = getattr(denoiser, "take", None)
-    return denoiser if take is None else take(rows)
+    return denoiser.take(rows) if has_row_state(denoiser) else denoiser  # type: ignore[attr-defined]
 
 
 def has_row_state(denoiser: Any) -> bool:
