@@ -116,7 +116,7 @@ def _tiny_net(x: Tensor, c_noise: Tensor) -> Tensor:
 
 def _wrapped() -> dict[str, Callable[[], Any]]:
     def den():
-        import samplerlab.denoisers as d
+        import samplerlab.samplers.denoisers as d
 
         return d
 

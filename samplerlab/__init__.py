@@ -3,7 +3,8 @@
 Python API::
 
     import samplerlab as sl
-    den = sl.denoisers.from_eps(eps_fn, alphas_cumprod)
+    from samplerlab.samplers.denoisers import from_eps  # torch-only wrappers
+    den = from_eps(eps_fn, alphas_cumprod)  # or sl.denoisers.from_diffusers(folder)
     res = sl.sample(den, "dpmpp_2m", steps=10, shape=(16, 3, 32, 32), seeds=range(16))
     res.x, res.nfe, res.rounds, res.seconds
     sl.list_samplers()
