@@ -1121,17 +1121,27 @@ def compute(cases: list[Case], verbose: bool = False) -> dict[str, dict[str, Ten
     return results
 
 
-def _commit() -> str:
+def _git(*args: str, cwd: Path = HERE) -> str:
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        run = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return run.stdout.strip()
+
+
+def _provenance() -> dict[str, Any]:
+    """The commit of this script's tree, and the library that was run: its git tree hash
+    (equal to ``git rev-parse <commit>:samplerlab`` of the commit it matches) and whether it
+    had uncommitted changes."""
+    import samplerlab
+
+    lib = Path(samplerlab.__file__).resolve().parent
+    return {
+        "commit": _git("rev-parse", "HEAD"),
+        "samplerlab": str(lib),
+        "samplerlab_tree": _git("rev-parse", "HEAD:./", cwd=lib),
+        "samplerlab_uncommitted_changes": bool(_git("status", "--porcelain", "--", ".", cwd=lib)),
+    }
 
 
 def write(path: Path, cases: list[Case], results: dict[str, dict[str, Tensor]]) -> None:
@@ -1143,7 +1153,7 @@ def write(path: Path, cases: list[Case], results: dict[str, dict[str, Tensor]]) 
     save_file(flat, str(tmp))
     os.replace(tmp, path)
     index = {
-        "commit": _commit(),
+        **_provenance(),
         "torch": torch.__version__,
         "cases": {c.key: c.description for c in cases},
     }
