@@ -44,6 +44,20 @@ def d2_factor(form: str) -> float:
     return 2.0 if form == "taylor" else 1.0
 
 
+def divided_differences(
+    x: Tensor, denoised: Tensor, hist: list[Tensor], r0: Tensor, r1: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(D1, D2)`` of the data predictions ``D_s, hist[-1], hist[-2]`` (per-row step ratios
+    ``r0 = h_0/h``, ``r1 = h_1/h``; coefficients in ``x``'s dtype): ``D1 = D1_0 + r0/(r0+r1)
+    (D1_0 - D1_1) ~ h D'`` and ``D2 = (D1_0 - D1_1)/(r0+r1) ~ h^2 D''/2``."""
+    a = lambda v: append_dims(v.to(x.dtype), x.ndim)
+    d1_0 = (denoised - hist[-1]) / a(r0)
+    d1_1 = (hist[-1] - hist[-2]) / a(r1)
+    d1 = d1_0 + a(r0 / (r0 + r1)) * (d1_0 - d1_1)
+    d2 = (d1_0 - d1_1) / a(r0 + r1)
+    return d1, d2
+
+
 def push(hist: list[Tensor], value: Tensor, keep: int) -> list[Tensor]:
     """``hist`` with ``value`` appended, keeping the newest ``keep`` entries."""
     return [*hist, value][-keep:] if keep > 0 else []
@@ -104,10 +118,7 @@ def sample_dpmpp_3m(
             # Third order: divided differences D1, D2 of the last three data predictions.
             r0 = torch.log(g[i - 1] / s) / h
             r1 = torch.log(g[i - 2] / g[i - 1]) / h
-            d1_0 = (denoised - hist[-1]) / a(r0)
-            d1_1 = (hist[-1] - hist[-2]) / a(r1)
-            d1 = d1_0 + a(r0 / (r0 + r1)) * (d1_0 - d1_1)
-            d2 = (d1_0 - d1_1) / a(r0 + r1)
+            d1, d2 = divided_differences(x, denoised, hist, r0, r1)
             phi_2 = torch.expm1(-h) / h + 1
             phi_3 = (torch.expm1(-h) + h) / h**2 - 0.5
             x_next = x_next + a(phi_2) * d1 - a(c2 * phi_3) * d2
