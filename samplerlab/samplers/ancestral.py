@@ -1,8 +1,12 @@
 """Karras-style samplers: Euler and DPM-2 with churn, and the ancestral samplers Euler a,
 DPM-2 a and DPM-Solver++(2S) a (Karras et al. 2022; Lu et al. 2022b).
 
-Every random draw comes from the per-sample ``noise`` source. A step to sigma = 0 is the
-first-order denoise step ``x <- D(x, sigma)``.
+Each family is one loop with the method's step passed in: :func:`_sample_churn` (Karras
+et al. 2022, Alg. 2) runs ``step_euler`` or :func:`step_dpm_2`; :func:`_sample_ancestral`
+(a step to ``sigma_down``, then fresh noise of std ``sigma_up``) runs
+:func:`step_dpm_2_down` or :func:`step_dpmpp_2s_down`. Every random draw comes from the
+per-sample ``noise`` source. A step to sigma = 0 is the first-order denoise step
+``x <- D(x, sigma)``.
 """
 
 from __future__ import annotations
@@ -40,11 +44,11 @@ def _churn(
     return x, sigma_hat
 
 
-ChurnStep = Callable[[Denoiser, Tensor, Tensor, Tensor, bool], Tensor]
+Step = Callable[[Denoiser, Tensor, Tensor, Tensor], Tensor]
 
 
 def _sample_churn(
-    step: ChurnStep,
+    step: Step,
     denoiser: Denoiser,
     x: Tensor,
     sigmas: Tensor,
@@ -52,7 +56,8 @@ def _sample_churn(
     churn: tuple[float, float, float, float],
 ) -> Tensor:
     """The loop of Karras et al. (2022), Alg. 2 with the ODE step ``step(denoiser, x,
-    sigma_hat, sigma_next, all_final)``; ``churn = (s_churn, s_tmin, s_tmax, s_noise)``."""
+    sigma_hat, sigma_next)`` (Euler where every row ends at 0); ``churn = (s_churn, s_tmin,
+    s_tmax, s_noise)``."""
     s_churn, s_tmin, s_tmax, s_noise = churn
     if s_churn < 0 or s_noise < 0:
         raise SamplerError("s_churn and s_noise must be >= 0")
@@ -63,8 +68,12 @@ def _sample_churn(
         if s_churn > 0:
             # Increase the noise level temporarily to sigma_hat.
             x, sigma_hat = _churn(noise, x, sigma, gamma_max, s_tmin, s_tmax, s_noise)
-        # The ODE step from sigma_hat to sigma_next.
-        x = step(denoiser, x, sigma_hat, sigma_next, grid.all_final(i))
+        if grid.all_final(i):
+            # Euler step to sigma = 0 (the denoise step).
+            x = step_euler(denoiser, x, sigma_hat, sigma_next)
+        else:
+            # The method's ODE step from sigma_hat to sigma_next.
+            x = step(denoiser, x, sigma_hat, sigma_next)
     return x
 
 
@@ -83,23 +92,17 @@ def sample_euler_churn(
     """Euler on the PF-ODE with EDM's churn (Karras et al. 2022, Alg. 2 with the Euler step
     only: k-diffusion's ``sample_euler``); ``s_churn = 0`` is plain Euler (Alg. 1 without
     the second-order correction). With churn, one noise draw per step."""
-    euler = lambda den, x, sigma, sigma_next, _: step_euler(den, x, sigma, sigma_next)
-    return _sample_churn(euler, denoiser, x, sigmas, noise, (s_churn, s_tmin, s_tmax, s_noise))
+    return _sample_churn(step_euler, denoiser, x, sigmas, noise, (s_churn, s_tmin, s_tmax, s_noise))
 
 
-def step_dpm_2(
-    denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, all_final: bool
-) -> Tensor:
+def step_dpm_2(denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
     """One DPM-2 step (DPM-Solver-2 with r1 = 1/2 in sigma): the slope at the midpoint
     ``sigma_mid = sqrt(sigma sigma_next)`` (half way in log sigma) over the whole step; Euler
-    on rows ending at 0 (``all_final``: every row, no midpoint call)."""
+    on rows ending at 0."""
     n = x.ndim
     # Slope at the current point.
     d = to_d(x, sigma, denoiser(x, sigma))
     x_euler = x + append_dims(sigma_next - sigma, n) * d
-    if all_final:
-        # Euler step to sigma = 0 (the denoise step).
-        return x_euler
     final, t = positive_next(sigma, sigma_next)
     # Midpoint in log sigma, and the slope there.
     sigma_mid = (sigma * t).sqrt()

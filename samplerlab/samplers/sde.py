@@ -5,6 +5,9 @@ solution of the data-prediction reverse SDE over one step (Lu et al. 2022b, "DPM
 the SDE solvers of its appendix; Gonzalez et al. 2023, "SEEDS") is
 ``x_t = (sigma_t/sigma_s) e^{-eta h} x_s + int (1+eta) e^{-(1+eta)(h - u)} x0(u) du
 + sigma_t sqrt(1 - e^{-2 eta h}) z``; ``eta = 1`` is the reverse SDE, ``eta = 0`` the ODE.
+The multistep solvers share one loop (:func:`_sample_multistep_sde`: first-order part, the
+method's history terms, noise); the steps shared with the ancestral samplers
+(:func:`dpmpp_first_order`, :func:`add_noise`, :func:`ancestral_step_sigmas`) live here.
 Every random draw comes from the per-sample ``noise`` source.
 """
 
@@ -38,7 +41,7 @@ def add_noise(x: Tensor, std: Tensor, z: Tensor) -> Tensor:
 
 
 def dpmpp_first_order(x: Tensor, denoised: Tensor, ratio: Tensor, h: Tensor) -> Tensor:
-    """DPM-Solver++-1 (Lu et al. 2022b, Eq. 9 with k = 1) over the log-sigma step ``h =
+    """DPM-Solver++-1 (Lu et al. 2022b, first order; = DDIM) over the log-sigma step ``h =
     log(sigma / sigma_to)``, ``ratio = sigma_to / sigma``: ``ratio x - (e^{-h} - 1) D``."""
     return _rows(ratio, x) * x - _rows(torch.expm1(-h), x) * denoised
 
