@@ -8,6 +8,8 @@ per row from a float64 device copy of the grid (no host sync per step).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -44,23 +46,25 @@ def d2_factor(form: str) -> float:
     return 2.0 if form == "taylor" else 1.0
 
 
+def push(hist: list[Tensor], value: Tensor, keep: int) -> list[Tensor]:
+    """``hist`` with ``value`` appended, keeping the newest ``keep`` entries."""
+    return [*hist, value][-keep:] if keep > 0 else []
+
+
 def divided_differences(
-    x: Tensor, denoised: Tensor, hist: list[Tensor], r0: Tensor, r1: Tensor
+    g: Tensor, i: int, h: Tensor, denoised: Tensor, hist: list[Tensor], a: Callable
 ) -> tuple[Tensor, Tensor]:
-    """``(D1, D2)`` of the data predictions ``D_s, hist[-1], hist[-2]`` (per-row step ratios
-    ``r0 = h_0/h``, ``r1 = h_1/h``; coefficients in ``x``'s dtype): ``D1 = D1_0 + r0/(r0+r1)
-    (D1_0 - D1_1) ~ h D'`` and ``D2 = (D1_0 - D1_1)/(r0+r1) ~ h^2 D''/2``."""
-    a = lambda v: append_dims(v.to(x.dtype), x.ndim)
+    """``(D1, D2)`` of a third-order multistep DPM-Solver++ step at grid point ``i`` (step
+    ``h`` in ``lambda``) from ``denoised`` and the last two data predictions ``hist``
+    (newest last): with ``r0 = h_0/h``, ``r1 = h_1/h``, ``D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1)
+    ~ h D'`` and ``D2 = (D1_0 - D1_1)/(r0+r1) ~ h^2 D''/2`` (Lu et al. 2022b, the 3M step)."""
+    r0 = torch.log(g[i - 1] / g[i]) / h
+    r1 = torch.log(g[i - 2] / g[i - 1]) / h
     d1_0 = (denoised - hist[-1]) / a(r0)
     d1_1 = (hist[-1] - hist[-2]) / a(r1)
     d1 = d1_0 + a(r0 / (r0 + r1)) * (d1_0 - d1_1)
     d2 = (d1_0 - d1_1) / a(r0 + r1)
     return d1, d2
-
-
-def push(hist: list[Tensor], value: Tensor, keep: int) -> list[Tensor]:
-    """``hist`` with ``value`` appended, keeping the newest ``keep`` entries."""
-    return [*hist, value][-keep:] if keep > 0 else []
 
 
 def positive_next(sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
@@ -116,9 +120,7 @@ def sample_dpmpp_3m(
             x_next = x_next - a(0.5 * torch.expm1(-h) / r0) * (denoised - hist[-1])
         elif k == 3:
             # Third order: divided differences D1, D2 of the last three data predictions.
-            r0 = torch.log(g[i - 1] / s) / h
-            r1 = torch.log(g[i - 2] / g[i - 1]) / h
-            d1, d2 = divided_differences(x, denoised, hist, r0, r1)
+            d1, d2 = divided_differences(g, i, h, denoised, hist, a)
             phi_2 = torch.expm1(-h) / h + 1
             phi_3 = (torch.expm1(-h) + h) / h**2 - 0.5
             x_next = x_next + a(phi_2) * d1 - a(c2 * phi_3) * d2

@@ -60,14 +60,19 @@ def sde_coefficients(h: Tensor, eta: float) -> tuple[Tensor, Tensor, Tensor]:
 
 
 class SDEStep(NamedTuple):
-    """One step ``sigma_s -> sigma_t`` of the multistep SDE solvers, per row in float64."""
+    """Step ``i`` (``sigma_s = g[i] -> sigma_t``) of the multistep SDE solvers, per row."""
 
+    g: Tensor  # the grid [N+1, B] in float64
+    i: int
     h: Tensor  # log(sigma_s / sigma_t)
     w0: Tensor  # weights of the data-prediction terms (sde_coefficients)
     phi_2: Tensor
     phi_3: Tensor
-    r0: Tensor | None  # h_0 / h, the previous step's length over this one (None: first step)
-    r1: Tensor | None  # h_1 / h, the one before (None: fewer than two earlier steps)
+
+    @property
+    def r0(self) -> Tensor:
+        """``h_0 / h``: the previous step's length in ``lambda`` over this one's."""
+        return torch.log(self.g[self.i - 1] / self.g[self.i]) / self.h
 
 
 History = Callable[[Tensor, Tensor, Tensor, list[Tensor], SDEStep], Tensor]
@@ -97,9 +102,7 @@ def _sample_multistep_sde(
         denoised = denoiser(x, sigma)
         final, t = positive_next(s, sn)
         h = torch.log(s / t)
-        r0 = torch.log(g[i - 1] / s) / h if len(hist) >= 1 else None
-        r1 = torch.log(g[i - 2] / g[i - 1]) / h if len(hist) >= 2 else None
-        step = SDEStep(h, *sde_coefficients(h, eta), r0, r1)
+        step = SDEStep(g, i, h, *sde_coefficients(h, eta))
         # First-order SDE part.
         x_next = _rows(t / s * torch.exp(-eta * h), x) * x + _rows(step.w0, x) * denoised
         # Higher-order terms from the earlier data predictions.
@@ -117,7 +120,7 @@ def _sample_multistep_sde(
 def _history_2m(
     x: Tensor, x_next: Tensor, denoised: Tensor, hist: list[Tensor], step: SDEStep
 ) -> Tensor:
-    if step.r0 is None:
+    if not hist:
         return x_next
     # Second-order correction from the previous data prediction (midpoint form).
     return x_next + _rows(0.5 * step.w0 / step.r0, x) * (denoised - hist[-1])
@@ -167,14 +170,15 @@ def sample_dpmpp_3m_sde(
     def history(
         x: Tensor, x_next: Tensor, denoised: Tensor, hist: list[Tensor], step: SDEStep
     ) -> Tensor:
-        if step.r0 is None:
+        a = lambda v: _rows(v, x)
+        if not hist:
             return x_next
-        if step.r1 is None:
+        if len(hist) == 1:
             # Second order: D1 = (D_s - D_prev)/r0.
-            return x_next + _rows(step.phi_2 / step.r0, x) * (denoised - hist[-1])
+            return x_next + a(step.phi_2 / step.r0) * (denoised - hist[-1])
         # Third order: divided differences of the last three data predictions.
-        d1, d2 = divided_differences(x, denoised, hist, step.r0, step.r1)
-        return x_next + _rows(step.phi_2, x) * d1 - _rows(c2 * step.phi_3, x) * d2
+        d1, d2 = divided_differences(step.g, step.i, step.h, denoised, hist, a)
+        return x_next + a(step.phi_2) * d1 - a(c2 * step.phi_3) * d2
 
     return _sample_multistep_sde(history, 2, denoiser, x, sigmas, noise, eta, s_noise)
 
