@@ -165,7 +165,7 @@ def sample_euler_ancestral(
     return x
 
 
-AncestralStep = Callable[[Denoiser, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+AncestralStep = Callable[[Denoiser, Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 def _sample_ancestral(
@@ -178,9 +178,9 @@ def _sample_ancestral(
     s_noise: float,
 ) -> Tensor:
     """The loop of the two-stage ancestral samplers: the data prediction, the split of the
-    step into ``(sigma_down, sigma_up)``, the method's ``step(denoiser, x, denoised, sigma,
-    s, sigma_down)`` to ``sigma_down`` (``s``: ``sigma`` in float64), then fresh noise of
-    std ``sigma_up``. A step to sigma = 0 is the denoise step."""
+    step into ``(sigma_down, sigma_up)``, the method's ``step(denoiser, x, sigma,
+    sigma_down, denoised)`` (per-row float64 sigmas, ``denoised = D(x, sigma)``), then fresh
+    noise of std ``sigma_up``. A step to sigma = 0 is the denoise step."""
     _check_eta(eta, s_noise)
     grid = Grid(sigmas, x)
     g = grid64(grid, x)
@@ -195,7 +195,7 @@ def _sample_ancestral(
         # Split the step into a deterministic part and fresh noise.
         down, up = ancestral_step_sigmas(s, t, eta)
         # The method's step to sigma_down, then fresh noise of std sigma_up.
-        x_next = step(denoiser, x, denoised, sigma, s, down)
+        x_next = step(denoiser, x, s, down, denoised)
         x_next = add_noise(x_next, up * s_noise, randn_like(noise, x))
         # Rows ending at sigma = 0 take the denoise step.
         x = where_rows(final, denoised, x_next)
@@ -203,17 +203,18 @@ def _sample_ancestral(
 
 
 def step_dpm_2_down(
-    denoiser: Denoiser, x: Tensor, denoised: Tensor, sigma: Tensor, s: Tensor, down: Tensor
+    denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_down: Tensor, denoised: Tensor
 ) -> Tensor:
-    """The DPM-2 step from ``sigma`` to ``sigma_down``, given ``denoised = D(x, sigma)``."""
+    """The DPM-2 step from ``sigma`` to ``sigma_down`` (per-row, float64), given ``denoised =
+    D(x, sigma)``."""
     a = lambda v: append_dims(v.to(x.dtype), x.ndim)
-    d = to_d(x, sigma, denoised)
+    d = to_d(x, sigma.to(x.dtype), denoised)
     # Midpoint in log sigma between sigma and sigma_down, and the slope there.
-    mid = (s * down).sqrt()
-    x_mid = x + a(mid - s) * d
+    mid = (sigma * sigma_down).sqrt()
+    x_mid = x + a(mid - sigma) * d
     d_mid = to_d(x_mid, mid.to(x.dtype), denoiser(x_mid, mid.to(x.dtype)))
     # Step to sigma_down with the midpoint slope.
-    return x + a(down - s) * d_mid
+    return x + a(sigma_down - sigma) * d_mid
 
 
 @torch.no_grad()
@@ -234,17 +235,17 @@ def sample_dpm_2_ancestral(
 
 
 def step_dpmpp_2s_down(
-    denoiser: Denoiser, x: Tensor, denoised: Tensor, sigma: Tensor, s: Tensor, down: Tensor
+    denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_down: Tensor, denoised: Tensor
 ) -> Tensor:
-    """The DPM-Solver++(2S) step (r = 1/2) from ``sigma`` to ``sigma_down``, given
-    ``denoised = D(x, sigma)``."""
-    h = torch.log(s / down)
+    """The DPM-Solver++(2S) step (r = 1/2) from ``sigma`` to ``sigma_down`` (per-row,
+    float64), given ``denoised = D(x, sigma)``."""
+    h = torch.log(sigma / sigma_down)
     # DPM-Solver++-1 to the midpoint lambda + h/2, and the data prediction there.
-    mid = s * torch.exp(-h / 2)
-    x_mid = dpmpp_first_order(x, denoised, mid / s, h / 2)
+    mid = sigma * torch.exp(-h / 2)
+    x_mid = dpmpp_first_order(x, denoised, mid / sigma, h / 2)
     denoised_mid = denoiser(x_mid, mid.to(x.dtype))
     # DPM-Solver++(2S) update to sigma_down with the midpoint data prediction.
-    return dpmpp_first_order(x, denoised_mid, down / s, h)
+    return dpmpp_first_order(x, denoised_mid, sigma_down / sigma, h)
 
 
 @torch.no_grad()
