@@ -182,4 +182,4 @@ def test_registry_nfe_equals_realised(gmm, name, options):
     for steps in (1, 2, 3, 5, 8):
         res = sl.sample(gmm, name, steps=steps, shape=(2, gmm.dim), dtype=F64, **options)
         assert res.nfe == spec.nfe(steps), (name, steps, res.nfe)
-        assert len(res.sigmas) - 1 == spec.plan_for(steps)[0]
+        assert len(res.sigmas) - 1 == spec.plan(steps)[0]

@@ -23,6 +23,27 @@ def grid64(grid: Grid, x: Tensor) -> Tensor:
     return host.to(x.device, torch.float64, non_blocking=True)
 
 
+def coefficients(x: Tensor) -> Callable[[Tensor], Tensor]:
+    """Per-row coefficients ``[B]`` (float64) as factors of ``x``: its dtype, broadcastable."""
+    dtype, n = x.dtype, x.ndim
+    return lambda v: append_dims(v.to(dtype), n)
+
+
+def setup(
+    sigmas: Tensor, x: Tensor, order: int, lower_order_final: bool
+) -> tuple[Grid, Tensor, list[int], Callable[[Tensor], Tensor]]:
+    """``(grid, g, orders, a)`` of a multistep solver: the :class:`Grid`, its float64 device
+    copy ``g`` (:func:`grid64`), each step's order (:func:`multistep_orders`) and the
+    coefficient map ``a`` (:func:`coefficients`)."""
+    grid = Grid(sigmas, x)
+    return (
+        grid,
+        grid64(grid, x),
+        multistep_orders(len(grid), order, lower_order_final),
+        coefficients(x),
+    )
+
+
 def multistep_orders(steps: int, order: int, lower_order_final: bool) -> list[int]:
     """Order of each step: warm-up ``min(order, i + 1)``; with ``lower_order_final`` also at
     most ``steps - i`` (the last step first order, the one before at most second order:
@@ -99,11 +120,7 @@ def sample_dpmpp_3m(
     ``lower_order_final`` caps the last two steps at orders 1 and 2 (diffusers' option).
     """
     c2 = d2_factor(form)
-    grid = Grid(sigmas, x)
-    g = grid64(grid, x)
-    orders = multistep_orders(len(grid), 3, lower_order_final)
-    n = x.ndim
-    a = lambda v: append_dims(v.to(x.dtype), n)
+    grid, g, orders, a = setup(sigmas, x, 3, lower_order_final)
     hist: list[Tensor] = []  # data predictions, newest last
     for i, sigma, _ in grid:
         s, sn = g[i], g[i + 1]
@@ -178,11 +195,7 @@ def sample_deis(
     and integrated exactly. A step to sigma = 0 is the denoise step; ``lower_order_final``
     caps the last two steps at orders 1 and 2.
     """
-    grid = Grid(sigmas, x)
-    g = grid64(grid, x)
-    orders = multistep_orders(len(grid), order, lower_order_final)
-    n = x.ndim
-    a = lambda v: append_dims(v.to(x.dtype), n)
+    grid, g, orders, a = setup(sigmas, x, order, lower_order_final)
     hist: list[Tensor] = []  # noise predictions, newest last
     for i, sigma, _ in grid:
         s, sn = g[i], g[i + 1]
