@@ -24,21 +24,26 @@ descriptions and records the commit it was written on. Exit status 0 iff every c
 case is identical and none is missing.
 
 Determinism: ``--write`` run twice on the same code gives identical files (checked when the
-baseline was made); no case had to be dropped. Lightning's fit stages run on one CPU
+baseline was made). Dropped as nondeterministic: the fingerprints of ``EDMDenoiser`` around
+a plain function (the library hashes such a denoiser's ``repr``, which holds a memory
+address); sampling with those denoisers is kept. Lightning's fit stages run on one CPU
 device with progress bars off.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import functools
 import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -78,7 +83,79 @@ def model(name: str) -> Any:
         return ClassConditionalMixture(
             base.weights, base.means, base.stds, base.vp, edm=name == "cond_edm"
         )
+    if name in WRAPPED:
+        return WRAPPED[name]()
     raise KeyError(name)
+
+
+def _vp_net(kind: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """The VP mixture's exact eps / v / x0 prediction as a network ``f(x_vp, t)``."""
+    m = model("vp")
+
+    def f(x_vp: Tensor, t: Tensor) -> Tensor:
+        sigma = m.vp.sigma(t.to(torch.float64)).to(x_vp.dtype)
+        s = sigma.reshape(-1, *[1] * (x_vp.ndim - 1))
+        alpha = (1 + s**2).rsqrt()
+        x = x_vp / alpha
+        x0 = m(x, sigma)
+        eps = (x - x0) / s
+        if kind == "eps":
+            return eps
+        if kind == "v":  # v = alpha eps - sigma_vp x0, sigma_vp = alpha sigma
+            return alpha * eps - alpha * s * x0
+        return x0
+
+    return f
+
+
+def _tiny_net(x: Tensor, c_noise: Tensor) -> Tensor:
+    """A fixed elementwise network ``F(c_in x, c_noise)`` (not a good model; deterministic)."""
+    c = c_noise.reshape(-1, *[1] * (x.ndim - 1))
+    return torch.tanh(0.7 * x + 0.3 * c) - 0.2 * x
+
+
+def _wrapped() -> dict[str, Callable[[], Any]]:
+    def den():
+        import samplerlab.samplers.denoisers as d
+
+        return d
+
+    table = lambda: model("vp").vp.alphas_cumprod
+    return {
+        "vp_eps": lambda: den().from_eps(_vp_net("eps"), table(), data_shape=(4,)),
+        "vp_v": lambda: den().from_v(_vp_net("v"), table(), data_shape=(4,)),
+        "vp_x0": lambda: den().from_x0(_vp_net("x0"), table(), data_shape=(4,)),
+        "vp_eps_quant": lambda: den().from_eps(
+            _vp_net("eps"), table(), quantize=True, data_shape=(4,)
+        ),
+        "vp_eps_clip": lambda: den().from_eps(
+            _vp_net("eps"), table(), clip_denoised=True, data_shape=(4,)
+        ),
+        "vp_chunked": lambda: den().chunked(model("vp"), 3),
+        "vp_clipped": lambda: den().ClippedDenoiser(model("vp"), -0.8, 0.8),
+        "edm_wrap": lambda: den().EDMDenoiser(
+            lambda x, s: model("edm")(x, s), preconditioned=False, data_shape=(6,)
+        ),
+        "edm_net": lambda: den().EDMDenoiser(_tiny_net, sigma_data=0.6, data_shape=(2, 3)),
+    }
+
+
+WRAPPED = _wrapped()
+
+
+class NaNBelow:
+    """A denoiser (the VP mixture's attributes) that returns NaN for sigma < ``at``."""
+
+    def __init__(self, at: float) -> None:
+        m = model("vp")
+        self.m, self.at = m, at
+        self.vp, self.sigma_min, self.sigma_max = m.vp, m.sigma_min, m.sigma_max
+        self.prior_std, self.data_shape = m.prior_std, m.data_shape
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        out = self.m(x, sigma)
+        bad = (sigma < self.at).reshape(-1, *[1] * (x.ndim - 1))
+        return torch.where(bad, torch.full_like(out, float("nan")), out)
 
 
 LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 1, 0])
@@ -97,14 +174,19 @@ def draw(model_name: str, sampler: str, steps: int, **kw: Any) -> dict[str, Tens
 
     kw.setdefault("dtype", DT)
     kw.setdefault("seeds", SEEDS)
-    den = model(model_name)
-    res = samplerlab.sample(den, sampler, steps=steps, shape=(N, *den.data_shape), **kw)
-    return {
+    record_name = kw.pop("record_name", False)
+    den = kw.pop("denoiser", None) or model(model_name)
+    shape = kw.pop("shape", None) or (N, *den.data_shape)
+    res = samplerlab.sample(den, sampler, steps=steps, shape=shape, **kw)
+    out = {
         "x": res.x.detach().cpu().contiguous(),
         "nfe": _scalar(float(res.nfe), torch.float64),
         "rounds": _scalar(int(res.rounds), torch.int64),
         "sigmas": torch.as_tensor(res.sigmas, dtype=torch.float64).contiguous(),
     }
+    if record_name:  # the registry name an alias resolved to, and its options
+        out["name"] = _text(json.dumps([res.name, res.options], sort_keys=True, default=str))
+    return out
 
 
 def _quiet() -> contextlib.AbstractContextManager:
@@ -139,17 +221,109 @@ def cal_fit(key: str) -> Any:
         return samplerlab.calibrate.fit(model(m), sampler, progress=False, **kw)
 
 
+# Metadata that is not a result (wall-clock time, the installed version).
+UNSTABLE_META = ("fit_seconds", "library_version")
+
+
+def _meta(metadata: dict[str, Any]) -> Tensor:
+    kept = {k: v for k, v in metadata.items() if k not in UNSTABLE_META}
+    return _text(json.dumps(kept, sort_keys=True, default=str))
+
+
 def iia_out(key: str) -> dict[str, Tensor]:
     c = iia_fit(key)
     return {
         "coeffs": c.coeffs.contiguous(),
         "mask": c.mask.contiguous(),
         "sigmas": c.sigmas.contiguous(),
+        "form_r": _text(json.dumps([c.sampler, c.form, c.r])),
+        "metadata": _meta(c.metadata),
     }
 
 
 def cal_out(key: str) -> dict[str, Tensor]:
-    return {"sigmas": cal_fit(key).sigmas.detach().cpu().to(torch.float64).contiguous()}
+    c = cal_fit(key)
+    return {
+        "sigmas": c.sigmas.detach().cpu().to(torch.float64).contiguous(),
+        "spec": _text(json.dumps([c.sampler, c.steps, c.options], sort_keys=True, default=str)),
+        "metadata": _meta(c.metadata),
+    }
+
+
+# --- coefficient and calibration files ----------------------------------------------------
+
+TMP = Path(tempfile.mkdtemp(prefix="samplerlab-equiv-"))
+atexit.register(shutil.rmtree, TMP, ignore_errors=True)
+# Files written by the baseline's library (--write), read back by the library under test.
+FIXTURES = {
+    "iia": (DEFAULT_BASELINE.parent / "iia_ddim_vp.safetensors", "iia_ddim@vp"),
+    "cal": (DEFAULT_BASELINE.parent / "cal_dpmpp_2m_vp.safetensors", "dpmpp_2m@vp"),
+}
+
+
+def write_fixtures() -> None:
+    import samplerlab
+
+    samplerlab.iia.save(iia_fit(FIXTURES["iia"][1]), FIXTURES["iia"][0])
+    samplerlab.calibrate.save(cal_fit(FIXTURES["cal"][1]), FIXTURES["cal"][0])
+
+
+def iia_roundtrip(key: str) -> dict[str, Tensor]:
+    """Save a fit, load it (checked against the model) and sample with the loaded file."""
+    import samplerlab
+
+    m, sampler, kw = IIA_FITS[key]
+    path = samplerlab.iia.save(iia_fit(key), TMP / f"{key}.safetensors")
+    c = samplerlab.iia.load(path, denoiser=model(m))
+    out = draw(m, sampler, kw["steps"], coeffs=c)
+    out.update(coeffs=c.coeffs.clone(), mask=c.mask.clone(), sigmas_fit=c.sigmas.clone())
+    return out
+
+
+def cal_roundtrip(key: str) -> dict[str, Tensor]:
+    """Save a calibration and sample from its path (``samplerlab.sample`` loads it)."""
+    import samplerlab
+
+    m, sampler, kw = CAL_FITS[key]
+    path = samplerlab.calibrate.save(cal_fit(key), TMP / f"{key}.safetensors")
+    out = draw(m, sampler, kw["steps"], calibration=str(path))
+    out["loaded"] = samplerlab.calibrate.load(path, denoiser=model(m)).sigmas.clone()
+    return out
+
+
+def spec_out(name: str, options: dict[str, Any]) -> dict[str, Tensor]:
+    """What the registry entry plans and counts: grid steps, NFE, steps for NFE budgets,
+    determinism (``SamplerSpec`` methods as of the baseline's commit)."""
+    from samplerlab.samplers import get_sampler
+
+    spec = get_sampler(name)
+    grid, nfe, planned = [], [], []
+    for steps in range(1, 13):
+        try:
+            g, p = spec.plan(steps, options)
+            grid.append(g)
+            planned.append(p)
+        except Exception as e:  # the message is part of the result
+            grid.append(-1)
+            planned.append(f"{type(e).__name__}: {e}")
+        try:
+            nfe.append(float(spec.nfe(steps, options)))
+        except Exception:
+            nfe.append(float("nan"))
+    budgets = []
+    for b in (1, 2, 3, 5, 8, 10, 13, 20):
+        try:
+            got = spec.steps_for_nfe(b, options)
+        except Exception:
+            got = -2
+        budgets.append(-1 if got is None else got)
+    return {
+        "grid_steps": torch.tensor(grid, dtype=torch.int64),
+        "nfe": torch.tensor(nfe, dtype=torch.float64),
+        "steps_for_nfe": torch.tensor(budgets, dtype=torch.int64),
+        "deterministic": torch.tensor(bool(spec.deterministic(options))),
+        "planned": _text(json.dumps(planned, sort_keys=True, default=str)),
+    }
 
 
 # IIA fits: key -> (model, sampler, fit options). Small M and num_samples: seconds each.
@@ -159,7 +333,11 @@ IIA_FITS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "iia_ddim@vp_s8_M3": ("vp", "iia_ddim", {"steps": 8, "M": 3, "num_samples": 6}),
     "iia_ddim@edm": ("edm", "iia_ddim", {"steps": 6, **_FIT}),
     "iia_dpmpp_2m@vp": ("vp", "iia_dpmpp_2m", {"steps": 6, **_FIT}),
-    "iia_dpmpp_2m@vp_nowarm": ("vp", "iia_dpmpp_2m", {"steps": 6, "warm_start": False, **_FIT}),
+    "iia_dpmpp_2m@vp_nowarm": (
+        "vp",
+        "iia_dpmpp_2m",
+        {"steps": 6, "warm_start": False, **_FIT},
+    ),
     "iia_dpmpp_2m@edm": ("edm", "iia_dpmpp_2m", {"steps": 6, **_FIT}),
     "iia_edm@edm": ("edm", "iia_edm", {"steps": 6, **_FIT}),
     "iia_edm@edm_r2": ("edm", "iia_edm", {"steps": 7, "r": 2, **_FIT}),
@@ -171,7 +349,31 @@ IIA_FITS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "iia_dpmpp_2m",
         {"steps": 6, "calibration": "dpmpp_2m@vp", **_FIT},
     ),
-    "iia_ddim@vp_spacing_sigma": ("vp", "iia_ddim", {"steps": 6, "spacing": "sigma", **_FIT}),
+    "iia_ddim@vp_spacing_sigma": (
+        "vp",
+        "iia_ddim",
+        {"steps": 6, "spacing": "sigma", **_FIT},
+    ),
+    "iia_ddim@vp_guided": ("vp", "iia_ddim", {"steps": 6, "form": "guided", **_FIT}),
+    "iia_ddim@cond_guided": (
+        "cond",
+        "iia_ddim",
+        {"steps": 6, "form": "guided", "guidance_scale": 2.0, **_FIT},
+    ),
+    "iia_ddim@vp_eps": ("vp_eps", "iia_ddim", {"steps": 6, **_FIT}),
+    "iia_edm@edm_batch3": (
+        "edm",
+        "iia_edm",
+        {"steps": 6, "batch_size": 3, "seed": 2, **_FIT},
+    ),
+    "iia_dpmpp_2m@vp_sigma_grid": (
+        "vp",
+        "iia_dpmpp_2m",
+        {
+            "sigmas": torch.tensor([80.0, 20.0, 5.0, 1.5, 0.5, 0.1, 0.0], dtype=DT),
+            **_FIT,
+        },
+    ),
 }
 # Calibration fits: key -> (model, sampler, fit options). Few iterations, few samples.
 _CAL = {"iterations": 3, "num_samples": 8, "teacher_steps": 20}
@@ -195,11 +397,23 @@ class Case:
 
 # Per-sampler option sets beyond the defaults and spec.stochastic_options (tag -> options).
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    "euler": {"churn_window": {"s_churn": 2.0, "s_tmin": 0.1, "s_tmax": 10.0, "s_noise": 1.003}},
+    "euler": {
+        "churn_window": {
+            "s_churn": 2.0,
+            "s_tmin": 0.1,
+            "s_tmax": 10.0,
+            "s_noise": 1.003,
+        }
+    },
     "ddim": {"eta0.5": {"eta": 0.5}},
     "ddpm": {"fixed_large": {"variant": "fixed_large"}, "sde": {"variant": "sde"}},
     "edm_heun": {
-        "churn_window": {"s_churn": 3.0, "s_tmin": 0.05, "s_tmax": 20.0, "s_noise": 1.007}
+        "churn_window": {
+            "s_churn": 3.0,
+            "s_tmin": 0.05,
+            "s_tmax": 20.0,
+            "s_noise": 1.007,
+        }
     },
     "dpm_solver_1": {"orders111": {"orders": [1, 1, 1]}},
     "dpm_solver_2": {
@@ -278,7 +492,10 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "dpm_2": {"churn_window": {"s_churn": 1.5, "s_tmin": 0.1, "s_tmax": 5.0}},
     "dpm_2_ancestral": {"eta0.5": {"eta": 0.5}},
     "euler_ancestral": {"eta0.5": {"eta": 0.5, "s_noise": 0.95}},
-    "dpm_adaptive": {"o2": {"order": 2}, "rtol0.01": {"rtol": 0.01, "atol": 0.001, "h_init": 0.5}},
+    "dpm_adaptive": {
+        "o2": {"order": 2},
+        "rtol0.01": {"rtol": 0.01, "atol": 0.001, "h_init": 0.5},
+    },
     "iia_ddim": {"coeffs_none": {"coeffs": None}},
 }
 # Samplers costly per step (fine grids, Picard rounds, adaptive steps): one step count for
@@ -309,13 +526,24 @@ QUICK = {
     "sched/vp/dpmpp_2m/s8/karras",
     "cond/cond/dpmpp_2m/s6/guided",
     "error/unknown_option",
+    "error/file_iia_other_model",
+    "spec/dpm_solver_3/default",
+    "spec/pmm/K2",
+    "file/legacy/iia_ddim@vp",
+    "sample/vp_eps/dpmpp_2m/s6/default",
+    "rows/vp/dpmpp_2m",
 }
 
 
 def _sample_case(model_name: str, sampler: str, steps: int, tag: str, **kw: Any) -> Case:
     key = f"sample/{model_name}/{sampler}/s{steps}/{tag}"
     desc = f"sample {sampler} on {model_name} at steps={steps} with {kw or 'defaults'}"
-    return Case(key, desc, functools.partial(draw, model_name, sampler, steps, **kw), key in QUICK)
+    return Case(
+        key,
+        desc,
+        functools.partial(draw, model_name, sampler, steps, **kw),
+        key in QUICK,
+    )
 
 
 def _err(fn: Callable[[], Any]) -> Callable[[], dict[str, Tensor]]:
@@ -363,8 +591,14 @@ def build_cases() -> list[Case]:
     sched_sets.update(
         {
             "karras_rho5": {"schedule": "karras", "schedule_options": {"rho": 5.0}},
-            "logsnr_replace": {"schedule": "logsnr", "schedule_options": {"final": "replace"}},
-            "leading_offset1": {"schedule": "leading", "schedule_options": {"steps_offset": 1}},
+            "logsnr_replace": {
+                "schedule": "logsnr",
+                "schedule_options": {"final": "replace"},
+            },
+            "leading_offset1": {
+                "schedule": "leading",
+                "schedule_options": {"steps_offset": 1},
+            },
             "karras_range": {
                 "schedule": "karras",
                 "schedule_options": {"sigma_min": 0.01, "sigma_max": 20.0},
@@ -451,7 +685,7 @@ def build_cases() -> list[Case]:
             Case(
                 f"alias/vp/{alias}",
                 f"alias {alias!r} at steps=8",
-                functools.partial(draw, "vp", alias, 8),
+                functools.partial(draw, "vp", alias, 8, record_name=True),
             )
         )
     # 3. IIA fits: coefficients, and samples drawn with them.
@@ -464,10 +698,12 @@ def build_cases() -> list[Case]:
                 f"iia/{key}" in QUICK,
             )
         )
-        steps = kw["steps"]
         extra: dict[str, Any] = {}
         if "calibration" in kw:
             extra = {"calibration_key": kw["calibration"]}
+        if "sigmas" in kw:
+            extra["sigmas"] = kw["sigmas"]
+        steps = kw["steps"] if "steps" in kw else len(kw["sigmas"]) - 1
 
         def run(
             key: str = key,
@@ -479,10 +715,19 @@ def build_cases() -> list[Case]:
             kw2: dict[str, Any] = {"coeffs": iia_fit(key)}
             if "calibration_key" in extra:
                 kw2["calibration"] = cal_fit(extra["calibration_key"])
+            if "sigmas" in extra:
+                kw2["sigmas"] = extra["sigmas"]
             return draw(m, sampler, steps, **kw2)
 
         skey = f"sample/{m}/{sampler}/s{steps}/coeffs:{key}"
-        add(Case(skey, f"{sampler} with the coefficients of iia fit {key}", run, skey in QUICK))
+        add(
+            Case(
+                skey,
+                f"{sampler} with the coefficients of iia fit {key}",
+                run,
+                skey in QUICK,
+            )
+        )
     # IIA coefficients used with a grid they were not fitted on (an error).
     add(
         Case(
@@ -572,6 +817,181 @@ def build_cases() -> list[Case]:
                         key in QUICK,
                     )
                 )
+    # IIA with a guided fit, sampled with guidance on the class-conditional mixture.
+    add(
+        Case(
+            "cond/cond/iia_ddim/s6/guided_coeffs:iia_ddim@cond_guided",
+            "iia_ddim guided-form coefficients with cond + guidance 2",
+            lambda: draw(
+                "cond",
+                "iia_ddim",
+                6,
+                coeffs=iia_fit("iia_ddim@cond_guided"),
+                cond=LABELS,
+                guidance=2.0,
+                uncond=torch.tensor([-1]),
+            ),
+        )
+    )
+    # Coefficient and calibration files: save, load, sample; files of the baseline's library.
+    for key in ("iia_ddim@vp", "iia_dpmpp_2m@vp", "iia_edm@edm", "biia_edm@edm"):
+        add(
+            Case(
+                f"file/iia/{key}",
+                f"save, load and sample iia fit {key}",
+                functools.partial(iia_roundtrip, key),
+            )
+        )
+    for key in ("dpmpp_2m@vp", "edm_heun@edm"):
+        add(
+            Case(
+                f"file/cal/{key}",
+                f"save calibration {key}, sample from its path",
+                functools.partial(cal_roundtrip, key),
+            )
+        )
+
+    def legacy_iia() -> dict[str, Tensor]:
+        c = samplerlab.iia.load(FIXTURES["iia"][0], denoiser=model("vp"))
+        out = draw("vp", "iia_ddim", 6, coeffs=c)
+        out.update(coeffs=c.coeffs.clone(), mask=c.mask.clone())
+        return out
+
+    def legacy_cal() -> dict[str, Tensor]:
+        return draw("vp", "dpmpp_2m", 6, calibration=str(FIXTURES["cal"][0]))
+
+    add(
+        Case(
+            "file/legacy/iia_ddim@vp",
+            "load the baseline's iia file and sample",
+            legacy_iia,
+        )
+    )
+    add(
+        Case(
+            "file/legacy/dpmpp_2m@vp",
+            "sample from the baseline's calibration file",
+            legacy_cal,
+        )
+    )
+
+    def bad_file(kind: str) -> Callable[[], Any]:
+        def run() -> Any:
+            path = TMP / f"bad_{kind}.safetensors"
+            if kind == "iia_corrupt":
+                path.write_bytes(b"not a safetensors file")
+                return samplerlab.iia.load(path)
+            if kind == "cal_corrupt":
+                path.write_bytes(b"not a safetensors file")
+                return samplerlab.calibrate.load(path)
+            if kind == "iia_missing":
+                return samplerlab.iia.load(TMP / "missing.safetensors")
+            if kind == "cal_missing":
+                return draw("vp", "dpmpp_2m", 6, calibration=str(TMP / "missing.safetensors"))
+            if kind == "iia_other_model":
+                return samplerlab.iia.load(FIXTURES["iia"][0], denoiser=model("vpcos"))
+            if kind == "cal_other_model":
+                return draw("vpcos", "dpmpp_2m", 6, calibration=str(FIXTURES["cal"][0]))
+            if kind == "cal_other_sampler":
+                return draw("vp", "ddim", 6, calibration=str(FIXTURES["cal"][0]))
+            if kind == "iia_other_model_sample":
+                c = samplerlab.iia.load(FIXTURES["iia"][0])
+                return draw("vpcos", "iia_ddim", 6, coeffs=c)
+            raise KeyError(kind)
+
+        return _err(run)
+
+    for kind in (
+        "iia_corrupt",
+        "cal_corrupt",
+        "iia_missing",
+        "cal_missing",
+        "iia_other_model",
+        "cal_other_model",
+        "cal_other_sampler",
+        "iia_other_model_sample",
+    ):
+        add(Case(f"error/file_{kind}", f"file error: {kind}", bad_file(kind)))
+    # Denoiser wrappers (samplerlab.denoisers) around the analytic models and a tiny network.
+    for m in WRAPPED:
+        for name in (
+            "ddim",
+            "dpmpp_2m",
+            "edm_heun",
+            "euler_ancestral",
+            "unipc",
+            "dpm_solver_3",
+            "ddpm",
+            "srds",
+            "paradigms",
+            "rmm",
+            "iia_ddim",
+        ):
+            add(_sample_case(m, name, 6, "default"))
+    for name in ("pmm", "rmm_parallel", "lms", "dpmpp_3m_sde"):
+        add(_sample_case("edm_net", name, 6, "default"))
+        add(_sample_case("vp_eps", name, 6, "default"))
+    # Model fingerprints (coefficient and calibration files are bound to them).
+    # (Not of edm_wrap / edm_net: a plain function's fingerprint is its repr's hash, which
+    # holds its memory address and so differs between runs.)
+    for m in ("vp", "vpcos", "edm", "cond", "cond_edm", *WRAPPED):
+        if m in ("edm_wrap", "edm_net"):
+            continue
+        add(
+            Case(
+                f"fingerprint/{m}",
+                f"samplerlab.iia.fingerprint of {m}",
+                lambda m=m: {"fp": _text(str(samplerlab.iia.fingerprint(model(m))))},
+            )
+        )
+    # Per-row grids ([N+1, n]: each sample its own time points).
+    rows = grid[:, None] * torch.linspace(0.5, 1.0, N, dtype=torch.float64)[None, :]
+    for name in (
+        "ddim",
+        "dpmpp_2m",
+        "edm_heun",
+        "euler_ancestral",
+        "unipc",
+        "dpm_solver_2",
+        "ddpm",
+        "srds",
+        "paradigms",
+        "iia_ddim",
+        "lms",
+        "rmm",
+    ):
+        add(
+            Case(
+                f"rows/vp/{name}",
+                f"{name} on a per-row grid",
+                functools.partial(draw, "vp", name, 6, sigmas=rows),
+            )
+        )
+    # A model that turns non-finite (the re-run names the round).
+    for name in ("ddim", "dpmpp_2m", "srds", "edm_heun"):
+        add(
+            Case(
+                f"error/nonfinite_{name}",
+                f"{name} on a model that is NaN below sigma 1",
+                _err(lambda name=name: draw("vp", name, 6, denoiser=NaNBelow(1.0))),
+            )
+        )
+    # Registry plans: grid steps, NFE rule, steps for NFE budgets, determinism.
+    for name in SAMPLERS:
+        spec = get_sampler(name)
+        sets = {"default": {}}
+        for opt in spec.stochastic_options:
+            sets[opt] = {opt: 1.0}
+        sets.update(VARIANTS.get(name, {}))
+        for tag, opts in sets.items():
+            add(
+                Case(
+                    f"spec/{name}/{tag}",
+                    f"registry plan of {name} with {opts}",
+                    functools.partial(spec_out, name, opts),
+                    f"spec/{name}/{tag}" in QUICK,
+                )
+            )
     # 6. validation: what each bad input raises (type and message).
     den = model("vp")
 
@@ -644,6 +1064,7 @@ def _mask(text: str) -> str:
     import samplerlab
 
     root = str(Path(samplerlab.__file__).resolve().parent.parent)
+    text = text.replace(str(TMP), "<tmp>").replace(str(HERE), "<benchmarks>")
     text = text.replace(root, "<root>")
     return re.sub(r"0x[0-9a-fA-F]+", "0x?", text)
 
@@ -685,7 +1106,11 @@ def compute(cases: list[Case], verbose: bool = False) -> dict[str, dict[str, Ten
 def _commit() -> str:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -794,7 +1219,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     loggers = [
         logging.getLogger(n)
-        for n in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning")
+        for n in (
+            "lightning.pytorch",
+            "lightning.fabric",
+            "pytorch_lightning",
+            "lightning",
+        )
     ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -809,6 +1239,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--write writes the whole baseline; drop --only/--quick")
         chosen = select(cases, args.only, args.quick)
         t0 = time.perf_counter()
+        if args.write:
+            with _quiet():
+                write_fixtures()
         results = compute(chosen, args.verbose)
         seconds = time.perf_counter() - t0
         if args.write:

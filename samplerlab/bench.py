@@ -337,7 +337,8 @@ def _std(values: Sequence[float]) -> float | None:
 
 
 def _sample(model, name, steps, shape, seeds, device, dtype, opts, kwargs):
-    from .samplers.api import sample
+    # samplerlab.sample: a coefficient file's path (iia_ddim.coeffs=FILE) is loaded there.
+    from .sample import sample
 
     return sample(
         model, name, steps=steps, shape=shape, seeds=seeds, device=device, dtype=dtype,

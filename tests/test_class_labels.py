@@ -119,7 +119,7 @@ def test_per_sample_labels_batch_equals_each_sample_alone(folder, name, options)
 def test_sharded_replicas_keep_each_rows_label(folder):
     """Rows split over replicas (ShardedDenoiser) keep their samples' labels, also for
     gathered rows (pmm) and for copies of the batch (srds)."""
-    from samplerlab.samplers.parallel import ShardedDenoiser
+    from samplerlab.samplers.sharding import ShardedDenoiser
 
     labels = torch.tensor([0, 1, 2, 1, 0])
     den = from_diffusers(folder, dtype=F64, class_labels=labels)

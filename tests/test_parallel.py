@@ -11,7 +11,8 @@ import samplerlab as sl
 import samplerlab.samplers as ss
 from samplerlab.samplers.denoisers import CountingDenoiser
 from samplerlab.samplers.noise import PerSampleNoise
-from samplerlab.samplers.parallel import ShardedDenoiser, predraw_noise
+from samplerlab.samplers.parallel import predraw_noise
+from samplerlab.samplers.sharding import ShardedDenoiser
 
 ROOT = Path(__file__).resolve().parents[1]
 
