@@ -156,7 +156,7 @@ def finish_fit(
         "sampler": sampler,
         "base": fit.iia_form.base,
         "steps": steps,
-        "nfe": plan.spec.nfe(steps),
+        "nfe": int(plan.spec.nfe(steps)),  # exact for the IIA samplers
         "M": s["M"],
         "num_samples": s["num_samples"],
         "r": s["r"],
