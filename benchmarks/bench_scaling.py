@@ -192,7 +192,7 @@ def scaling(ns: list[int], steps: int, n_steps: int, steps_axis: list[int], repe
                 return sl.sample(den, name, steps=s, shape=shape, seeds=range(shape[0]), **opts)
 
             res = run()  # warm-up; its realised NFE (PMM: its fine chain) sizes the floor
-            stochastic = not spec.is_deterministic(opts)
+            stochastic = not spec.deterministic(opts)
             floor = floor_ddpm if stochastic else floor_ddim
             if name == "pmm":  # PMM's arithmetic is its whole fine chain of sub-steps
                 grid = res.sigmas

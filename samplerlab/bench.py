@@ -270,7 +270,7 @@ def run_bench(
     jobs: list[tuple[str, int, int | None]] = []
     for name in names:
         spec = get_sampler(name)
-        deterministic = spec.is_deterministic(options.get(name))
+        deterministic = spec.deterministic(options.get(name))
         for budget in budgets + ([] if deterministic else [b for b in extra if b not in budgets]):
             jobs.append((name, budget, spec.steps_for_nfe(budget, options.get(name))))
 
@@ -284,7 +284,7 @@ def run_bench(
             continue
         spec = get_sampler(name)
         opts = options.get(name, {})
-        deterministic = spec.is_deterministic(opts)
+        deterministic = spec.deterministic(opts)
         # sample() draws the initial noise from the seeds; deterministic samplers also get
         # it explicitly (stochastic ones must not: their later draws come from the seeds).
         kwargs: dict[str, Any] = {"noise": z} if deterministic else {}
@@ -292,7 +292,7 @@ def run_bench(
             "sampler": name,
             "budget": budget,
             "steps": steps,
-            "expected_nfe": spec.nfe_for(steps, opts),
+            "expected_nfe": spec.nfe(steps, opts),
             "deterministic": deterministic,
             "schedule": schedules.get(name, "default"),
             "options": {k: _jsonable(v) for k, v in opts.items()},
@@ -337,7 +337,8 @@ def _std(values: Sequence[float]) -> float | None:
 
 
 def _sample(model, name, steps, shape, seeds, device, dtype, opts, kwargs):
-    from .samplers.api import sample
+    # samplerlab.sample: a coefficient file's path (iia_ddim.coeffs=FILE) is loaded there.
+    from .sample import sample
 
     return sample(
         model, name, steps=steps, shape=shape, seeds=seeds, device=device, dtype=dtype,

@@ -123,7 +123,7 @@ class OpCount(TorchDispatchMode):
 
 
 def _ops(gmm, name, batch, **opts) -> int:
-    grid_steps, planned = SAMPLERS[name].plan_for(6, opts)
+    grid_steps, planned = SAMPLERS[name].plan(6, opts)
     sig = sl.samplers.build_sigmas(gmm, SAMPLERS[name], grid_steps)
     x = torch.randn(batch, gmm.dim, dtype=F64) * float(sig[0])
     src = PerSampleNoise(range(batch))

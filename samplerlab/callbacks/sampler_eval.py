@@ -107,7 +107,7 @@ def plan_jobs(ev: DictConfig) -> list[Job]:
         options = dict(e.get("options") or {})
         try:
             if e.get("steps"):
-                pairs = [(int(spec.nfe_for(int(s), options)), int(s)) for s in e.steps]
+                pairs = [(int(spec.nfe(int(s), options)), int(s)) for s in e.steps]
             else:
                 budgets = e.get("nfe") or ev.nfe
                 pairs = [(int(b), steps_for_budget(spec, int(b), options)) for b in budgets]
@@ -449,7 +449,7 @@ class Evaluator:
         if not path.is_file():
             raise ConfigError(f"eval.samplers.{job.label}.coeffs: file {path} not found")
         spec = get_sampler(job.sampler)
-        grid_steps, _ = spec.plan_for(job.steps, job.options)
+        grid_steps, _ = spec.plan(job.steps, job.options)
         sigmas = build_sigmas(
             denoiser, spec, grid_steps, job.schedule, job.schedule_options or None
         )

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..callbacks.report import atomic_write, save_samples_png
-    from ..samplers import sample
+    from ..sample import sample  # loads a coeffs=FILE option
     from ..trainer.module import load_checkpoint
 
     check_args(args)

@@ -207,7 +207,7 @@ def sample(
     if noise_device is not None:
         noise_device = check_device(noise_device, "noise_device")
 
-    grid_steps, planned = spec.plan_for(steps, options)
+    grid_steps, planned = spec.plan(steps, options)
     if grid_steps > MAX_GRID_STEPS:
         raise SamplerError(
             f"sampler '{name}' plans {grid_steps} grid steps for steps={steps}, more than "

@@ -31,6 +31,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from .errors import SamplerError
+
 
 class Denoiser(Protocol):
     def __call__(self, x: Tensor, sigma: Tensor, /) -> Tensor: ...
@@ -112,10 +114,6 @@ class DenoiserBase:
         """This denoiser for a call whose row ``j`` belongs to sample ``rows[j]`` of the batch
         (see :func:`take_rows`); without per-sample state, the denoiser itself."""
         return self
-
-
-class SamplerError(ValueError):
-    """Bad input to a sampler, a schedule or the sampling API (one clear line)."""
 
 
 class ModelBase(DenoiserBase):

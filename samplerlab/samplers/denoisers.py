@@ -32,6 +32,7 @@ from .core import (
     has_row_state,
     take_rows,
 )
+from .errors import NonFiniteError
 from .schedules import ContinuousVP, DiscreteVP, VPSchedule
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -370,10 +371,6 @@ class ClippedDenoiser(_Wrapper):
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.inner(x, sigma).clamp(self.lo, self.hi)
-
-
-class NonFiniteError(FloatingPointError):
-    """NaN or Inf met while sampling; the message names the sampler, round and sigma."""
 
 
 class FiniteCheckDenoiser(_Wrapper):
