@@ -449,7 +449,7 @@ def measure_cell(
 
 
 def run_throughput(args: argparse.Namespace, ckpt: Path, results: Results) -> None:
-    from samplerlab.callbacks.sampler_eval import steps_for_budget
+    from samplerlab.evaluation.plan import steps_for_budget
     from samplerlab.trainer.module import load_checkpoint
 
     device = torch.device(args.device)

@@ -6,15 +6,12 @@ import torch
 from omegaconf import OmegaConf
 
 from samplerlab.analytic import GaussianMixture
-from samplerlab.callbacks.features import INCEPTION_FILE, build_features
-from samplerlab.callbacks.sampler_eval import (
-    Evaluator,
-    _stats,
-    fid_from_stats,
-    plan_jobs,
-    steps_for_budget,
-)
 from samplerlab.errors import ConfigError
+from samplerlab.evaluation.evaluator import Evaluator
+from samplerlab.evaluation.features import INCEPTION_FILE, build_features
+from samplerlab.evaluation.fid import fid_from_stats
+from samplerlab.evaluation.fid import stats_of as _stats
+from samplerlab.evaluation.plan import plan_jobs, steps_for_budget
 from samplerlab.samplers import SAMPLERS, get_sampler
 from samplerlab.trainer.config import load_config
 from samplerlab.trainer.data import DiffusionDataModule
@@ -111,7 +108,7 @@ def test_non_finite_is_reported_not_averaged(tmp_path):
     for r in rep["results"]:
         assert r["status"] == "non-finite" and r["fid"] is None
         assert "round" in r["error"]
-    from samplerlab.callbacks.report import write_report
+    from samplerlab.evaluation.report import write_report
 
     write_report(tmp_path / "run", rep)
     md = (tmp_path / "run" / "report.md").read_text()
@@ -122,22 +119,25 @@ def test_non_finite_is_reported_not_averaged(tmp_path):
 def test_iia_fit_integration(tmp_path):
     """IIA samplers get coeffs= fitted on the fly by samplerlab.iia.fit, or from a file."""
     from samplerlab import iia
-    from samplerlab.callbacks.sampler_eval import Job
+    from samplerlab.evaluation.fits import job_coeffs
+    from samplerlab.evaluation.plan import Job
 
-    ev, cfg = make_evaluator(tmp_path, "eval.iia.M=2", "eval.iia.num_samples=4")
-    ev._device = torch.device("cpu")
+    _, cfg = make_evaluator(tmp_path, "eval.iia.M=2", "eval.iia.num_samples=4")
+    cpu = torch.device("cpu")
     mix = exact_gmm(cfg)
-    fitted = ev._coeffs(Job("x", "iia_edm", 11, 6, coeffs="fit"), mix)
+    fitted = job_coeffs(Job("x", "iia_edm", 11, 6, coeffs="fit"), mix, cfg.eval, device=cpu)
     assert isinstance(fitted, iia.IIACoefficients) and fitted.sampler == "iia_edm"
     assert fitted.metadata["M"] == 2 and fitted.metadata["num_samples"] == 4
     assert fitted.mask.any()
     path = iia.save(fitted, tmp_path / "edm.safetensors")
-    loaded = ev._coeffs(Job("x", "iia_edm", 11, 6, coeffs=str(path)), mix)
+    loaded = job_coeffs(Job("x", "iia_edm", 11, 6, coeffs=str(path)), mix, cfg.eval, device=cpu)
     assert isinstance(loaded, iia.IIACoefficients) and loaded.sampler == "iia_edm"
     torch.testing.assert_close(loaded.coeffs, fitted.coeffs, rtol=0, atol=0)
-    assert ev._coeffs(Job("x", "iia_edm", 11, 6, coeffs="default"), None) is None
+    default = Job("x", "iia_edm", 11, 6, coeffs="default")
+    assert job_coeffs(default, None, cfg.eval, device=cpu) is None
+    missing = Job("x", "iia_edm", 11, 6, coeffs=str(tmp_path / "missing.safetensors"))
     with pytest.raises(ConfigError, match="coeffs"):
-        ev._coeffs(Job("x", "iia_edm", 11, 6, coeffs=str(tmp_path / "missing.safetensors")), None)
+        job_coeffs(missing, None, cfg.eval, device=cpu)
 
 
 def test_feature_errors_one_line(tmp_path):
@@ -157,7 +157,7 @@ def test_feature_errors_one_line(tmp_path):
 
 
 def test_shipped_digits_classifier_is_accurate():
-    from samplerlab.callbacks.features import load_classifier, shipped_classifier
+    from samplerlab.evaluation.features import load_classifier, shipped_classifier
     from samplerlab.trainer.data import digits_tensor
 
     path = shipped_classifier("digits")

@@ -68,7 +68,8 @@ def check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..callbacks.report import atomic_write, save_samples_png
+    from ..evaluation.report import save_samples_png
+    from ..fileio import atomic_write
     from ..samplers import sample
     from ..trainer.module import load_checkpoint
 
