@@ -450,7 +450,7 @@ def measure_cell(
 
 def run_throughput(args: argparse.Namespace, ckpt: Path, results: Results) -> None:
     from samplerlab.evaluation.plan import steps_for_budget
-    from samplerlab.trainer.module import load_checkpoint
+    from samplerlab.trainer.checkpoints import load_checkpoint
 
     device = torch.device(args.device)
     module, _ = load_checkpoint(ckpt)
@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
             results.write()
         start = time.perf_counter()
         if "params_m" not in results.meta:
-            from samplerlab.trainer.module import load_checkpoint
+            from samplerlab.trainer.checkpoints import load_checkpoint
 
             results.meta["params_m"] = (
                 sum(p.numel() for p in load_checkpoint(ckpt)[0].net.parameters()) / 1e6

@@ -450,7 +450,7 @@ def test_evaluate_records_checkpoint_and_clears_stale_grids(tmp_path, capsys):
     assert json.loads((out / "report.json").read_text())["checkpoint"]["step"] == report["step"]
     # A coefficient file fitted on this checkpoint (as `iia-fit --ckpt` does) matches it.
     from samplerlab import iia
-    from samplerlab.trainer.module import load_denoiser
+    from samplerlab.trainer.checkpoints import load_denoiser
 
     c = iia.fit(load_denoiser(ckpt), "iia_ddim", steps=4, M=2, num_samples=4, progress=False)
     path = iia.save(c, tmp_path / "c.safetensors")

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import ConfigError
 
 # Training checkpoints: "module:function", function(path) -> denoiser.
-CHECKPOINT_LOADER = "samplerlab.trainer.module:load_denoiser"
+CHECKPOINT_LOADER = "samplerlab.trainer.checkpoints:load_denoiser"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

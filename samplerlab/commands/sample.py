@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.report import save_samples_png
     from ..fileio import atomic_write
     from ..samplers import sample
-    from ..trainer.module import load_checkpoint
+    from ..trainer.checkpoints import load_checkpoint
 
     check_args(args)
     module, _ = load_checkpoint(args.ckpt)

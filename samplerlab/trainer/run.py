@@ -17,17 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from ..callbacks.sampler_eval import SamplerEvalCallback
 from ..errors import ConfigError, TrainingError
 from ..fileio import atomic_write_text
+from .checkpoints import SAFE_GLOBALS, check_resume, load_checkpoint, read_checkpoint
 from .config import check_accelerator, load_config, validate
 from .data import DiffusionDataModule
-from .module import (
-    EMA,
-    SAFE_GLOBALS,
-    DiffusionModule,
-    build_module,
-    check_resume,
-    load_checkpoint,
-    read_checkpoint,
-)
+from .module import EMA, DiffusionModule, build_module
 from .runs import SessionTimer, TrainingSummary, make_timer, run_dir, set_threads
 
 _FIT_WEIGHTS_ONLY = "weights_only" in inspect.signature(pl.Trainer.fit).parameters
