@@ -80,6 +80,18 @@ class SamplerEvalCallback(Callback):
         self.evaluator.check_jobs(denoiser, stage=stage)
         self._checked.add(stage)
 
+    def prefit(self, pl_module: Any, device: torch.device) -> None:
+        """Fit the jobs' calibrated grids and IIA coefficients for ``pl_module``'s weights on
+        ``device`` now, before the trainer that evaluates them starts (``samplerlab
+        evaluate``): no fit stage runs inside it."""
+        from ..iia import fingerprint
+
+        if not self.cfg.eval.enabled:
+            return
+        pl_module.to(device)
+        model_id = fingerprint(pl_module.denoiser_for())
+        self.evaluator.prefit(eval_denoiser(pl_module, self.cfg.eval), device, model_id)
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.evaluator.dist = Dist(trainer.strategy)
         self.check(pl_module, stage)  # also covers trainers started without run.py

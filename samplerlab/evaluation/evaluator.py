@@ -27,6 +27,7 @@ from .checks import check_jobs, check_writable
 from .dist import Dist
 from .features import build_features
 from .fid import fid_from_stats
+from .fits import Fitted, fit_job, quiet_lightning
 from .job import JobContext, run_job
 from .plan import Job, plan_jobs
 from .real import RealData, RealStatistics, dataset_id
@@ -67,11 +68,31 @@ class Evaluator:
         self.model_id: str | None = None  # fingerprint of the evaluated model's weights
         self.checkpoint: dict[str, Any] | None = None  # path, epoch, step (``evaluate``)
         self.progress = bool(cfg.trainer.get("enable_progress_bar", True))
+        self.fitted: dict[str, Fitted] = {}  # by repr(job), for the weights fitted_for
+        self.fitted_for: str | None = None
 
     def check_jobs(self, denoiser: Any, stage: str = "validate") -> None:
         """Dry-run every job on an analytic stand-in of ``denoiser``
         (:func:`.checks.check_jobs`)."""
         check_jobs(self.jobs, denoiser, self.ev, self.dm.shape, stage=stage, model_id=self.model_id)
+
+    def prefit(self, denoiser: Any, device: torch.device, model_id: str) -> None:
+        """Fit now what the jobs need fitted (calibrated grids, IIA coefficients) for the
+        weights ``model_id``, before any trainer runs (``samplerlab evaluate`` calls it
+        before ``Trainer.validate``); jobs whose rows will be read back are skipped. A fit's
+        error is kept and becomes its job's error row."""
+        self.model_id = self.fitted_for = model_id
+        ev = self.ev
+        done = RowStore(self.out_dir / "rows.jsonl").load() if ev.resume else {}
+        with quiet_lightning(), torch.no_grad():
+            for job in self.jobs:
+                if job.calibration is None and job.coeffs != "fit":
+                    continue  # nothing to fit (a coefficient file is loaded by its job)
+                if self.job_key(job) in done:
+                    continue
+                self.fitted[repr(job)] = fit_job(
+                    job, denoiser, ev, self.dm.shape, device, model_id=model_id
+                )
 
     def cache_path(self) -> Path:
         """The real-statistics cache file (:meth:`.real.RealStatistics.path`)."""
@@ -137,7 +158,9 @@ class Evaluator:
         real = self.real_stats(device)
         if ev.fid_floor and self._floor is None:  # computed once per set of real statistics
             self._floor = fid_from_stats(real["even"], real["odd"])
-        ctx = JobContext(ev, d, self.features, tuple(self.dm.shape), real, device, model_id)
+        shape = tuple(self.dm.shape)
+        fitted = self.fitted if model_id == self.fitted_for else {}
+        ctx = JobContext(ev, d, self.features, shape, real, device, model_id, fitted)
         store = RowStore(self.out_dir / "rows.jsonl")
         done = d.broadcast(store.load() if d.rank == 0 else None) if ev.resume else {}
         keys = [self.job_key(j) for j in self.jobs]

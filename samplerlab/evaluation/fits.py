@@ -11,6 +11,7 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,38 @@ def quiet_trainer_kwargs(device: torch.device) -> dict[str, Any]:
         "enable_checkpointing": False,
         "enable_model_summary": False,
     }
+
+
+@dataclass
+class Fitted:
+    """What :func:`fit_job` fitted or loaded for a job: its calibrated grid and IIA
+    coefficients (None: the schedule, the default coefficients), or the error that stopped
+    it (the job's error row; a calibration fitted before the error is kept for its cost)."""
+
+    calibration: Any = None
+    coeffs: Any = None
+    error: Exception | None = None
+
+
+def fit_job(
+    job: Job,
+    denoiser: Any,
+    ev: Any,
+    shape: Sequence[int],
+    device: torch.device,
+    *,
+    model_id: str | None = None,
+) -> Fitted:
+    """The calibration of ``job``, then its IIA coefficients on the grid it samples on."""
+    out = Fitted()
+    try:
+        out.calibration = job_calibration(ev, job, denoiser, shape, device)
+        out.coeffs = job_coeffs(
+            job, denoiser, ev, device=device, model_id=model_id, calibration=out.calibration
+        )
+    except Exception as e:  # of any type: the job's error row
+        out.error = e
+    return out
 
 
 # --- IIA coefficients ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from ..samplers.core import SamplerError
 from ..samplers.denoisers import _Wrapper
 from .dist import Dist, gather_rows
 from .fid import bootstrap_fid_std, fid_from_stats, stats_of
-from .fits import cost_fields, cost_note, job_calibration, job_coeffs
+from .fits import Fitted, cost_fields, cost_note, fit_job
 from .plan import Job, one_line
 
 
@@ -57,6 +57,8 @@ class JobContext:
     real: dict[str, Any]  # the real statistics (samplerlab.evaluation.real)
     device: torch.device
     model_id: str | None = None  # the evaluated weights' fingerprint
+    # Fitted before the evaluation started (``Evaluator.prefit``), by ``repr(job)``.
+    fitted: dict[str, Fitted] = field(default_factory=dict)
 
 
 @dataclass
@@ -88,17 +90,17 @@ def run_job(job: Job, denoiser: Any, ctx: JobContext) -> JobResult:
         spec = get_sampler(job.sampler)
         if "max_rows" in spec.option_names() and "max_rows" not in options:
             options["max_rows"] = int(ev.max_rows)
-    calibration = None
+    fitted = ctx.fitted.get(repr(job)) or fit_job(
+        job, denoiser, ev, ctx.shape, device, model_id=ctx.model_id
+    )
+    calibration = fitted.calibration
     try:
-        if job.calibration is not None:
-            calibration = job_calibration(ev, job, denoiser, ctx.shape, device)
-            # The calibrated grid replaces the schedule.
+        if calibration is not None:  # the calibrated grid replaces the schedule
             options["calibration"] = calibration
-        coeffs = job_coeffs(
-            job, denoiser, ev, device=device, model_id=ctx.model_id, calibration=calibration
-        )
-        if coeffs is not None:
-            options["coeffs"] = coeffs
+        if fitted.error is not None:
+            raise fitted.error
+        if fitted.coeffs is not None:
+            options["coeffs"] = fitted.coeffs
             if not ev.iia.check_model:  # the user's explicit override
                 options["allow_fingerprint_mismatch"] = True
         for start in range(0, len(seeds), ev.batch_size):

@@ -185,6 +185,9 @@ def evaluate(ckpt: str, files: list[str], overrides: list[str]) -> dict[str, Any
         )
     evalcb = SamplerEvalCallback(cfg, dm, out_dir, checkpoint=ckpt)
     trainer = make_trainer(cfg, out_dir, [evalcb], checkpoints=False)
+    evalcb.check(module, stage="validate")  # every job dry-runs before any fit
+    # The jobs' IIA and calibration fits run here, before Trainer.validate (not inside it).
+    evalcb.prefit(module, trainer.strategy.root_device)
     trainer.validate(module, datamodule=dm, verbose=False)
     _finish_loggers(trainer)
     return {"trainer": trainer, "reports": evalcb.reports, "out_dir": out_dir}
