@@ -1,8 +1,10 @@
 """One evaluation job -> its row: sample ``eval.num_samples`` seeds (sharded over the ranks),
 check them, score them with FID against the real statistics.
 
-Faults are rows, not crashes: an exception of any type is the job's ``error`` row; NaN/Inf
-samples are ``non-finite``; a sample set far outside the data's range is ``diverged`` (see
+Faults are rows, not crashes: an exception of any type is the job's ``error`` row (a
+network output of another shape than its input is refused by ``sample()``'s counting
+wrapper, :class:`samplerlab.samplers.denoisers.CountingDenoiser`); NaN/Inf samples are
+``non-finite``; a sample set far outside the data's range is ``diverged`` (see
 :func:`range_ratio`). Every rank reaches the same status before any collective, so one
 rank's failure never leaves the others waiting.
 """
@@ -17,25 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from ..samplers import NonFiniteError, get_sampler, sample
-from ..samplers.core import SamplerError
-from ..samplers.denoisers import _Wrapper
 from .dist import Dist, gather_rows
 from .fid import bootstrap_fid_std, fid_from_stats, stats_of
 from .fits import Fitted, cost_fields, cost_note, fit_job
 from .plan import Job, one_line
-
-
-class ShapeCheckedDenoiser(_Wrapper):
-    """Refuses a network output whose shape differs from its input's (a silent broadcast
-    would give wrong samples): the job becomes an error row naming both shapes."""
-
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        out = self.inner(x, sigma)
-        if tuple(out.shape) != tuple(x.shape):
-            raise SamplerError(
-                f"the denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)}"
-            )
-        return out
 
 
 def range_ratio(x_absmax: float, lo: float, hi: float) -> float:
@@ -106,7 +93,7 @@ def run_job(job: Job, denoiser: Any, ctx: JobContext) -> JobResult:
         for start in range(0, len(seeds), ev.batch_size):
             batch = seeds[start : start + ev.batch_size]
             res = sample(
-                ShapeCheckedDenoiser(denoiser),
+                denoiser,  # sample()'s counting wrapper refuses an output of another shape
                 job.sampler,
                 steps=job.steps,
                 shape=(len(batch), *ctx.shape),
