@@ -267,7 +267,7 @@ def run_bench(
 
     jobs = []
     for name in names:
-        deterministic = get_sampler(name).is_deterministic(options.get(name))
+        deterministic = get_sampler(name).deterministic(options.get(name))
         more = [] if deterministic else [b for b in extra if b not in budgets]
         jobs += plan_sampler(name, name, options.get(name), budgets=budgets + more)
 
@@ -280,7 +280,7 @@ def run_bench(
         bar.set_postfix_str(f"{name}@{budget}")
         spec = get_sampler(name)
         opts = options.get(name, {})
-        deterministic = spec.is_deterministic(opts)
+        deterministic = spec.deterministic(opts)
         # sample() draws the initial noise from the seeds; deterministic samplers also get
         # it explicitly (stochastic ones must not: their later draws come from the seeds).
         kwargs: dict[str, Any] = {"noise": z} if deterministic else {}
@@ -288,7 +288,7 @@ def run_bench(
             "sampler": name,
             "budget": budget,
             "steps": steps,
-            "expected_nfe": spec.nfe_for(steps, opts),
+            "expected_nfe": spec.nfe(steps, opts),
             "deterministic": deterministic,
             "schedule": schedules.get(name, "default"),
             "options": {k: _jsonable(v) for k, v in opts.items()},
@@ -333,7 +333,8 @@ def _std(values: Sequence[float]) -> float | None:
 
 
 def _sample(model, name, steps, shape, seeds, device, dtype, opts, kwargs):
-    from .samplers.api import sample
+    # samplerlab.sample: a coefficient file's path (iia_ddim.coeffs=FILE) is loaded there.
+    from .sample import sample
 
     return sample(
         model, name, steps=steps, shape=shape, seeds=seeds, device=device, dtype=dtype,

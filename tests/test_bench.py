@@ -21,7 +21,7 @@ from samplerlab.samplers.noise import PerSampleNoise
 
 
 def _spec(nfe) -> SamplerSpec:
-    return SamplerSpec("toy", sample_euler, "toy", deterministic=True, nfe=nfe)
+    return SamplerSpec("toy", sample_euler, "toy", nfe_rule=lambda steps, options: nfe(steps))
 
 
 def test_steps_for_nfe_inverts_the_registry_nfe():

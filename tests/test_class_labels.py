@@ -72,7 +72,7 @@ def test_rows_that_name_no_samples_are_refused(folder):
 
 
 def test_pmm_midpoints_get_their_own_samples_labels(folder):
-    """The issue's case: PMM gathers its midpoint rows; with labels they must be each
+    """The bug case: PMM gathers its midpoint rows; with labels they must be each
     sample's own (before: max-abs 0.42 against each sample alone)."""
     labels = torch.tensor([0, 1, 2, 1, 0, 2])
     den = from_diffusers(folder, dtype=F64, class_labels=labels)
@@ -119,7 +119,7 @@ def test_per_sample_labels_batch_equals_each_sample_alone(folder, name, options)
 def test_sharded_replicas_keep_each_rows_label(folder):
     """Rows split over replicas (ShardedDenoiser) keep their samples' labels, also for
     gathered rows (pmm) and for copies of the batch (srds)."""
-    from samplerlab.samplers.parallel import ShardedDenoiser
+    from samplerlab.samplers.sharding import ShardedDenoiser
 
     labels = torch.tensor([0, 1, 2, 1, 0])
     den = from_diffusers(folder, dtype=F64, class_labels=labels)

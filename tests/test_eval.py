@@ -59,9 +59,9 @@ def test_plan_budgets_count_the_entry_options():
     )
     spec = get_sampler("rmm_pc")
     (job,), (fixed,) = ([j for j in plan_jobs(cfg.eval) if j.label == lab] for lab in ("pc", "pc3"))
-    assert job.steps == 3 and spec.nfe_for(job.steps, job.options) <= 20
-    assert spec.nfe_for(job.steps + 1, job.options) > 20
-    assert fixed.budget == int(spec.nfe_for(3, {"corrector_steps": 3})) == 17  # 5 + 2*3*2
+    assert job.steps == 3 and spec.nfe(job.steps, job.options) <= 20
+    assert spec.nfe(job.steps + 1, job.options) > 20
+    assert fixed.budget == int(spec.nfe(3, {"corrector_steps": 3})) == 17  # 5 + 2*3*2
 
 
 def test_fid_from_stats_matches_closed_form():

@@ -200,8 +200,8 @@ def test_batch_equals_row_by_row_and_nfe(gmm, name):
     ]
     assert torch.allclose(full.x, torch.cat(rows), atol=1e-12)
     spec = sl.get_sampler(name)
-    assert full.nfe == spec.nfe(6, **({"dim": gmm.dim} if name == "rmm_parallel" else {}))
-    assert spec.nfe_exact == (name != "rmm_parallel") and not spec.deterministic
+    assert full.nfe == spec.nfe(6, {"K": rp.default_K(gmm.dim)} if name == "rmm_parallel" else {})
+    assert spec.nfe_exact == (name != "rmm_parallel") and not spec.deterministic()
 
 
 @pytest.mark.parametrize("form", rmm.FORMS)

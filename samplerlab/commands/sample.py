@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..evaluation.report import save_samples_png
     from ..fileio import atomic_write
-    from ..samplers import sample
+    from ..sample import sample  # loads a coeffs=FILE option
     from ..trainer.checkpoints import load_checkpoint
 
     check_args(args)

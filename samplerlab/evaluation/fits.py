@@ -20,6 +20,7 @@ import torch
 from ..errors import ConfigError
 from ..samplers import get_sampler
 from ..samplers.api import build_sigmas
+from .dist import Dist
 from .plan import Job, one_line
 
 
@@ -73,13 +74,21 @@ def fit_job(
     device: torch.device,
     *,
     model_id: str | None = None,
+    dist: Dist | None = None,
 ) -> Fitted:
-    """The calibration of ``job``, then its IIA coefficients on the grid it samples on."""
+    """The calibration of ``job``, then its IIA coefficients on the grid it samples on
+    (``dist``: the world the IIA fit is sharded over)."""
     out = Fitted()
     try:
         out.calibration = job_calibration(ev, job, denoiser, shape, device)
         out.coeffs = job_coeffs(
-            job, denoiser, ev, device=device, model_id=model_id, calibration=out.calibration
+            job,
+            denoiser,
+            ev,
+            device=device,
+            model_id=model_id,
+            calibration=out.calibration,
+            dist=dist,
         )
     except Exception as e:  # of any type: the job's error row
         out.error = e
@@ -98,7 +107,7 @@ def load_coeffs(job: Job, denoiser: Any, ev: Any, model_id: str | None = None) -
     if not path.is_file():
         raise ConfigError(f"eval.samplers.{job.label}.coeffs: file {path} not found")
     spec = get_sampler(job.sampler)
-    grid_steps, _ = spec.plan_for(job.steps, job.options)
+    grid_steps, _ = spec.plan(job.steps, job.options)
     sigmas = build_sigmas(denoiser, spec, grid_steps, job.schedule, job.schedule_options or None)
     try:
         coeffs = iia.load(path, sigmas=sigmas)
@@ -122,31 +131,37 @@ def job_coeffs(
     device: torch.device,
     model_id: str | None = None,
     calibration: Any = None,
+    dist: Dist | None = None,
 ) -> Any:
     """IIA coefficients for ``job``: a file, fitted now (``eval.iia``: M, num_samples, seed;
-    on the grid the job samples on: its schedule or ``calibration``), or None (defaults)."""
+    on the grid the job samples on: its schedule or ``calibration``), or None (defaults).
+
+    The fit is :func:`samplerlab.iia.fit_coefficients` in this process (no Lightning
+    trainer): its fitting noises are sharded over ``dist``'s ranks and the least-squares
+    sums all-reduced, so every rank gets the same coefficients (a collective call)."""
     if job.coeffs in (None, "default"):
         return None
     if job.coeffs != "fit":
         return load_coeffs(job, denoiser, ev, model_id)  # once per job, not once per batch
-    from .. import iia  # Lightning-backed fit stage, imported only when asked for
+    from ..iia import fit_coefficients
 
-    c = ev.iia
-    with quiet_lightning():  # no nested banners or bars under the evaluation's bar
-        return iia.fit(
-            denoiser,
-            job.sampler,
-            steps=job.steps,
-            # The grid the job samples on: the schedule, or a calibrated grid.
-            schedule=job.schedule if calibration is None else None,
-            schedule_options=(job.schedule_options or None) if calibration is None else None,
-            calibration=calibration,
-            M=c.M,
-            num_samples=c.num_samples,
-            seed=c.seed,
-            progress=False,
-            trainer_kwargs=quiet_trainer_kwargs(device),
-        )
+    c, d = ev.iia, dist or Dist()
+    return fit_coefficients(
+        denoiser,
+        job.sampler,
+        # This rank's fitting noises; the sums of all ranks' (one process: all of them).
+        all_reduce=d.sum if d.world > 1 else None,
+        indices=range(d.rank, int(c.num_samples), d.world) if d.world > 1 else None,
+        world_size=d.world,
+        steps=job.steps,
+        # The grid the job samples on: the schedule, or a calibrated grid.
+        schedule=job.schedule if calibration is None else None,
+        schedule_options=(job.schedule_options or None) if calibration is None else None,
+        calibration=calibration,
+        M=c.M,
+        num_samples=c.num_samples,
+        seed=c.seed,
+    )
 
 
 # --- calibrated grids ------------------------------------------------------------------------

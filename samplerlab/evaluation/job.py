@@ -78,7 +78,7 @@ def run_job(job: Job, denoiser: Any, ctx: JobContext) -> JobResult:
         if "max_rows" in spec.option_names() and "max_rows" not in options:
             options["max_rows"] = int(ev.max_rows)
     fitted = ctx.fitted.get(repr(job)) or fit_job(
-        job, denoiser, ev, ctx.shape, device, model_id=ctx.model_id
+        job, denoiser, ev, ctx.shape, device, model_id=ctx.model_id, dist=d
     )
     calibration = fitted.calibration
     try:

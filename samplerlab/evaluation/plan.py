@@ -65,7 +65,7 @@ def plan_sampler(
     spec = get_sampler(name)
     opts = dict(options or {})
     if steps:
-        pairs = [(int(spec.nfe_for(int(s), opts)), int(s)) for s in steps]
+        pairs = [(int(spec.nfe(int(s), opts)), int(s)) for s in steps]
     else:
         pairs = [(int(b), steps_for_budget(spec, int(b), opts)) for b in budgets]
     return [

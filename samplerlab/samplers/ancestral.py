@@ -12,7 +12,8 @@ import math
 import torch
 from torch import Tensor
 
-from .core import Denoiser, Grid, SamplerError, append_dims, to_d, where_rows
+from .core import Denoiser, Grid, append_dims, to_d, where_rows
+from .errors import SamplerError
 from .multistep import grid64, positive_next
 from .noise import NoiseSource, randn_like
 from .sde import ancestral_step_sigmas

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import Denoiser, Grid, SamplerError, append_dims, where_rows
+from .core import Denoiser, Grid, append_dims, where_rows
+from .errors import SamplerError
 from .multistep import d2_factor, grid64, positive_next, push
 from .noise import NoiseSource, randn_like
 
