@@ -201,3 +201,49 @@ def test_wandb_offline_run_holds_fid_keys(tmp_path, monkeypatch):
     assert files, list((tmp_path / "wb").rglob("*"))
     for key in keys:
         assert key in data, key
+
+
+def test_iia_fit_of_a_job_is_sharded_over_the_evaluations_ranks(tmp_path):
+    """Two ranks (threads) fit a job's coefficients on halves of the fitting noises and
+    all-reduce through Dist: the coefficients one process fits, on every rank."""
+    import threading
+
+    from samplerlab.evaluation.dist import Dist
+    from samplerlab.evaluation.fits import job_coeffs
+    from samplerlab.evaluation.plan import Job
+
+    _, cfg = make_evaluator(tmp_path, "eval.iia.M=2", "eval.iia.num_samples=7")
+    mix, cpu = exact_gmm(cfg), torch.device("cpu")
+    job = Job("x", "iia_edm", 11, 6, coeffs="fit")
+    one = job_coeffs(job, mix, cfg.eval, device=cpu)
+    barrier, parts, out, seen = threading.Barrier(2), {}, {}, {0: [], 1: []}
+
+    class Strategy:  # the collectives Dist reads of a Lightning strategy
+        world_size = 2
+
+        def __init__(self, rank):
+            self.global_rank = rank
+
+        def reduce(self, t, reduce_op):
+            assert reduce_op == "sum"
+            parts[self.global_rank] = t.clone()
+            barrier.wait()
+            total = parts[0] + parts[1]
+            barrier.wait()
+            seen[self.global_rank].append(not torch.equal(parts[0], parts[1]))
+            return total
+
+    def run(rank):
+        out[rank] = job_coeffs(job, mix, cfg.eval, device=cpu, dist=Dist(Strategy(rank)))
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Every fitted step all-reduced on both ranks, each rank holding its own noises.
+    assert seen[0] and seen[0] == seen[1] and all(seen[0])
+    for rank in (0, 1):
+        assert torch.equal(out[rank].mask, one.mask)
+        torch.testing.assert_close(out[rank].coeffs, one.coeffs, rtol=1e-12, atol=1e-14)
+        assert out[rank].metadata["world_size"] == 2 and out[rank].metadata["num_samples"] == 7
