@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from ..errors import ConfigError, TrainingError
+from ..samplers.core import SamplerError
 from ..samplers.denoisers import EDMDenoiser, VPDenoiser
 from ..samplers.schedules import DiscreteVP, betas_for
 from .networks import build_backbone, load_pretrained, unet_config
@@ -109,23 +110,38 @@ class DiffusionModule(pl.LightningModule):
     def make_denoiser(
         self, net: nn.Module, labels: Tensor | None = None, compile: bool | dict = False
     ) -> Any:
-        """``net`` as ``D(x, sigma)``; ``labels`` (per sample) are bound by closure;
+        """``net`` as ``D(x, sigma)``, and for a class-conditional model also as the
+        conditional ``D(x, sigma, cond)`` of :mod:`samplerlab.samplers.conditioning`
+        (``cond``: one class label per row of ``x``; the null label ``num_classes``, or any
+        negative label, is "no condition"; ``sample(..., cond=labels, guidance=w,
+        uncond=module.null_label)``). Without ``cond`` the model is called with
+        ``labels`` (per sample, bound by closure: training) or else the null label.
         ``compile``: ``torch.compile`` the network call (``True``: CUDA graphs)."""
         m = self.cfg.model
+        k = self.num_classes
 
-        def call(x: Tensor, t: Tensor) -> Tensor:
+        def call(x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
             y = None
-            if self.num_classes > 0:
+            if cond is not None:
+                if k == 0:
+                    raise SamplerError(
+                        "cond=: this model is unconditional (model.num_classes=0); train it "
+                        "with model.num_classes=K and data.conditional=true to pass labels"
+                    )
+                # Rows aligned with x's by the conditioning wrapper; negative: the null label.
+                y = cond.to(x.device, torch.long)
+                y = torch.where(y < 0, torch.full_like(y, k), y)
+            elif k > 0:
                 y = labels
                 if y is None:  # unconditional: the null class
-                    y = torch.full((x.shape[0],), self.num_classes, device=x.device)
+                    y = torch.full((x.shape[0],), k, device=x.device)
                 elif y.shape[0] != x.shape[0]:  # batched time points of the same samples
                     y = y.repeat(x.shape[0] // y.shape[0])
             return net(x, t, y).to(x.dtype)
 
         if self.param == "edm":
             return EDMDenoiser(
-                lambda x, c_noise: call(x, EDM_TIME_SCALE * c_noise),
+                lambda x, c_noise, *cond: call(x, EDM_TIME_SCALE * c_noise, *cond),
                 sigma_data=m.sigma_data,
                 sigma_min=m.sigma_min,
                 sigma_max=m.sigma_max,
@@ -140,6 +156,14 @@ class DiffusionModule(pl.LightningModule):
             data_shape=self.data_shape,
             compile=compile,
         )
+
+    @property
+    def null_label(self) -> Tensor:
+        """The "no condition" label of a class-conditional model (``uncond=`` of
+        classifier-free guidance): ``[num_classes]``, the class that label dropout trains."""
+        if self.num_classes == 0:
+            raise ConfigError("model.num_classes: an unconditional model has no null label")
+        return torch.tensor([self.num_classes])
 
     @property
     def denoiser(self) -> Any:
@@ -161,9 +185,17 @@ class DiffusionModule(pl.LightningModule):
         return self.make_denoiser(self.net, labels)(x, sigma)
 
     def _labels(self, y: Tensor, gen: torch.Generator) -> Tensor | None:
+        """The training labels of a class-conditional model: label dropout (Ho & Salimans
+        2022, "Classifier-Free Diffusion Guidance", Algorithm 1: the condition is replaced by
+        the null label with probability ``p_uncond``) trains the conditional and the
+        unconditional model in one network; unlabelled items (``y < 0``), and every item
+        when ``data.conditional`` is false (a conditional fine-tune source on unlabelled
+        use), get the null label."""
         if self.num_classes == 0:
             return None
         drop = torch.rand(y.shape, generator=gen, device=y.device) < self.cfg.model.p_uncond
+        if not OmegaConf.select(self.cfg, "data.conditional", default=True):
+            drop = torch.ones_like(drop)
         return torch.where(drop | (y < 0), torch.full_like(y, self.num_classes), y)
 
     def loss(self, batch: Any, gen: torch.Generator) -> Tensor:
@@ -300,9 +332,20 @@ def unet_config_for(cfg: DictConfig, shape: tuple[int, ...]) -> dict[str, Any]:
 
 
 def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int) -> DiffusionModule:
-    """A new module from the run config; fine-tunes from ``model.pretrained`` if set."""
-    config = OmegaConf.to_container(cfg, resolve=True)
+    """A new module from the run config; fine-tunes from ``model.pretrained`` if set.
+
+    ``data.conditional=true`` with ``model.num_classes=0`` takes the data's number of
+    classes (recorded in ``cfg``, hence in the saved config and the checkpoint).
+    """
     m = cfg.model
+    if cfg.data.conditional and m.num_classes == 0 and m.pretrained is None:
+        if num_classes < 1:
+            raise ConfigError(
+                f"data.conditional: the {cfg.data.name} data have no class labels "
+                "(image_folder: one subfolder per class)"
+            )
+        m.num_classes = int(num_classes)
+    config = OmegaConf.to_container(cfg, resolve=True)
     if m.pretrained is None:
         return DiffusionModule(config, data_shape, num_classes)
     ucfg, sched, state = load_pretrained(m.pretrained)
