@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from samplerlab.callbacks.features import RawFeatures
+from samplerlab.callbacks.fid import fid_from_stats, stats_of
 from torch import nn
 
 import samplerlab as sl
 from samplerlab.analytic import ClassConditionalMixture
-from samplerlab.callbacks.features import RawFeatures
-from samplerlab.callbacks.fid import fid_from_stats, stats_of
 from samplerlab.cli import main
 from samplerlab.errors import ConfigError
 from samplerlab.guidance_eval import (

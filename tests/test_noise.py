@@ -312,7 +312,7 @@ def test_cuda_draws_match_cpu_draws(kind, dtype):
     assert torch.equal(ua, ub.cpu())
 
 
-STOCHASTIC = [name for name, spec in sl.samplers.SAMPLERS.items() if not spec.is_deterministic()]
+STOCHASTIC = [name for name, spec in sl.samplers.SAMPLERS.items() if not spec.deterministic()]
 
 
 @pytest.mark.parametrize("name", STOCHASTIC)

@@ -9,7 +9,7 @@ Its default generator (``kind="splitmix"``) is counter-based, as JAX's and cuRAN
 (Salmon, Moraes, Dror & Shaw 2011, "Parallel random numbers: as easy as 1, 2, 3"), and
 computes a whole batch's draw in a few vectorised integer kernels on the sampling device:
 
-* each seed is keyed once by Philox4x32-10 (Salmon et al. 2011, §4.2; the counter 0 under
+* each seed is keyed once by Philox4x32-10 (Salmon et al. 2011, Sec. 4.2; the counter 0 under
   the seed's two 32-bit words as key): a 64-bit stream key ``K_k``;
 * draw ``j`` of sample ``k`` has the row value ``R_kj = mix(K_k + D_j)`` and element pair
   ``p`` the 64 bits ``mix(R_kj + C_p)``, where ``mix`` is SplitMix64's output function
@@ -42,7 +42,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .core import SamplerError
+from .errors import SamplerError
 
 NOISE_KINDS = ("splitmix", "philox", "generator")
 # Largest difference between the same draw made on a CUDA device and on the CPU.
@@ -50,7 +50,7 @@ DEVICE_TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 
 _MASK32 = 0xFFFFFFFF
 _MASK64 = (1 << 64) - 1
-# Philox4x32 multipliers and Weyl key increments (Salmon et al. 2011, §4.2).
+# Philox4x32 multipliers and Weyl key increments (Salmon et al. 2011, Sec. 4.2).
 _PHILOX_M = (0xD2511F53, 0xCD9E8D57)
 _PHILOX_W = (0x9E3779B9, 0xBB67AE85)
 
@@ -80,7 +80,7 @@ def _mulhilo(a: Tensor, m: int) -> tuple[Tensor, Tensor]:
 def philox4x32(
     counter: Sequence[Tensor | int], key: Sequence[Tensor | int], rounds: int = 10
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Philox4x32-R (Salmon et al. 2011, §4.2) on int64 tensors of 32-bit words.
+    """Philox4x32-R (Salmon et al. 2011, Sec. 4.2) on int64 tensors of 32-bit words.
 
     ``counter``: four words, ``key``: two (tensors broadcast against each other, or ints).
     Returns the four output words; ``rounds=10`` is Random123's ``philox4x32_10``.
