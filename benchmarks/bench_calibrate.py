@@ -39,7 +39,8 @@ from torch import Tensor
 import samplerlab as sl
 from samplerlab import calibrate, iia
 from samplerlab.analytic import GaussianMixture, panel
-from samplerlab.bench import atomic_write_text, reference_endpoint
+from samplerlab.bench import reference_endpoint
+from samplerlab.fileio import atomic_write_text
 from samplerlab.samplers.noise import PerSampleNoise
 from samplerlab.samplers.registry import SAMPLERS
 
@@ -414,7 +415,7 @@ def digits(args: argparse.Namespace) -> int:
             if iia_name is not None:
                 coeffs = work / f"{model}_iia_{iia_name}_{steps}_cal.safetensors"
                 if not coeffs.is_file():
-                    from samplerlab.trainer.module import load_denoiser
+                    from samplerlab.trainer.checkpoints import load_denoiser
 
                     den = load_denoiser(ckpt)
                     co = iia.fit(den, iia_name, steps=steps, M=args.M,

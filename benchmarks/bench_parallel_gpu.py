@@ -49,8 +49,8 @@ from samplerlab.samplers import build_sigmas, get_sampler
 from samplerlab.samplers.bucketing import Bucketed
 from samplerlab.samplers.denoisers import from_eps
 from samplerlab.samplers.noise import NOISE_KINDS, PerSampleNoise
-from samplerlab.samplers.parallel import ShardedDenoiser
 from samplerlab.samplers.schedules import betas_for
+from samplerlab.samplers.sharding import ShardedDenoiser
 
 CIFAR_UNET = dict(
     sample_size=32,

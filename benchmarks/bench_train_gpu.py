@@ -429,8 +429,8 @@ def measure_cell(
 
 
 def run_throughput(args: argparse.Namespace, ckpt: Path, results: Results) -> None:
-    from samplerlab.callbacks.sampler_eval import steps_for_budget
-    from samplerlab.trainer.module import load_checkpoint
+    from samplerlab.evaluation.plan import steps_for_budget
+    from samplerlab.trainer.checkpoints import load_checkpoint
 
     device = torch.device(args.device)
     module, _ = load_checkpoint(ckpt)
@@ -598,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             results.write()
         start = time.perf_counter()
         if "params_m" not in results.meta:
-            from samplerlab.trainer.module import load_checkpoint
+            from samplerlab.trainer.checkpoints import load_checkpoint
 
             results.meta["params_m"] = (
                 sum(p.numel() for p in load_checkpoint(ckpt)[0].net.parameters()) / 1e6

@@ -12,6 +12,12 @@ change in validation shows too. Only the stable public API is used: ``samplerlab
 ``samplerlab.samplers.SAMPLERS`` / ``get_sampler``, ``samplerlab.iia.fit``,
 ``samplerlab.calibrate.fit`` and the models of ``samplerlab.analytic``.
 
+Two look-ups follow the redesign's renames, so that a moved name does not read as a changed
+result: the denoiser wrappers are taken from ``samplerlab.denoisers`` or, failing that,
+``samplerlab.samplers.denoisers``; the registry-plan cases (``spec/...``) call
+``SamplerSpec.plan_for`` / ``nfe_for`` / ``is_deterministic`` or, where those are gone, the
+fixed-signature ``plan(steps, options)`` / ``nfe(steps, options)`` / ``deterministic(options)``.
+
 Usage (the library is the one on ``PYTHONPATH``; its path is printed first)::
 
     python benchmarks/check_equivalence.py --write           # baseline of this tree
@@ -114,29 +120,36 @@ def _tiny_net(x: Tensor, c_noise: Tensor) -> Tensor:
     return torch.tanh(0.7 * x + 0.3 * c) - 0.2 * x
 
 
+def _lib(name: str) -> Any:
+    """A denoiser wrapper of the library by name: ``samplerlab.denoisers`` (the baseline's
+    path) or ``samplerlab.samplers.denoisers`` (where the wrappers are defined)."""
+    import samplerlab.denoisers
+    import samplerlab.samplers.denoisers
+
+    for mod in (samplerlab.denoisers, samplerlab.samplers.denoisers):
+        if hasattr(mod, name):
+            return getattr(mod, name)
+    raise AttributeError(f"samplerlab.denoisers has no attribute {name!r}")
+
+
 def _wrapped() -> dict[str, Callable[[], Any]]:
-    def den():
-        import samplerlab.samplers.denoisers as d
-
-        return d
-
     table = lambda: model("vp").vp.alphas_cumprod
     return {
-        "vp_eps": lambda: den().from_eps(_vp_net("eps"), table(), data_shape=(4,)),
-        "vp_v": lambda: den().from_v(_vp_net("v"), table(), data_shape=(4,)),
-        "vp_x0": lambda: den().from_x0(_vp_net("x0"), table(), data_shape=(4,)),
-        "vp_eps_quant": lambda: den().from_eps(
+        "vp_eps": lambda: _lib("from_eps")(_vp_net("eps"), table(), data_shape=(4,)),
+        "vp_v": lambda: _lib("from_v")(_vp_net("v"), table(), data_shape=(4,)),
+        "vp_x0": lambda: _lib("from_x0")(_vp_net("x0"), table(), data_shape=(4,)),
+        "vp_eps_quant": lambda: _lib("from_eps")(
             _vp_net("eps"), table(), quantize=True, data_shape=(4,)
         ),
-        "vp_eps_clip": lambda: den().from_eps(
+        "vp_eps_clip": lambda: _lib("from_eps")(
             _vp_net("eps"), table(), clip_denoised=True, data_shape=(4,)
         ),
-        "vp_chunked": lambda: den().chunked(model("vp"), 3),
-        "vp_clipped": lambda: den().ClippedDenoiser(model("vp"), -0.8, 0.8),
-        "edm_wrap": lambda: den().EDMDenoiser(
+        "vp_chunked": lambda: _lib("chunked")(model("vp"), 3),
+        "vp_clipped": lambda: _lib("ClippedDenoiser")(model("vp"), -0.8, 0.8),
+        "edm_wrap": lambda: _lib("EDMDenoiser")(
             lambda x, s: model("edm")(x, s), preconditioned=False, data_shape=(6,)
         ),
-        "edm_net": lambda: den().EDMDenoiser(_tiny_net, sigma_data=0.6, data_shape=(2, 3)),
+        "edm_net": lambda: _lib("EDMDenoiser")(_tiny_net, sigma_data=0.6, data_shape=(2, 3)),
     }
 
 
@@ -297,17 +310,22 @@ def spec_out(name: str, options: dict[str, Any]) -> dict[str, Tensor]:
     from samplerlab.samplers import get_sampler
 
     spec = get_sampler(name)
+    # The methods as of the baseline (plan_for, nfe_for, is_deterministic) or the fixed-
+    # signature contract that replaces them (plan, nfe, deterministic with (steps, options)).
+    plan_for = getattr(spec, "plan_for", None) or spec.plan
+    nfe_for = getattr(spec, "nfe_for", None) or spec.nfe
+    is_det = getattr(spec, "is_deterministic", None) or spec.deterministic
     grid, nfe, planned = [], [], []
     for steps in range(1, 13):
         try:
-            g, p = spec.plan(steps, options)
+            g, p = plan_for(steps, options)
             grid.append(g)
             planned.append(p)
         except Exception as e:  # the message is part of the result
             grid.append(-1)
             planned.append(f"{type(e).__name__}: {e}")
         try:
-            nfe.append(float(spec.nfe(steps, options)))
+            nfe.append(float(nfe_for(steps, options)))
         except Exception:
             nfe.append(float("nan"))
     budgets = []
@@ -321,7 +339,7 @@ def spec_out(name: str, options: dict[str, Any]) -> dict[str, Tensor]:
         "grid_steps": torch.tensor(grid, dtype=torch.int64),
         "nfe": torch.tensor(nfe, dtype=torch.float64),
         "steps_for_nfe": torch.tensor(budgets, dtype=torch.int64),
-        "deterministic": torch.tensor(bool(spec.deterministic(options))),
+        "deterministic": torch.tensor(bool(is_det(options))),
         "planned": _text(json.dumps(planned, sort_keys=True, default=str)),
     }
 
@@ -1103,17 +1121,27 @@ def compute(cases: list[Case], verbose: bool = False) -> dict[str, dict[str, Ten
     return results
 
 
-def _commit() -> str:
+def _git(*args: str, cwd: Path = HERE) -> str:
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        run = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return run.stdout.strip()
+
+
+def _provenance() -> dict[str, Any]:
+    """The commit of this script's tree, and the library that was run: its git tree hash
+    (equal to ``git rev-parse <commit>:samplerlab`` of the commit it matches) and whether it
+    had uncommitted changes."""
+    import samplerlab
+
+    lib = Path(samplerlab.__file__).resolve().parent
+    return {
+        "commit": _git("rev-parse", "HEAD"),
+        "samplerlab": str(lib),
+        "samplerlab_tree": _git("rev-parse", "HEAD:./", cwd=lib),
+        "samplerlab_uncommitted_changes": bool(_git("status", "--porcelain", "--", ".", cwd=lib)),
+    }
 
 
 def write(path: Path, cases: list[Case], results: dict[str, dict[str, Tensor]]) -> None:
@@ -1125,7 +1153,7 @@ def write(path: Path, cases: list[Case], results: dict[str, dict[str, Tensor]]) 
     save_file(flat, str(tmp))
     os.replace(tmp, path)
     index = {
-        "commit": _commit(),
+        **_provenance(),
         "torch": torch.__version__,
         "cases": {c.key: c.description for c in cases},
     }

@@ -131,3 +131,16 @@ def test_sharded_replicas_keep_each_rows_label(folder):
             torch.testing.assert_close(sl.sample(sharded, name, **opts, **kw).x, ref)
     finally:
         sharded.close()
+
+
+def test_from_diffusers_declares_the_unet_the_fingerprint_finds(folder):
+    from samplerlab.samplers.core import describe
+    from samplerlab.samplers.fingerprint import find_module
+
+    for labels in (None, torch.tensor([0, 2])):
+        den = from_diffusers(folder, dtype=F64, class_labels=labels)
+        unet = den.model_fn.unet
+        assert isinstance(unet, torch.nn.Module)
+        assert describe(den).network is unet and find_module(den) is unet
+        if labels is not None:  # a row view keeps the network
+            assert describe(den.take(torch.tensor([1]))).network is unet

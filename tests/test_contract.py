@@ -10,7 +10,6 @@ import torch
 import samplerlab as sl
 import samplerlab.denoisers  # its classes are in the subclass walk
 from samplerlab.analytic import ClassConditionalMixture, Gaussian, GaussianMixture
-from samplerlab.samplers import iia as siia
 from samplerlab.samplers.conditioning import Conditioned, Guided, condition
 from samplerlab.samplers.core import (
     DenoiserBase,
@@ -30,6 +29,7 @@ from samplerlab.samplers.denoisers import (
     check_output,
     from_eps,
 )
+from samplerlab.samplers.fingerprint import find_module
 from samplerlab.samplers.sharding import DistributedDenoiser, ShardedDenoiser
 
 F64 = torch.float64
@@ -139,9 +139,9 @@ def test_declared_network_is_the_module_the_fingerprint_finds():
     for den in (from_eps(net, table), EDMDenoiser(net)):
         assert describe(den).network is net
         assert describe(CountingDenoiser(den)).network is net
-        assert siia._find_module(den) is net
+        assert find_module(den) is net
     closure = from_eps(lambda x, t: net(x), table)  # a closure: nothing declared, crawled
-    assert describe(closure).network is None and siia._find_module(closure) is net
+    assert describe(closure).network is None and find_module(closure) is net
     assert describe(GaussianMixture.random(dim=2, components=2)).network is None
 
 

@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..fitstage import check_minimums, stage_options
 
 # Training checkpoints: "module:function", function(path) -> denoiser.
-CHECKPOINT_LOADER = "samplerlab.trainer.module:load_denoiser"
+CHECKPOINT_LOADER = "samplerlab.trainer.checkpoints:load_denoiser"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

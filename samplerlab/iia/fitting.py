@@ -156,7 +156,7 @@ def finish_fit(
         "sampler": sampler,
         "base": fit.iia_form.base,
         "steps": steps,
-        "nfe": int(plan.spec.nfe(steps)),  # the base solvers of IIA have an integer NFE
+        "nfe": int(plan.spec.nfe(steps)),  # exact for the IIA samplers
         "M": s["M"],
         "num_samples": s["num_samples"],
         "r": s["r"],

@@ -14,9 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .core import Denoiser
+from .core import Denoiser, SamplerError
 from .dpm_solver import step_dpmpp_2m
 from .noise import ReplayNoise
+
+DEFAULT_INNER = "ddim"  # the inner solver of SRDS and ParaDiGMS when ``inner`` is unset
 
 # A multistep solver's step with its history given explicitly (the step convention of
 # samplerlab.samplers.spec): ``step(x, sigma, sigma_next, denoised, history) -> x_next``
@@ -59,6 +61,16 @@ class Inner:
     def run(self, den: Denoiser, x: Tensor, grid: Tensor, draws: Sequence[Tensor] = ()) -> Tensor:
         noise = ReplayNoise(draws) if self.stochastic else None
         return self.fn(den, x, grid, noise=noise, **self.options)
+
+    @staticmethod
+    def check(sampler: str, inner: Inner | str) -> Inner:
+        """``inner``, which the registry must have resolved from a solver's name."""
+        if not isinstance(inner, Inner):
+            raise SamplerError(
+                f"{sampler}: inner={inner!r} is a name the registry resolves; run it through "
+                f"get_sampler({sampler!r})(denoiser, x, sigmas, inner=...) or samplerlab.sample"
+            )
+        return inner
 
     def step(
         self, x: Tensor, sigma: Tensor, sigma_next: Tensor, denoised: Tensor, history: History

@@ -28,6 +28,7 @@ serial solver.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -35,7 +36,7 @@ from torch import Tensor
 
 from .core import Denoiser, SamplerError, take_rows
 from .denoisers import chunked
-from .inner import Inner
+from .inner import DEFAULT_INNER, Inner
 from .noise import NoiseSource
 from .parallel import check_positive_int, check_tol, per_row_grid, predraw_noise, relative_change
 
@@ -93,14 +94,18 @@ def sample_paradigms(
     sigmas: Tensor,
     *,
     noise: NoiseSource | None = None,
-    inner: Inner,
+    inner: Inner | str = DEFAULT_INNER,
+    inner_options: Mapping[str, Any] | None = None,
     window: int = WINDOW,
     tol: float = TOL,
     max_rows: int | None = None,
     info: dict[str, Any] | None = None,
 ) -> Tensor:
-    """ParaDiGMS (Shih et al. 2023, Alg. 1) over the inner solver ``inner`` (resolved by the
-    registry from the options ``inner``, a solver's name, and ``inner_options``).
+    """ParaDiGMS (Shih et al. 2023, Alg. 1) over the inner solver ``inner``.
+
+    ``inner`` (a solver's name) and ``inner_options`` (its options) are resolved by the
+    registry into an :class:`Inner` before this runs:
+    ``get_sampler("paradigms")(denoiser, x, sigmas, inner="dpmpp_2m")``.
 
     ``window`` time steps per sample are refined per parallel iteration (one batched
     network call of up to ``window * batch`` rows, each with its own 2-point grid). A state
@@ -119,6 +124,7 @@ def sample_paradigms(
     check_positive_int("paradigms", "window", window)
     if max_rows is not None:
         check_positive_int("paradigms", "max_rows", max_rows)
+    inner = Inner.check("paradigms", inner)
     if inner.multistep and inner.stochastic:
         raise SamplerError("paradigms: a multistep inner solver must be deterministic")
     den = chunked(denoiser, max_rows)

@@ -66,7 +66,7 @@ MidpointDrift = Callable[[Tensor, Tensor, Tensor], Tensor]
 LinearMap = Callable[[int, Tensor], Tensor]
 
 
-def default_K(steps: int) -> int:
+def default_substeps(steps: int) -> int:
     """Sub-steps per coarse step planned for ``steps`` coarse steps on a 1000-step chain."""
     return max(1, TABLE_STEPS // steps)
 
@@ -77,14 +77,14 @@ def plan_pmm(steps: int, options: Mapping[str, Any] | None = None) -> tuple[int,
     ``K`` is the user's option when given, else ``max(1, 1000 // steps)``.
     """
     K = (options or {}).get("K")
-    K = default_K(steps) if K is None else K
+    K = default_substeps(steps) if K is None else K
     check_pmm_options(K, (options or {}).get("midpoints", "bernoulli"))
     return steps * K, {"K": K}
 
 
 def expected_nfe(steps: int, K: int | None = None, midpoints: str = "bernoulli") -> float:
     """Expected NFE per sample: ``N (1 + (K-1)/K)`` (Bernoulli) or ``N (1 + [K>1])`` (single)."""
-    K = default_K(steps) if K is None else K
+    K = default_substeps(steps) if K is None else K
     check_pmm_options(K, midpoints)
     extra = (K - 1) / K if midpoints == "bernoulli" else float(K > 1)
     return steps * (1 + extra)

@@ -12,10 +12,10 @@ defaults:
 * determinism, ``deterministic(options) -> bool``.
 
 The options of a sampler are the keyword-only parameters of its function (``noise``
-excluded): that signature is the one source of truth for option names. A sampler over an
-inner solver (SRDS, ParaDiGMS: ``resolve_inner`` set) also takes ``inner_options``, the
-inner solver's own options; the registry resolves ``inner`` and ``inner_options`` into the
-:class:`~samplerlab.samplers.inner.Inner` its function takes.
+excluded), with their defaults: that signature is the one source of truth for option
+names. For a sampler over an inner solver (SRDS, ParaDiGMS: ``resolve_inner`` set) the
+registry resolves the options ``inner`` (a solver's name) and ``inner_options`` into the
+:class:`~samplerlab.samplers.inner.Inner` passed as ``inner``.
 
 Step functions share one calling convention: the state, then the step's end points,
 ``step(x, sigma, sigma_next, ...)``, per-row ``[B]`` sigmas on ``x``'s device. A
@@ -38,7 +38,7 @@ from typing import Any
 
 from .core import SamplerError
 from .dpm_solver import dpm_solver_fast_orders
-from .inner import HistoryStep, Inner
+from .inner import DEFAULT_INNER, HistoryStep, Inner
 
 Options = Mapping[str, Any]
 PlanRule = Callable[[int, Options], tuple[int, dict[str, Any]]]
@@ -79,8 +79,8 @@ class SamplerSpec:
         order: convergence order of a deterministic solver (tested on the Gaussian).
         plan_rule: ``(steps, options) -> (grid steps, planned options)``.
         stochastic_options: options that make the sampler stochastic when > 0.
-        deterministic_rule: replaces the two fields above where determinism depends on
-            more than one option (SRDS, ParaDiGMS: on the inner solver's).
+        deterministic_rule: replaces ``stochastic`` / ``stochastic_options`` where
+            determinism depends on more (SRDS, ParaDiGMS: on the inner solver's).
         defaults: options bound for this registry name (e.g. ``order=3``).
         needs_coeffs: takes fitted IIA coefficients.
         multistep: its steps use history (cannot be restarted per step by ParaDiGMS).
@@ -155,8 +155,6 @@ class SamplerSpec:
         for p in inspect.signature(self.fn).parameters.values():
             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "noise":
                 names.append(p.name)
-                if p.name == "inner" and self.resolve_inner is not None:
-                    names.append("inner_options")
         return names
 
     def check_options(self, options: Options) -> None:
@@ -196,7 +194,6 @@ class SamplerSpec:
         opts = self.with_defaults(options)
         if self.resolve_inner is not None:
             opts["inner"] = self.resolve_inner(opts)
-            opts.pop("inner_options", None)
         return self.fn(denoiser, x, sigmas, **opts)
 
 
@@ -215,9 +212,6 @@ def dpm_solver_rules(order: int) -> dict[str, Any]:
         return steps if orders is None else int(sum(orders[:-1])) + 1
 
     return {"plan_rule": plan, "nfe_rule": nfe}
-
-
-DEFAULT_INNER = "ddim"  # the inner solver of SRDS and ParaDiGMS when ``inner`` is unset
 
 
 def resolve_inner(
@@ -262,7 +256,7 @@ def resolve_inner(
     spec.check_options(opts)
     merged = spec.with_defaults(opts)
     for key in spec.grid_dependent_options:
-        if float(merged.get(key, 0) or 0) > 0:
+        if positive(merged, key):
             raise SamplerError(
                 f"{sampler}: inner '{inner}' with {key} > 0 is stochastic in a way that depends "
                 f"on the grid length; a deterministic inner solver is required here "

@@ -29,6 +29,7 @@ sigma and share that network call.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ from torch import Tensor
 
 from .core import Denoiser, SamplerError
 from .denoisers import chunked
-from .inner import Inner
+from .inner import DEFAULT_INNER, Inner
 from .noise import NoiseSource
 from .parallel import check_positive_int, check_tol, per_row_grid
 from .srds_parareal import Parareal, Stopper, run_plain
@@ -105,7 +106,8 @@ def sample_srds(
     sigmas: Tensor,
     *,
     noise: NoiseSource | None = None,
-    inner: Inner,
+    inner: Inner | str = DEFAULT_INNER,
+    inner_options: Mapping[str, Any] | None = None,
     blocks: int | None = None,
     tol: float = TOL,
     max_iters: int | None = None,
@@ -113,9 +115,11 @@ def sample_srds(
     max_rows: int | None = None,
     info: dict[str, Any] | None = None,
 ) -> Tensor:
-    """SRDS (Selvam et al. 2024, Alg. 1): parareal over the inner solver ``inner``
-    (resolved by the registry from the options ``inner``, a solver's name, and
-    ``inner_options``: ``get_sampler("srds")(denoiser, x, sigmas, inner="ddim")``).
+    """SRDS (Selvam et al. 2024, Alg. 1): parareal over the inner solver ``inner``.
+
+    ``inner`` (a solver's name) and ``inner_options`` (its options) are resolved by the
+    registry into an :class:`Inner` before this runs:
+    ``get_sampler("srds")(denoiser, x, sigmas, inner="dpmpp_2m")``.
 
     ``sigmas`` is the fine N-step grid; it is split into ``blocks`` blocks (B must divide
     N; default: the divisor of N nearest ``2 sqrt(N)``, :func:`default_blocks`).
@@ -138,7 +142,7 @@ def sample_srds(
     ``max_rows`` caps the rows per network call (results unchanged). ``info``, if given,
     receives ``iterations`` (per sample) and ``blocks``.
     """
-    config = SRDS(inner, blocks, tol, max_iters, pipelined, max_rows)
+    config = SRDS(Inner.check("srds", inner), blocks, tol, max_iters, pipelined, max_rows)
     pr, stopper = config.prepare(denoiser, x, sigmas, noise)
     out = run_pipelined(pr, stopper) if pipelined else run_plain(pr, stopper, None)
     if info is not None:
