@@ -187,9 +187,9 @@ INCUMBENTS: dict[str, tuple[dict[str, Any], str, str]] = {
 }
 
 
-# Incumbents outside this change (their defaults feed the README's trained-model and
-# midpoint tables): the panel's verdict is reported, not applied.
-FROZEN = ("euler", "ddim", "edm_heun")
+# Incumbents whose panel verdict is reported but not applied (none: euler, ddim and
+# edm_heun, frozen at first, now take theirs too).
+FROZEN: tuple[str, ...] = ()
 
 
 def _scores(rows: list[dict], seed_set: int | None) -> dict[str, dict[tuple, float]]:
@@ -458,7 +458,8 @@ def render(state: dict, budgets: list[int], chosen: dict[str, dict]) -> str:
         "Score range: the same score on each seed set alone. Samplers that existed before"
         " start from their default (the incumbent) and change one axis at a time (options,"
         " VP grid, EDM grid) only where that lowers the score by more than 5% and on every"
-        " seed set; the verdict for euler, ddim and edm_heun is reported, not applied.",
+        " seed set"
+        + (f"; the verdict for {', '.join(FROZEN)} is reported, not applied." if FROZEN else "."),
         "",
         "| sampler | default options | VP-table grid | EDM grid | score (seed sets) |"
         " runner-up: score (seed sets) | before |",

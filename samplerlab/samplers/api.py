@@ -54,8 +54,8 @@ def build_sigmas(
     name = schedule or spec.schedule_for(vp is not None)
     sigma_min, sigma_max = model_sigma_range(denoiser)
     opts = dict(schedule_options or {})
-    if schedule is None and name == spec.default_schedule:
-        opts = {**spec.default_schedule_options, **opts}
+    if schedule is None:
+        opts = {**spec.schedule_options_for(vp is not None), **opts}
     sigma_min = opts.pop("sigma_min", sigma_min)  # values checked by get_sigmas
     sigma_max = opts.pop("sigma_max", sigma_max)
     return get_sigmas(name, grid_steps, sigma_min=sigma_min, sigma_max=sigma_max, vp=vp, **opts)

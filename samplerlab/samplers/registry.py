@@ -93,6 +93,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "Euler on the probability-flow ODE (Karras et al. 2022); s_churn>0 stochastic",
         order=1,
         stochastic_options=("s_churn",),
+        **KARRAS_TQ,
     ),
     "ddim": SamplerSpec(
         "ddim",
@@ -100,7 +101,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "DDIM (Song et al. 2021); eta=0 deterministic, eta>0 stochastic",
         order=1,
         stochastic_options=("eta",),
-        **VP_UNIFORM,
+        **KARRAS_TQ,
     ),
     "ddpm": SamplerSpec(
         "ddpm",
@@ -118,6 +119,9 @@ SAMPLERS: dict[str, SamplerSpec] = {
         order=2,
         stochastic_options=("s_churn",),
         grid_dependent_options=("s_churn",),
+        default_schedule_options=FINAL_0,
+        vp_schedule="logsnr",
+        vp_schedule_options=FINAL_0,
     ),
     "dpm_solver_1": SamplerSpec(
         "dpm_solver_1",

@@ -87,7 +87,8 @@ class SamplerSpec:
         default_schedule: grid used when the denoiser has no VP time table (``karras``;
             ``logsnr`` for the DPM-Solvers), with ``default_schedule_options``.
         vp_schedule: grid used when it has one (e.g. ``time_quadratic`` for the DPM-Solvers:
-            measured best on the analytic mixture, see benchmarks/README.md).
+            measured best on the analytic mixture, see benchmarks/README.md), with
+            ``vp_schedule_options``.
         parallel_inner: can serve as the inner solver of SRDS / ParaDiGMS (restartable on any
             sub-grid; randomness only as one standard-normal draw per step); None: any
             deterministic solver with a fixed NFE and no fitted coefficients.
@@ -116,6 +117,7 @@ class SamplerSpec:
     default_schedule: str = "karras"
     default_schedule_options: Mapping[str, Any] = field(default_factory=dict)
     vp_schedule: str | None = None
+    vp_schedule_options: Mapping[str, Any] = field(default_factory=dict)
     parallel_inner: bool | None = None
     grid_dependent_options: tuple[str, ...] = ()
     history_step: HistoryStep | None = None
@@ -189,6 +191,15 @@ class SamplerSpec:
 
     def schedule_for(self, has_vp: bool) -> str:
         return self.vp_schedule if (has_vp and self.vp_schedule) else self.default_schedule
+
+    def schedule_options_for(self, has_vp: bool) -> dict[str, Any]:
+        """The options of :meth:`schedule_for`'s grid (``vp_schedule_options`` for the VP
+        grid, ``default_schedule_options`` whenever the grid is ``default_schedule``)."""
+        if has_vp and self.vp_schedule and self.vp_schedule_options:
+            return dict(self.vp_schedule_options)
+        if self.schedule_for(has_vp) == self.default_schedule:
+            return dict(self.default_schedule_options)
+        return {}
 
     def __call__(self, denoiser: Any, x: Any, sigmas: Any, **options: Any) -> Any:
         opts = self.with_defaults(options)
