@@ -101,6 +101,14 @@ def test_unknown_schedule(gaussian):
 
 def test_unknown_schedule_option(gaussian):
     with pytest.raises(SamplerError, match=r"unknown option 'rhoo' for schedule 'karras'.*rho"):
+        sl.sample(
+            gaussian, "euler", steps=3, shape=(1, 4), schedule="karras",
+            schedule_options={"rhoo": 3.0},
+        )  # fmt: skip
+    # The default grid (euler on a VP table: time_quadratic) is checked the same way.
+    with pytest.raises(
+        SamplerError, match=r"unknown option 'rhoo' for schedule 'time_quadratic'; valid: sigma_min"
+    ):
         sl.sample(gaussian, "euler", steps=3, shape=(1, 4), schedule_options={"rhoo": 3.0})
 
 
