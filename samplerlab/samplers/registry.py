@@ -42,8 +42,12 @@ VP_UNIFORM: dict[str, Any] = {"vp_schedule": "time_uniform"}
 KARRAS_TQ: dict[str, Any] = {"default_schedule_options": FINAL_0, "vp_schedule": "time_quadratic"}
 LOGSNR: dict[str, Any] = {"default_schedule": "logsnr", "default_schedule_options": FINAL_0}
 LOGSNR_TQ: dict[str, Any] = {**LOGSNR, "vp_schedule": "time_quadratic"}
+# EDM Heun's grids (IIA-EDM's too): Karras (EDM) / log-SNR (VP table), sigma_min -> 0.
+HEUN: dict[str, Any] = {"vp_schedule": "logsnr", "vp_schedule_options": FINAL_0}
+HEUN_GRIDS: dict[str, Any] = {**HEUN, "default_schedule_options": FINAL_0}
 # The IIA samplers: fitted coefficients, multistep (the fitted terms use earlier steps).
 IIA: dict[str, Any] = {"needs_coeffs": True, "multistep": True}
+IIA_HEUN: dict[str, Any] = {**IIA, **HEUN_GRIDS, "nfe_rule": two_stage, "order": 2}
 
 
 def _singlestep(order: int, **defaults: Any) -> dict[str, Any]:
@@ -119,9 +123,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         order=2,
         stochastic_options=("s_churn",),
         grid_dependent_options=("s_churn",),
-        default_schedule_options=FINAL_0,
-        vp_schedule="logsnr",
-        vp_schedule_options=FINAL_0,
+        **HEUN_GRIDS,
     ),
     "dpm_solver_1": SamplerSpec(
         "dpm_solver_1",
@@ -218,7 +220,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "IIA-DDIM (Zhang et al. 2024, eq. 6/8); coeffs= fitted file, else plain DDIM",
         order=1,
         **IIA,
-        **VP_UNIFORM,
+        **KARRAS_TQ,
     ),
     "iia_dpmpp_2m": SamplerSpec(
         "iia_dpmpp_2m",
@@ -232,17 +234,13 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "iia_edm",
         sample_iia_edm,
         "IIA-EDM Heun (Zhang et al. 2024, eqs. 17-19); coeffs= fitted file",
-        nfe_rule=two_stage,
-        order=2,
-        **IIA,
+        **IIA_HEUN,
     ),
     "biia_edm": SamplerSpec(
         "biia_edm",
         sample_biia_edm,
         "BIIA-EDM Heun (Zhang et al. 2024, eq. 13, Alg. 2); coeffs= fitted file",
-        nfe_rule=two_stage,
-        order=2,
-        **IIA,
+        **IIA_HEUN,
     ),
     # --- the contenders of k-diffusion and diffusers ---
     # ``order`` is the global rate a refinement ladder measures with the defaults: a
