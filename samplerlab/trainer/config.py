@@ -176,6 +176,11 @@ class EvalConfig:
     diverge_factor: float = 10.0  # "diverged": samples beyond this x the data's half-range
     diverge_fraction: float = 0.01  # ... for more than this fraction of the samples
     resume: bool = True  # reuse the finished rows of the same evaluation (rows.jsonl)
+    # Classifier-free guidance scales of a class-conditional model: every sampler x budget
+    # once per scale, on balanced labels (empty: unguided, the null label).
+    guidance: list[float] = field(default_factory=list)
+    guidance_interval: list[float] | None = None  # guide only for sigma in (lo, hi]
+    class_accuracy: bool = True  # guided rows: the dataset classifier's accuracy on the labels
     iia: IIAConfig = field(default_factory=IIAConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
 
