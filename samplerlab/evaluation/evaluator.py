@@ -79,10 +79,9 @@ class Evaluator:
     def use_classes(self, num_classes: int, null_label: Tensor | None) -> None:
         """The evaluated model's classes and "no condition" label, for guided jobs
         (``eval.guidance``), and the classifier that scores their samples."""
-        if num_classes == self.num_classes and self.classifier_id is not None:
-            return
+        same = int(num_classes) == self.num_classes and self.classifier_id is not None
         self.num_classes, self.null_label = int(num_classes), null_label
-        if any(j.guidance is not None for j in self.jobs) and self.num_classes > 0:
+        if not same and any(j.guidance is not None for j in self.jobs) and self.num_classes > 0:
             self.classifier, self.classifier_id, note = accuracy_classifier(
                 self.ev, self.cfg.data, self.features, self.num_classes
             )
