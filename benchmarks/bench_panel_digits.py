@@ -51,14 +51,15 @@ def run_candidate(b: bdc.Bench, name: str, opts: dict, grid: tuple, budget: int,
     steps = spec.steps_for_nfe(budget, opts)
     if steps is None:
         return None
-    grid_steps, planned = spec.plan_for(steps, opts)
+    # SamplerSpec.plan_for / nfe_for were renamed plan / nfe (issue 10): either.
+    grid_steps, planned = (getattr(spec, "plan_for", None) or spec.plan)(steps, opts)
     schedule, sopts = grid
     lo, hi = b.info.sigma_min, b.info.sigma_max
     sigmas = get_sigmas(schedule, grid_steps, sigma_min=lo, sigma_max=hi, vp=b.info.vp, **sopts)
     x = z * math.sqrt(float(sigmas[0]) ** 2 + b.info.prior_std**2)
     with torch.no_grad():
         out = spec(b.den, x, sigmas, **{**planned, **opts})
-    return spec.nfe_for(steps, opts), out, sigmas
+    return (getattr(spec, "nfe_for", None) or spec.nfe)(steps, opts), out, sigmas
 
 
 def main(argv: list[str] | None = None) -> int:
