@@ -143,7 +143,8 @@ class Bench:
         f = self.features(real)
         self.real = stats_of(f)
         self.floor = fid_from_stats(stats_of(f[0::2]), stats_of(f[1::2]))
-        self.cache_path = self.work / f"{model}_rows.json"
+        tag = getattr(args, "cache_tag", "")
+        self.cache_path = self.work / f"{model}_rows{'_' + tag if tag else ''}.json"
         self.rows: dict[str, Any] = (
             json.loads(self.cache_path.read_text()) if self.cache_path.is_file() else {}
         )
@@ -448,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--M", type=int, default=10)
     p.add_argument("--plain", default=",".join(PLAIN))
     p.add_argument("--cal", default=",".join(CALIBRATED))
+    p.add_argument("--set-ids", default=None, help="seed sets to run (default 0..sets-1)")
+    p.add_argument(
+        "--cache-tag", default="", help="a separate row cache (e.g. 'choice' for choice sets)"
+    )
     p.add_argument("--train", action="store_true", help="train missing models (fixed epochs)")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--out", default=str(RESULTS / "calibrate_digits"))
@@ -471,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in cal:
         if k not in CALIBRATED and k not in VARIANTS:
             p.error(f"--cal: unknown entry '{k}'; valid: {', '.join(CALIBRATED)}")
+    set_ids = [int(v) for v in args.set_ids.split(",")] if args.set_ids else list(range(args.sets))
     start = time.perf_counter()
     for m in models:
         b = Bench(m, args)
@@ -478,12 +484,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         # The teacher and every uncalibrated entry on every set first, then one calibrated
         # entry at a time (its fit, then every set): early numbers on every question.
-        for s in range(args.sets):
+        for s in set_ids:
             b.teacher_row(s)
             for k in plain:
                 b.plain(s, k)
         for k in cal:
-            for s in range(args.sets):
+            for s in set_ids:
                 b.calibrated(s, k)
     out = Path(args.out)
     results: dict[str, Any] = {}
