@@ -455,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--train", action="store_true", help="train missing models (fixed epochs)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--note", default=None, help="a markdown file included under the title")
     p.add_argument("--out", default=str(RESULTS / "calibrate_digits"))
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -535,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.teacher_steps} log-SNR steps ({3 * args.teacher_steps + 1} NFE); IIA M = "
         f"{args.M} on the same noises."
     )
+    if args.note:
+        meta["text"] = Path(args.note).read_text().strip() + "\n\n" + meta["text"]
     atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "models": results}))
     atomic_write_text(out.with_suffix(".md"), report(results, meta) + "\n")
     print(report(results, meta))
