@@ -82,13 +82,18 @@ def main(argv: list[str] | None = None) -> int:
         work=args.work, n=args.fid_n, seed_base=11, teacher_steps=args.teacher_steps, nfe=10
     )
     out_path = Path(args.out)
-    cache = Path(args.work) / "panel_digits_rows.json"
-    rows: list[dict] = json.loads(cache.read_text()) if cache.is_file() else []
-    done = {(r["model"], r["sampler"], json.dumps(r["options"]), r["grid"], r["budget"])
-            for r in rows}  # fmt: skip
+    rows: list[dict] = []
     start = time.perf_counter()
     fids: dict[str, Any] = {}
     for model in args.models.split(","):
+        # One cache per model (one process per model may run at a time).
+        cache = Path(args.work) / f"panel_digits_rows_{model}.json"
+        legacy = Path(args.work) / "panel_digits_rows.json"
+        src = cache if cache.is_file() else legacy
+        mine = json.loads(src.read_text()) if src.is_file() else []
+        mine = [r for r in mine if r["model"] == model and r["set"] < args.sets]
+        done = {(r["model"], r["sampler"], json.dumps(r["options"]), r["grid"], r["budget"])
+                for r in mine}  # fmt: skip
         b = bdc.Bench(model, ns)
         family = "vp" if b.info.vp is not None else "edm"
         grids = VP_GRIDS if family == "vp" else EDM_GRIDS
@@ -112,11 +117,12 @@ def main(argv: list[str] | None = None) -> int:
                 for s in sets:
                     ok = bool(torch.isfinite(err[s]).all())
                     rms = float(err[s].pow(2).mean().sqrt()) if ok else math.inf
-                    rows.append({"model": model, "family": family, "set": s, "sampler": name,
+                    mine.append({"model": model, "family": family, "set": s, "sampler": name,
                                  "options": opts, "grid": gname, "budget": budget, "nfe": nfe,
                                  "rms": rms})  # fmt: skip
                 done.add(key)
-            atomic_write_text(cache, json.dumps(rows))
+            atomic_write_text(cache, json.dumps(mine))
+        rows += mine
         print(f"{model}: {time.perf_counter() - t0:.0f} s", flush=True)
     # Per (model, sampler, budget): the default vs the best candidate, per set.
     table = []
