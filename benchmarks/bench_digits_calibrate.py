@@ -354,7 +354,9 @@ def summarise(rows: dict[str, Any]) -> dict[str, Any]:
     for s in sets:
         r = rows[s]
         plain = {k: r[k]["fid"] for k in full if "+cal" not in k and not k.startswith("teacher")}
-        cal = {k: r[k]["fid"] for k in full if "+cal" in k}
+        # Variants (VARIANTS) were tried on choice sets, not declared in advance: shown
+        # per entry, not counted as "the best calibrated".
+        cal = {k: r[k]["fid"] for k in full if "+cal" in k and k not in VARIANTS}
         teach = {k: r[k]["fid"] for k in full if k.startswith("teacher")}
         plain = {k: v for k, v in plain.items() if v is not None}
         cal = {k: v for k, v in cal.items() if v is not None}
