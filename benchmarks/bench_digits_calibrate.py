@@ -44,12 +44,21 @@ from seedsets import spread, stream_seeds
 import samplerlab as sl
 from samplerlab import calibrate, iia
 from samplerlab.calibrate.grid import LIMIT, GridParam
-from samplerlab.callbacks.features import (
-    ClassifierFeatures,
-    load_classifier,
-    shipped_classifier,
-)
-from samplerlab.callbacks.fid import fid_from_stats, stats_of
+
+try:  # the FID parts live in samplerlab.evaluation since the issue-10 layout
+    from samplerlab.evaluation.features import (
+        ClassifierFeatures,
+        load_classifier,
+        shipped_classifier,
+    )
+    from samplerlab.evaluation.fid import fid_from_stats, stats_of
+except ImportError:
+    from samplerlab.callbacks.features import (
+        ClassifierFeatures,
+        load_classifier,
+        shipped_classifier,
+    )
+    from samplerlab.callbacks.fid import fid_from_stats, stats_of
 from samplerlab.fileio import atomic_write_text
 from samplerlab.samplers.core import describe
 from samplerlab.samplers.dpm_solver import sample_dpm_solver
@@ -125,7 +134,10 @@ class Bench:
     """One model: its denoiser, the FID features and reference statistics, cached rows."""
 
     def __init__(self, model: str, args: argparse.Namespace) -> None:
-        from samplerlab.trainer.module import load_denoiser
+        try:
+            from samplerlab.trainer.checkpoints import load_denoiser
+        except ImportError:
+            from samplerlab.trainer.module import load_denoiser
 
         self.model, self.args = model, args
         self.work = Path(args.work)
