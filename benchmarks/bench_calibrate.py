@@ -39,7 +39,8 @@ from torch import Tensor
 import samplerlab as sl
 from samplerlab import calibrate, iia
 from samplerlab.analytic import GaussianMixture, panel
-from samplerlab.bench import atomic_write_text, reference_endpoint
+from samplerlab.bench import reference_endpoint
+from samplerlab.fileio import atomic_write_text
 from samplerlab.samplers.noise import PerSampleNoise
 from samplerlab.samplers.registry import SAMPLERS
 

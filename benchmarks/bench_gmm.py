@@ -35,15 +35,9 @@ from torch import Tensor
 
 import samplerlab as sl
 from samplerlab.analytic import GaussianMixture, sliced_wasserstein
-from samplerlab.bench import (
-    atomic_write_text,
-    bench_meta,
-    format_notes,
-    format_table,
-    per_sample_error,
-    reference_endpoint,
-    run_bench,
-)
+from samplerlab.bench import per_sample_error, reference_endpoint, run_bench
+from samplerlab.bench_report import bench_meta, format_notes, format_table
+from samplerlab.fileio import atomic_write_text
 from samplerlab.samplers.dpm_solver import sample_dpm_solver
 from samplerlab.samplers.noise import PerSampleNoise
 from samplerlab.samplers.schedules import logsnr

@@ -82,7 +82,7 @@ def run(
     """One sampler run from the standard-normal draw ``z`` (the same z for every sampler);
     the sampler's own noise comes from ``sampler_seed``, a stream independent of ``z``."""
     spec = get_sampler(name)
-    grid_steps, planned = spec.plan_for(steps)
+    grid_steps, planned = spec.plan(steps)
     sigmas = build_sigmas(gmm, spec, grid_steps, schedule)
     counter = CountingDenoiser(gmm)
     x = z * math.sqrt(float(sigmas[0]) ** 2 + gmm.prior_std**2)
@@ -152,7 +152,7 @@ def report(gmm: GaussianMixture, n: int, sets: dict[str, Any]) -> str:
     rows = []
     for label, name, steps, _ in STOCHASTIC:
         key = f"{label}|{steps}"
-        K = get_sampler(name).plan_for(steps)[1].get("K", "-") if name == "pmm" else "-"
+        K = get_sampler(name).plan(steps)[1].get("K", "-") if name == "pmm" else "-"
         rows.append([label, steps, K, f"{mean(per(key, 'nfe')):.1f}", fmt_spread(per(key, "sw"))])
     out += [table(["sampler", "steps", "K", "NFE (realised, mean)", "SW"], rows), ""]
     for sched in GRIDS:

@@ -121,12 +121,12 @@ def run_ours(model, name, options, grid, budget, x) -> tuple[float, torch.Tensor
     steps = spec.steps_for_nfe(budget, options)
     if steps is None:
         return None
-    grid_steps, planned = spec.plan_for(steps, options)
+    grid_steps, planned = spec.plan(steps, options)
     schedule, sopts = grid
     lo, hi = model_sigma_range(model)
     sigmas = get_sigmas(schedule, grid_steps, sigma_min=lo, sigma_max=hi, vp=model.vp, **sopts)
     out = spec(model, x.clone(), sigmas, **{**planned, **options})
-    return spec.nfe_for(steps, options), out
+    return spec.nfe(steps, options), out
 
 
 def _betas(model) -> torch.Tensor:

@@ -46,10 +46,11 @@ from torch import Tensor
 import samplerlab as sl
 from samplerlab.fileio import atomic_write_text
 from samplerlab.samplers import build_sigmas, get_sampler
+from samplerlab.samplers.bucketing import Bucketed
 from samplerlab.samplers.denoisers import from_eps
 from samplerlab.samplers.noise import NOISE_KINDS, PerSampleNoise
-from samplerlab.samplers.parallel import ShardedDenoiser
 from samplerlab.samplers.schedules import betas_for
+from samplerlab.samplers.sharding import ShardedDenoiser
 
 CIFAR_UNET = dict(
     sample_size=32,
@@ -91,28 +92,6 @@ def build_unet(config: dict[str, Any], device: torch.device, dtype: torch.dtype,
 
     torch.manual_seed(seed)
     return UNet2DModel(**config).to(device, dtype).eval()
-
-
-class Bucketed:
-    """Pads the rows of every call up to a bucket size (powers of two times ``base``) so a
-    CUDA-graph-compiled model sees few shapes; padded rows are dropped from the output."""
-
-    def __init__(self, inner: Callable[[Tensor, Tensor], Tensor], base: int) -> None:
-        self.inner, self.base = inner, base
-        self.vp = inner.vp
-        self.sigma_min, self.sigma_max = inner.sigma_min, inner.sigma_max
-        self.prior_std, self.data_shape = inner.prior_std, inner.data_shape
-
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        rows, size = x.shape[0], self.base
-        while size < rows:
-            size *= 2
-        if size == rows:
-            return self.inner(x, sigma)
-        pad = size - rows
-        xp = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
-        sp = torch.cat([sigma, sigma[-1:].expand(pad)])
-        return self.inner(xp, sp)[:rows]
 
 
 def make_denoiser(unet, dtype: torch.dtype, compiled: bool, shard_devices: list[str] | None):

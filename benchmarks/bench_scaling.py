@@ -42,6 +42,7 @@ from torch import Tensor, nn
 import samplerlab as sl
 from samplerlab.fileio import atomic_write_text
 from samplerlab.samplers import SAMPLERS, build_sigmas, get_sampler
+from samplerlab.samplers.denoisers import from_eps
 from samplerlab.samplers.schedules import betas_for
 
 DIM = 64
@@ -67,7 +68,7 @@ class TinyMLP(nn.Module):
 
 def make_denoiser(eps_fn: Callable[[Tensor, Tensor], Tensor]) -> Any:
     table = torch.cumprod(1 - betas_for("linear"), 0)
-    return sl.denoisers.from_eps(eps_fn, table, data_shape=(DIM,))
+    return from_eps(eps_fn, table, data_shape=(DIM,))
 
 
 def host_plan(den: Any, sigmas: Tensor, n: int) -> list[tuple[float, float, Tensor]]:
@@ -191,7 +192,7 @@ def scaling(ns: list[int], steps: int, n_steps: int, steps_axis: list[int], repe
                 return sl.sample(den, name, steps=s, shape=shape, seeds=range(shape[0]), **opts)
 
             res = run()  # warm-up; its realised NFE (PMM: its fine chain) sizes the floor
-            stochastic = not spec.is_deterministic(opts)
+            stochastic = not spec.deterministic(opts)
             floor = floor_ddpm if stochastic else floor_ddim
             if name == "pmm":  # PMM's arithmetic is its whole fine chain of sub-steps
                 grid = res.sigmas

@@ -42,7 +42,6 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from torch import Tensor
 import samplerlab as sl
 from samplerlab.fileio import atomic_write_text
 from samplerlab.samplers import SAMPLERS, get_sampler
+from samplerlab.samplers.bucketing import Bucketed
 from samplerlab.samplers.denoisers import EDMDenoiser, VPDenoiser, maybe_compile
 from samplerlab.samplers.noise import NOISE_KINDS
 
@@ -233,26 +233,6 @@ def wrap_network(
         fn = Bucketed(compiled, batch, cuda_graphs=graphs)
     setattr(den, attr, fn)
     return den
-
-
-class Bucketed:
-    """Pads the rows of each call to ``base * 2**k`` (a compiled network sees few shapes);
-    with CUDA graphs, marks each call as a new step and copies the output out of the pool."""
-
-    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], base: int, cuda_graphs: bool):
-        self.fn, self.base, self.cuda_graphs = fn, base, cuda_graphs
-
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        rows, size = x.shape[0], self.base
-        while size < rows:
-            size *= 2
-        if size > rows:
-            x = torch.cat([x, x[-1:].expand(size - rows, *x.shape[1:])])
-            t = torch.cat([t, t[-1:].expand(size - rows)])
-        if self.cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        out = self.fn(x, t)[:rows]
-        return out.clone() if self.cuda_graphs else out
 
 
 # --- timing ---------------------------------------------------------------------------------
@@ -449,8 +429,8 @@ def measure_cell(
 
 
 def run_throughput(args: argparse.Namespace, ckpt: Path, results: Results) -> None:
-    from samplerlab.callbacks.sampler_eval import steps_for_budget
-    from samplerlab.trainer.module import load_checkpoint
+    from samplerlab.evaluation.plan import steps_for_budget
+    from samplerlab.trainer.checkpoints import load_checkpoint
 
     device = torch.device(args.device)
     module, _ = load_checkpoint(ckpt)
@@ -618,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             results.write()
         start = time.perf_counter()
         if "params_m" not in results.meta:
-            from samplerlab.trainer.module import load_checkpoint
+            from samplerlab.trainer.checkpoints import load_checkpoint
 
             results.meta["params_m"] = (
                 sum(p.numel() for p in load_checkpoint(ckpt)[0].net.parameters()) / 1e6

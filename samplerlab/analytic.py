@@ -5,10 +5,14 @@ For ``x = y + sigma n`` with ``y ~ N(mu, diag(s^2))`` the denoiser is
 ``dx/dsigma = (x - D)/sigma`` has the closed form
 ``x(sigma) = mu + sqrt((s^2 + sigma^2) / (s^2 + sigma_0^2)) (x(sigma_0) - mu)``.
 A mixture diffused to ``sigma`` is ``sum_k w_k N(mu_k, diag(s_k^2) + sigma^2 I)``; its
-denoiser is the responsibility-weighted sum of the component denoisers (Tweedie).
+denoiser is the responsibility-weighted sum of the component denoisers (Tweedie's formula,
+Efron 2011, "Tweedie's Formula and Selection Bias": ``D = x + sigma^2 grad log p``).
 
-Both carry a linear-beta 1000-step VP table (``vp``) so every schedule, including the
-discrete diffusers spacings and the full DDPM chain, applies to them.
+Each is a :class:`~samplerlab.samplers.core.ModelBase`: it declares its
+:class:`~samplerlab.samplers.core.ModelInfo` through plain attributes (``sigma_min``,
+``sigma_max``, ``prior_std``, ``vp``, ``data_shape``; no network). Both carry a linear-beta
+1000-step VP table (``vp``) by default, so every schedule, including the discrete
+diffusers spacings and the full DDPM chain, applies to them.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from .samplers.core import SamplerError, append_dims, where_rows
+from .samplers.core import ModelBase, SamplerError, append_dims, where_rows
 from .samplers.schedules import DiscreteVP, betas_for
 
 
@@ -26,7 +30,7 @@ def _default_vp() -> DiscreteVP:
     return DiscreteVP.from_betas(betas_for("linear", 1000))
 
 
-class Gaussian:
+class Gaussian(ModelBase):
     """``N(mu, diag(s^2))`` with exact denoiser, samples and PF-ODE solution."""
 
     def __init__(self, mu: Tensor, s: Tensor, vp: DiscreteVP | None = None) -> None:
@@ -62,7 +66,7 @@ class Gaussian:
         return mu + ((s2 + b**2) / (s2 + a**2)).sqrt() * (x - mu)
 
 
-class GaussianMixture:
+class GaussianMixture(ModelBase):
     """``sum_k w_k N(mu_k, diag(s_k^2))`` with exact denoiser and exact samples."""
 
     def __init__(
@@ -205,8 +209,8 @@ class ClassConditionalMixture(GaussianMixture):
         return mu + ((s2 + b**2) / (s2 + a**2)).sqrt() * (x - mu)
 
 
-# The panel on which defaults are chosen (issue: "defaults chosen on a panel, not on one
-# model"): mixtures of several dimensions, component counts and spreads, on VP tables and in
+# The panel on which defaults are chosen (defaults are chosen on a panel, not on one
+# model): mixtures of several dimensions, component counts and spreads, on VP tables and in
 # the EDM parameterisation. HOLDOUT models are never used to choose anything; benchmarks
 # report them separately as the out-of-sample check.
 PANEL: dict[str, dict] = {

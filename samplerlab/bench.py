@@ -1,10 +1,11 @@
 """Quality and cost of every registered sampler versus NFE on an analytic model.
 
-For each sampler x NFE budget, :func:`run_bench` picks the number of steps whose registry
-NFE (``spec.nfe(steps)``) is the largest that fits the budget, so samplers with 2 or 3
-evaluations per step and samplers whose ``steps`` already is the NFE (DPM-Solver) are
-compared at equal cost. Every sampler draws from the same seeds (a paired comparison) and
-is scored by
+For each sampler x NFE budget, :func:`run_bench` plans its jobs with the evaluation's
+planner (:mod:`samplerlab.evaluation.plan`): the largest number of steps whose registry NFE
+(``spec.nfe(steps)``) fits the budget, so samplers with 2 or 3 evaluations per step and
+samplers whose ``steps`` already is the NFE (DPM-Solver) are compared at equal cost; a
+budget below one step's NFE runs one step (its row's ``expected_nfe`` exceeds the budget).
+Every sampler draws from the same seeds (a paired comparison) and is scored by
 
 * ``sw``: the sliced 2-Wasserstein distance of its samples to an independent exact sample
   of the same size (``sw_floor`` is the same distance between two exact samples: the
@@ -29,11 +30,8 @@ apart than these spreads.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,8 +41,8 @@ from torch import Tensor
 
 from .analytic import Gaussian, GaussianMixture, sliced_wasserstein
 from .errors import USER_ERRORS, ConfigError
-from .fileio import atomic_write_text
-from .samplers.core import SamplerError
+from .evaluation.plan import plan_sampler
+from .samplers.core import SamplerError, describe
 from .samplers.dpm_solver import sample_dpm_solver
 from .samplers.noise import PerSampleNoise
 from .samplers.registry import SAMPLERS, get_sampler
@@ -195,8 +193,8 @@ def run_bench(
     Returns:
         One dict per (sampler, budget): ``sampler, budget, steps, nfe, rounds, seconds, sw,
         sw_floor, sw_floor_std, rms, err_median, ref_residual, deterministic, schedule,
-        options`` (and ``error`` where the
-        sampler refused or diverged; budgets a sampler cannot reach are left out).
+        options, expected_nfe`` (and ``error`` where the sampler refused or diverged; a
+        budget below one step's NFE runs one step).
     """
     names = _check_samplers(samplers)
     budgets = _check_budgets(nfe_budgets, "NFE budgets")
@@ -232,7 +230,8 @@ def run_bench(
             "--n or --seed-sets)"
         )
 
-    dim_shape = tuple(getattr(model, "data_shape", None) or (model.dim,))
+    info = describe(model)
+    dim_shape = tuple(info.data_shape or (model.dim,))
     shape = (n_samples, *dim_shape)
     seeds = range(seed, seed + n_samples)
     device = torch.device(device)
@@ -262,29 +261,26 @@ def run_bench(
         # One reference per starting sigma (grids may differ from it in the last bits).
         key = f"{sigma0:.12g}"
         if key not in references:
-            prior_std = float(getattr(model, "prior_std", 0.0))
-            x0 = z.double().cpu() * math.sqrt(sigma0**2 + prior_std**2)
+            x0 = z.double().cpu() * math.sqrt(sigma0**2 + info.prior_std**2)
             references[key] = reference_endpoint(model, x0, sigma0, reference_steps)
         return references[key]
 
-    jobs: list[tuple[str, int, int | None]] = []
+    jobs = []
     for name in names:
-        spec = get_sampler(name)
-        deterministic = spec.is_deterministic(options.get(name))
-        for budget in budgets + ([] if deterministic else [b for b in extra if b not in budgets]):
-            jobs.append((name, budget, spec.steps_for_nfe(budget, options.get(name))))
+        deterministic = get_sampler(name).deterministic(options.get(name))
+        more = [] if deterministic else [b for b in extra if b not in budgets]
+        jobs += plan_sampler(name, name, options.get(name), budgets=budgets + more)
 
     from tqdm.auto import tqdm
 
     rows: list[dict[str, Any]] = []
     bar = tqdm(jobs, desc="bench", file=sys.stderr, disable=not progress, leave=False)
-    for name, budget, steps in bar:
+    for job in bar:
+        name, budget, steps = job.sampler, job.budget, job.steps
         bar.set_postfix_str(f"{name}@{budget}")
-        if steps is None:
-            continue
         spec = get_sampler(name)
         opts = options.get(name, {})
-        deterministic = spec.is_deterministic(opts)
+        deterministic = spec.deterministic(opts)
         # sample() draws the initial noise from the seeds; deterministic samplers also get
         # it explicitly (stochastic ones must not: their later draws come from the seeds).
         kwargs: dict[str, Any] = {"noise": z} if deterministic else {}
@@ -292,7 +288,7 @@ def run_bench(
             "sampler": name,
             "budget": budget,
             "steps": steps,
-            "expected_nfe": spec.nfe_for(steps, opts),
+            "expected_nfe": spec.nfe(steps, opts),
             "deterministic": deterministic,
             "schedule": schedules.get(name, "default"),
             "options": {k: _jsonable(v) for k, v in opts.items()},
@@ -337,7 +333,8 @@ def _std(values: Sequence[float]) -> float | None:
 
 
 def _sample(model, name, steps, shape, seeds, device, dtype, opts, kwargs):
-    from .samplers.api import sample
+    # samplerlab.sample: a coefficient file's path (iia_ddim.coeffs=FILE) is loaded there.
+    from .sample import sample
 
     return sample(
         model, name, steps=steps, shape=shape, seeds=seeds, device=device, dtype=dtype,
@@ -347,115 +344,3 @@ def _sample(model, name, steps, shape, seeds, device, dtype, opts, kwargs):
 
 def _jsonable(v: Any) -> Any:
     return v if isinstance(v, (bool, int, float, str, type(None))) else str(v)
-
-
-# --------------------------------------------------------------------------------------
-# Reports.
-# --------------------------------------------------------------------------------------
-
-
-def _fmt(v: Any, spec: str = ".3g") -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return format(v, spec)
-    return str(v)
-
-
-def _pm(v: Any, std: Any) -> str:
-    return _fmt(v, ".2e") + ("" if v is None or std is None else f" ± {std:.1e}")
-
-
-def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The markdown table of :func:`run_bench` rows (one line per sampler x budget)."""
-    head = (
-        "| sampler | NFE budget | steps | NFE | rounds | seconds | SW2 to exact | "
-        "RMS to ODE endpoint (± spread over seed sets) | median error (± spread) |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    )
-    lines = [head]
-    for r in rows:
-        label = r["sampler"]
-        extras = [f"{k}={v}" for k, v in r.get("options", {}).items()]
-        if r.get("schedule", "default") != "default":
-            extras.insert(0, r["schedule"])
-        if extras:
-            label += f" ({', '.join(extras)})"
-        if "error" in r:
-            lines.append(
-                f"| {label} | {r['budget']} | {r['steps']} | error: "
-                f"{r['error'].replace('|', '/')} | | | | | |"
-            )
-            continue
-        lines.append(
-            f"| {label} | {r['budget']} | {r['steps']} | {_fmt(r['nfe'], 'g')} | "
-            f"{r['rounds']} | {_fmt(r['seconds'], '.2f')} | {_fmt(r['sw'], '.4f')} | "
-            f"{_pm(r['rms'], r.get('rms_std'))} | {_pm(r['err_median'], r.get('err_median_std'))} |"
-        )
-    return "\n".join(lines)
-
-
-def format_notes(meta: Mapping[str, Any]) -> str:
-    floor = meta.get("sw_floor")
-    residual = meta.get("ref_residual")
-    parts = [
-        f"Model `{meta.get('model')}` (dim {meta.get('dim')}), {meta.get('n_samples')} samples "
-        f"per sampler from seeds {meta.get('seed')}.., {meta.get('dtype')}, {meta.get('device')}.",
-        f"SW2 floor (independent exact samples of the same size vs the exact sample, mean ± std "
-        f"over {meta.get('floor_repeats', 1)}): {_fmt(floor, '.4f')} ± "
-        f"{_fmt(meta.get('sw_floor_std'), '.4f')}; SW2 differences within this spread are "
-        "sampling noise.",
-    ]
-    if meta.get("seed_sets"):
-        k = meta["seed_sets"]
-        parts.append(
-            f"Pathwise errors: value over all samples ± the standard deviation over {k} "
-            f"independent seed sets of {int(meta.get('n_samples') or 0) // k} samples (disjoint "
-            "seed blocks); differences within it are noise."
-        )
-    if meta.get("reference") == "closed form":
-        parts.append("ODE endpoints: closed form.")
-    else:
-        parts.append(
-            f"ODE endpoints: {meta.get('reference')}; residual between this reference and the "
-            f"same solve at half the steps (RMS): {_fmt(residual, '.1e')}."
-        )
-    return " ".join(parts)
-
-
-def bench_meta(
-    model: Any,
-    model_name: str,
-    rows: Sequence[Mapping[str, Any]],
-    reference_steps: int = 400,
-    floor_repeats: int = DEFAULT_FLOOR_REPEATS,
-    **extra: Any,
-) -> dict[str, Any]:
-    """Run-level facts (floor, reference and its residual) gathered from the rows."""
-    residuals = [r["ref_residual"] for r in rows if r.get("ref_residual") is not None]
-    floors = [r["sw_floor"] for r in rows if r.get("sw_floor") is not None]
-    exact = hasattr(model, "ode_solution")
-    return {
-        "model": model_name,
-        "dim": int(getattr(model, "dim", 0)),
-        "sw_floor": floors[0] if floors else None,
-        "floor_repeats": floor_repeats,
-        "sw_floor_std": next((r["sw_floor_std"] for r in rows if "sw_floor_std" in r), None),
-        "reference": "closed form"
-        if exact
-        else f"DPM-Solver-3, {reference_steps} log-SNR steps to sigma 3e-5 then 0, float64",
-        "ref_residual": max(residuals) if residuals else None,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **extra,
-    }
-
-
-def write_report(
-    rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike[str], meta: Mapping[str, Any]
-) -> tuple[Path, Path]:
-    """Write ``bench.json`` and ``bench.md`` into ``out_dir`` (atomically)."""
-    out = Path(out_dir)
-    json_path, md_path = out / "bench.json", out / "bench.md"
-    atomic_write_text(json_path, json.dumps({"meta": meta, "rows": list(rows)}, indent=2) + "\n")
-    atomic_write_text(md_path, format_table(rows) + "\n\n" + format_notes(meta) + "\n")
-    return json_path, md_path

@@ -1,8 +1,9 @@
 """The ``samplerlab`` command line: one module per subcommand under ``samplerlab.commands``.
 
 Every subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
-Errors from bad input (``SamplerError``, ``ConfigError``, ``FileNotFoundError``) are
-printed as one line and exit with status 2.
+Errors from bad input (the types in :data:`samplerlab.errors.USER_ERRORS`: ``SamplerError``,
+``ConfigError``, ``TrainingError``, ``NonFiniteError``, ``FileNotFoundError``) are printed as
+one line and exit with status 2.
 """
 
 from __future__ import annotations

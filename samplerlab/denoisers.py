@@ -1,5 +1,13 @@
-"""Denoiser wrappers (re-exported from :mod:`samplerlab.samplers.denoisers`) plus loaders
-that need third-party packages: a diffusers ``UNet2DModel`` with its scheduler config.
+"""Loading diffusers models (a local folder or a loaded network) as ``D(x, sigma)``.
+
+The torch-only denoisers and wrappers live in :mod:`samplerlab.samplers.denoisers`
+(``from_eps``, ``VPDenoiser``, ``EDMDenoiser``, ``CountingDenoiser``, ...); this module adds
+what needs the third-party ``diffusers`` package: :func:`from_diffusers` (a
+:class:`~samplerlab.samplers.denoisers.VPDenoiser` on the scheduler's ``alphas_cumprod``,
+declaring the network as its ``ModelInfo.network``), :func:`load_scheduler_config`, and the
+model functions ``f(x_vp, t)`` it wraps: :class:`DiffusersModel` and :class:`LabelledModel`
+(bound class labels: its ``take`` is the per-sample state of the denoiser contract, reached
+through ``VPDenoiser.take``).
 """
 
 from __future__ import annotations
@@ -11,43 +19,14 @@ from typing import Any
 
 import torch
 
-from .samplers.conditioning import Conditioned, Guided
 from .samplers.core import SamplerError
-from .samplers.denoisers import (
-    ChunkedDenoiser,
-    ClippedDenoiser,
-    CountingDenoiser,
-    EDMDenoiser,
-    FiniteCheckDenoiser,
-    NonFiniteError,
-    VPDenoiser,
-    chunked,
-    from_eps,
-    from_v,
-    from_x0,
-    maybe_compile,
-)
-from .samplers.schedules import ContinuousVP, DiscreteVP
+from .samplers.denoisers import VPDenoiser, maybe_compile
+from .samplers.schedules import DiscreteVP
 
 __all__ = [
-    "ChunkedDenoiser",
-    "ClippedDenoiser",
-    "Conditioned",
-    "ContinuousVP",
-    "CountingDenoiser",
     "DiffusersModel",
-    "DiscreteVP",
-    "EDMDenoiser",
-    "FiniteCheckDenoiser",
-    "Guided",
     "LabelledModel",
-    "NonFiniteError",
-    "VPDenoiser",
-    "chunked",
     "from_diffusers",
-    "from_eps",
-    "from_v",
-    "from_x0",
     "load_scheduler_config",
 ]
 
@@ -101,7 +80,8 @@ def from_diffusers(
     wraps the UNet call in ``torch.compile(mode="reduce-overhead")`` (CUDA graphs).
     ``class_labels`` binds one label per sample (or one for all); conditioning passed to
     ``samplerlab.sample(..., cond=)`` instead reaches the UNet as described in
-    :class:`DiffusersModel` (and may be guided).
+    :class:`DiffusersModel` (and may be guided). The denoiser declares ``unet`` as its
+    ``info.network`` (the module whose weights fingerprint fitted coefficients).
     """
     import diffusers
     from diffusers import DDPMScheduler
@@ -166,6 +146,7 @@ def from_diffusers(
         else clip_denoised,
         data_shape=(unet.config.in_channels, *hw),
         compile=vp_compile,
+        network=unet,
     )
 
 

@@ -247,5 +247,5 @@ def test_dpm_solver_nfe_rule_counts_explicit_orders(gaussian):
         res = sl.sample(
             gaussian, "dpm_solver_3", steps=6, shape=(2, 4), seeds=[0, 1], orders=orders
         )
-        assert spec.nfe_for(6, {"orders": orders}) == res.nfe
-    assert spec.nfe_for(6) == 6  # DPM-Solver-fast: steps = NFE
+        assert spec.nfe(6, {"orders": orders}) == res.nfe
+    assert spec.nfe(6) == 6  # DPM-Solver-fast: steps = NFE

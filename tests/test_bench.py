@@ -10,13 +10,8 @@ import torch
 
 import samplerlab as sl
 from samplerlab.analytic import sliced_wasserstein
-from samplerlab.bench import (
-    fine_solve,
-    format_table,
-    make_model,
-    reference_endpoint,
-    run_bench,
-)
+from samplerlab.bench import fine_solve, make_model, reference_endpoint, run_bench
+from samplerlab.bench_report import format_table
 from samplerlab.cli import main
 from samplerlab.errors import ConfigError
 from samplerlab.samplers import SamplerError, SamplerSpec, get_sampler, get_sigmas
@@ -26,7 +21,7 @@ from samplerlab.samplers.noise import PerSampleNoise
 
 
 def _spec(nfe) -> SamplerSpec:
-    return SamplerSpec("toy", sample_euler, "toy", deterministic=True, nfe=nfe)
+    return SamplerSpec("toy", sample_euler, "toy", nfe_rule=lambda steps, options: nfe(steps))
 
 
 def test_steps_for_nfe_inverts_the_registry_nfe():
@@ -276,3 +271,15 @@ def test_cli_reports_the_seed_set_spread(tmp_path, capsys):
     )
     assert main([*argv, "--seed-sets", "8", "--out", str(tmp_path / "b8")]) == 0
     assert len(json.loads((tmp_path / "b8" / "bench.json").read_text())["rows"][0]["rms_sets"]) == 8
+
+
+def test_unreachable_budget_runs_one_step_as_in_the_evaluation(gaussian):
+    """One planner for bench and evaluation: a budget below one step's NFE runs one step."""
+    from samplerlab.evaluation.plan import steps_for_budget
+
+    rows = run_bench(gaussian, ["pmm"], (1,), n_samples=8, ddpm_budgets=(), progress=False)
+    assert [(r["budget"], r["steps"]) for r in rows] == [
+        (1, steps_for_budget(get_sampler("pmm"), 1))
+    ]
+    assert rows[0]["steps"] == 1 and rows[0]["expected_nfe"] > 1 and "error" not in rows[0]
+    assert "(over budget)" in format_table(rows)

@@ -102,21 +102,6 @@ def test_compiled_network_gives_the_same_samples(bench, smoke, tmp_path):
     assert srds["nfe"] > 4  # SRDS evaluated more than one row block per call
 
 
-def test_bucketed_pads_rows_and_returns_the_rows_asked_for(bench):
-    seen = []
-
-    def net(x, t):
-        seen.append(x.shape[0])
-        return x * t[:, None]
-
-    b = bench.Bucketed(net, base=2, cuda_graphs=False)
-    x, t = torch.randn(5, 3), torch.rand(5)
-    torch.testing.assert_close(b(x, t), x * t[:, None])
-    torch.testing.assert_close(b(x[:2], t[:2]), x[:2] * t[:2, None])
-    torch.testing.assert_close(b(x[:1], t[:1]), x[:1] * t[:1, None])
-    assert seen == [8, 2, 2]
-
-
 def test_network_attr_names_the_wrapped_call(bench):
     from samplerlab.samplers.denoisers import EDMDenoiser, from_eps
     from samplerlab.samplers.schedules import betas_for

@@ -187,9 +187,7 @@ def test_bad_input_is_one_clear_line(gmm):
         calibrate.fit(gmm, "ddim", steps=1, **FAST)
 
 
-DETERMINISTIC = sorted(
-    n for n, s in SAMPLERS.items() if s.is_deterministic() and not s.needs_coeffs
-)
+DETERMINISTIC = sorted(n for n, s in SAMPLERS.items() if s.deterministic() and not s.needs_coeffs)
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)

@@ -7,9 +7,10 @@ import torch
 
 from samplerlab import calibrate
 from samplerlab.analytic import GaussianMixture
-from samplerlab.callbacks.report import write_report
-from samplerlab.callbacks.sampler_eval import Evaluator, plan_jobs
 from samplerlab.errors import ConfigError
+from samplerlab.evaluation.evaluator import Evaluator
+from samplerlab.evaluation.plan import plan_jobs
+from samplerlab.evaluation.report import write_report
 from samplerlab.trainer.config import load_config
 from samplerlab.trainer.data import DiffusionDataModule
 

@@ -72,7 +72,7 @@ def test_rows_that_name_no_samples_are_refused(folder):
 
 
 def test_pmm_midpoints_get_their_own_samples_labels(folder):
-    """The issue's case: PMM gathers its midpoint rows; with labels they must be each
+    """The bug case: PMM gathers its midpoint rows; with labels they must be each
     sample's own (before: max-abs 0.42 against each sample alone)."""
     labels = torch.tensor([0, 1, 2, 1, 0, 2])
     den = from_diffusers(folder, dtype=F64, class_labels=labels)
@@ -119,7 +119,7 @@ def test_per_sample_labels_batch_equals_each_sample_alone(folder, name, options)
 def test_sharded_replicas_keep_each_rows_label(folder):
     """Rows split over replicas (ShardedDenoiser) keep their samples' labels, also for
     gathered rows (pmm) and for copies of the batch (srds)."""
-    from samplerlab.samplers.parallel import ShardedDenoiser
+    from samplerlab.samplers.sharding import ShardedDenoiser
 
     labels = torch.tensor([0, 1, 2, 1, 0])
     den = from_diffusers(folder, dtype=F64, class_labels=labels)
@@ -131,3 +131,16 @@ def test_sharded_replicas_keep_each_rows_label(folder):
             torch.testing.assert_close(sl.sample(sharded, name, **opts, **kw).x, ref)
     finally:
         sharded.close()
+
+
+def test_from_diffusers_declares_the_unet_the_fingerprint_finds(folder):
+    from samplerlab.samplers.core import describe
+    from samplerlab.samplers.fingerprint import find_module
+
+    for labels in (None, torch.tensor([0, 2])):
+        den = from_diffusers(folder, dtype=F64, class_labels=labels)
+        unet = den.model_fn.unet
+        assert isinstance(unet, torch.nn.Module)
+        assert describe(den).network is unet and find_module(den) is unet
+        if labels is not None:  # a row view keeps the network
+            assert describe(den.take(torch.tensor([1]))).network is unet

@@ -14,9 +14,9 @@ import torch
 
 import samplerlab as sl
 from samplerlab.analytic import ClassConditionalMixture, GaussianMixture
-from samplerlab.denoisers import CountingDenoiser, EDMDenoiser, chunked, from_eps
 from samplerlab.samplers import SamplerError
 from samplerlab.samplers.conditioning import Conditioned, Guided, condition
+from samplerlab.samplers.denoisers import CountingDenoiser, EDMDenoiser, chunked, from_eps
 
 F64 = torch.float64
 NULL = ClassConditionalMixture.NULL
@@ -238,7 +238,7 @@ def test_a_denoiser_without_cond_is_refused():
 def test_sharded_rows_keep_their_conditioning(model, name):
     """Conditioned and guided rows split over replicas (ShardedDenoiser) keep their rows of
     cond and uncond; NFE counts every replica's rows."""
-    from samplerlab.samplers.parallel import ShardedDenoiser
+    from samplerlab.samplers.sharding import ShardedDenoiser
 
     sharded = ShardedDenoiser([model, model], ["cpu", "cpu"])
     kw = {"steps": 9, "shape": (4, 3), "dtype": F64, "seeds": SEEDS, "cond": LABELS}

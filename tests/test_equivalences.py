@@ -150,7 +150,7 @@ def test_same_seed_same_sample_in_any_batch(gmm, name, options):
 def test_per_row_grids_equal_separate_runs(gmm, name, options):
     """A grid ``[N+1, B]`` gives each row what its own 1-D grid gives it."""
     spec = SAMPLERS[name]
-    grid_steps, planned = spec.plan_for(6)
+    grid_steps, planned = spec.plan(6)
     cols = [
         karras(grid_steps, 0.01, 80.0),
         karras(grid_steps, 0.05, 20.0, rho=3.0),
@@ -179,7 +179,7 @@ def test_per_row_grid_mixed_final_rows(gmm):
     sigmas = torch.stack([ends_zero, ends_pos], dim=1)
     x = torch.stack([_start(gmm, 80.0, 1, 1)[0], _start(gmm, 40.0, 1, 2)[0]])
     for name, spec in SAMPLERS.items():
-        if spec.needs_coeffs or not spec.is_deterministic():
+        if spec.needs_coeffs or not spec.deterministic():
             continue
         out = spec(gmm, x, sigmas)  # registry defaults (fixed order for DPM-Solver)
         for k in range(2):
@@ -191,7 +191,7 @@ def test_per_row_grid_mixed_final_rows(gmm):
 def test_sample_with_per_row_grid_equals_row_by_row(gmm, name, options):
     """``sample(sigmas=[N+1, B])``: each row starts at its own sigma_0 and ends where a
     separate ``sample`` call with its 1-D grid and seed ends."""
-    grid_steps, _ = SAMPLERS[name].plan_for(5)
+    grid_steps, _ = SAMPLERS[name].plan(5)
     cols = [karras(grid_steps, 0.01, 80.0), karras(grid_steps, 0.02, 3.0, rho=4.0)]
     seeds = [8, 9]
     kw = {"steps": 5, "dtype": F64, **options}

@@ -6,15 +6,12 @@ import torch
 from omegaconf import OmegaConf
 
 from samplerlab.analytic import GaussianMixture
-from samplerlab.callbacks.features import INCEPTION_FILE, build_features
-from samplerlab.callbacks.sampler_eval import (
-    Evaluator,
-    _stats,
-    fid_from_stats,
-    plan_jobs,
-    steps_for_budget,
-)
 from samplerlab.errors import ConfigError
+from samplerlab.evaluation.evaluator import Evaluator
+from samplerlab.evaluation.features import INCEPTION_FILE, build_features
+from samplerlab.evaluation.fid import fid_from_stats
+from samplerlab.evaluation.fid import stats_of as _stats
+from samplerlab.evaluation.plan import plan_jobs, steps_for_budget
 from samplerlab.samplers import SAMPLERS, get_sampler
 from samplerlab.trainer.config import load_config
 from samplerlab.trainer.data import DiffusionDataModule
@@ -62,9 +59,9 @@ def test_plan_budgets_count_the_entry_options():
     )
     spec = get_sampler("rmm_pc")
     (job,), (fixed,) = ([j for j in plan_jobs(cfg.eval) if j.label == lab] for lab in ("pc", "pc3"))
-    assert job.steps == 3 and spec.nfe_for(job.steps, job.options) <= 20
-    assert spec.nfe_for(job.steps + 1, job.options) > 20
-    assert fixed.budget == int(spec.nfe_for(3, {"corrector_steps": 3})) == 17  # 5 + 2*3*2
+    assert job.steps == 3 and spec.nfe(job.steps, job.options) <= 20
+    assert spec.nfe(job.steps + 1, job.options) > 20
+    assert fixed.budget == int(spec.nfe(3, {"corrector_steps": 3})) == 17  # 5 + 2*3*2
 
 
 def test_fid_from_stats_matches_closed_form():
@@ -111,7 +108,7 @@ def test_non_finite_is_reported_not_averaged(tmp_path):
     for r in rep["results"]:
         assert r["status"] == "non-finite" and r["fid"] is None
         assert "round" in r["error"]
-    from samplerlab.callbacks.report import write_report
+    from samplerlab.evaluation.report import write_report
 
     write_report(tmp_path / "run", rep)
     md = (tmp_path / "run" / "report.md").read_text()
@@ -122,22 +119,25 @@ def test_non_finite_is_reported_not_averaged(tmp_path):
 def test_iia_fit_integration(tmp_path):
     """IIA samplers get coeffs= fitted on the fly by samplerlab.iia.fit, or from a file."""
     from samplerlab import iia
-    from samplerlab.callbacks.sampler_eval import Job
+    from samplerlab.evaluation.fits import job_coeffs
+    from samplerlab.evaluation.plan import Job
 
-    ev, cfg = make_evaluator(tmp_path, "eval.iia.M=2", "eval.iia.num_samples=4")
-    ev._device = torch.device("cpu")
+    _, cfg = make_evaluator(tmp_path, "eval.iia.M=2", "eval.iia.num_samples=4")
+    cpu = torch.device("cpu")
     mix = exact_gmm(cfg)
-    fitted = ev._coeffs(Job("x", "iia_edm", 11, 6, coeffs="fit"), mix)
+    fitted = job_coeffs(Job("x", "iia_edm", 11, 6, coeffs="fit"), mix, cfg.eval, device=cpu)
     assert isinstance(fitted, iia.IIACoefficients) and fitted.sampler == "iia_edm"
     assert fitted.metadata["M"] == 2 and fitted.metadata["num_samples"] == 4
     assert fitted.mask.any()
     path = iia.save(fitted, tmp_path / "edm.safetensors")
-    loaded = ev._coeffs(Job("x", "iia_edm", 11, 6, coeffs=str(path)), mix)
+    loaded = job_coeffs(Job("x", "iia_edm", 11, 6, coeffs=str(path)), mix, cfg.eval, device=cpu)
     assert isinstance(loaded, iia.IIACoefficients) and loaded.sampler == "iia_edm"
     torch.testing.assert_close(loaded.coeffs, fitted.coeffs, rtol=0, atol=0)
-    assert ev._coeffs(Job("x", "iia_edm", 11, 6, coeffs="default"), None) is None
+    default = Job("x", "iia_edm", 11, 6, coeffs="default")
+    assert job_coeffs(default, None, cfg.eval, device=cpu) is None
+    missing = Job("x", "iia_edm", 11, 6, coeffs=str(tmp_path / "missing.safetensors"))
     with pytest.raises(ConfigError, match="coeffs"):
-        ev._coeffs(Job("x", "iia_edm", 11, 6, coeffs=str(tmp_path / "missing.safetensors")), None)
+        job_coeffs(missing, None, cfg.eval, device=cpu)
 
 
 def test_feature_errors_one_line(tmp_path):
@@ -157,7 +157,7 @@ def test_feature_errors_one_line(tmp_path):
 
 
 def test_shipped_digits_classifier_is_accurate():
-    from samplerlab.callbacks.features import load_classifier, shipped_classifier
+    from samplerlab.evaluation.features import load_classifier, shipped_classifier
     from samplerlab.trainer.data import digits_tensor
 
     path = shipped_classifier("digits")
@@ -201,3 +201,49 @@ def test_wandb_offline_run_holds_fid_keys(tmp_path, monkeypatch):
     assert files, list((tmp_path / "wb").rglob("*"))
     for key in keys:
         assert key in data, key
+
+
+def test_iia_fit_of_a_job_is_sharded_over_the_evaluations_ranks(tmp_path):
+    """Two ranks (threads) fit a job's coefficients on halves of the fitting noises and
+    all-reduce through Dist: the coefficients one process fits, on every rank."""
+    import threading
+
+    from samplerlab.evaluation.dist import Dist
+    from samplerlab.evaluation.fits import job_coeffs
+    from samplerlab.evaluation.plan import Job
+
+    _, cfg = make_evaluator(tmp_path, "eval.iia.M=2", "eval.iia.num_samples=7")
+    mix, cpu = exact_gmm(cfg), torch.device("cpu")
+    job = Job("x", "iia_edm", 11, 6, coeffs="fit")
+    one = job_coeffs(job, mix, cfg.eval, device=cpu)
+    barrier, parts, out, seen = threading.Barrier(2), {}, {}, {0: [], 1: []}
+
+    class Strategy:  # the collectives Dist reads of a Lightning strategy
+        world_size = 2
+
+        def __init__(self, rank):
+            self.global_rank = rank
+
+        def reduce(self, t, reduce_op):
+            assert reduce_op == "sum"
+            parts[self.global_rank] = t.clone()
+            barrier.wait()
+            total = parts[0] + parts[1]
+            barrier.wait()
+            seen[self.global_rank].append(not torch.equal(parts[0], parts[1]))
+            return total
+
+    def run(rank):
+        out[rank] = job_coeffs(job, mix, cfg.eval, device=cpu, dist=Dist(Strategy(rank)))
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Every fitted step all-reduced on both ranks, each rank holding its own noises.
+    assert seen[0] and seen[0] == seen[1] and all(seen[0])
+    for rank in (0, 1):
+        assert torch.equal(out[rank].mask, one.mask)
+        torch.testing.assert_close(out[rank].coeffs, one.coeffs, rtol=1e-12, atol=1e-14)
+        assert out[rank].metadata["world_size"] == 2 and out[rank].metadata["num_samples"] == 7

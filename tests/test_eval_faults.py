@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from samplerlab.analytic import GaussianMixture
-from samplerlab.callbacks import sampler_eval
-from samplerlab.callbacks.sampler_eval import Evaluator, SamplerEvalCallback
+from samplerlab.callbacks.sampler_eval import SamplerEvalCallback
 from samplerlab.errors import ConfigError
+from samplerlab.evaluation import checks, job
+from samplerlab.evaluation.evaluator import Evaluator
 from samplerlab.trainer.config import load_config
 from samplerlab.trainer.data import DiffusionDataModule
 from samplerlab.trainer.module import build_module
@@ -152,7 +153,7 @@ def test_unwritable_output_fails_first(tmp_path, monkeypatch):
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(sampler_eval.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(checks.tempfile, "mkstemp", refuse)
     with pytest.raises(ConfigError, match=r"out_dir: cannot write into .*Permission denied"):
         make(tmp_path)
 
@@ -170,14 +171,14 @@ def test_output_file_that_is_a_folder_fails_first(tmp_path):
 
 
 def test_any_exception_is_that_jobs_error_row(tmp_path, monkeypatch):
-    real_sample = sampler_eval.sample
+    real_sample = job.sample
 
     def flaky(den, name, **kw):
         if name == "ddim":
             raise KeyError("boom")
         return real_sample(den, name, **kw)
 
-    monkeypatch.setattr(sampler_eval, "sample", flaky)
+    monkeypatch.setattr(job, "sample", flaky)
     ev, cfg = make(tmp_path)
     rep = ev.evaluate(exact_gmm(cfg), CPU)
     by = {(r["label"], r["budget"]): r for r in rep["results"]}
@@ -206,7 +207,7 @@ class Interrupt(BaseException):
 
 
 def test_killed_evaluation_resumes_and_skips_finished_rows(tmp_path, monkeypatch):
-    real_sample = sampler_eval.sample
+    real_sample = job.sample
     calls: list[tuple[str, int]] = []
 
     def counting(den, name, *, steps, **kw):
@@ -215,7 +216,7 @@ def test_killed_evaluation_resumes_and_skips_finished_rows(tmp_path, monkeypatch
             raise Interrupt()
         return real_sample(den, name, steps=steps, **kw)
 
-    monkeypatch.setattr(sampler_eval, "sample", counting)
+    monkeypatch.setattr(job, "sample", counting)
     kill = True
     ev, cfg = make(tmp_path)
     with pytest.raises(Interrupt):
@@ -295,8 +296,10 @@ def test_over_budget_rows_are_marked_and_plotted_at_their_nfe(tmp_path, monkeypa
 
 
 def test_no_private_torchmetrics_api():
-    root = Path(sampler_eval.__file__).parent
-    for p in root.glob("*.py"):
+    import samplerlab.callbacks.sampler_eval as cb
+
+    roots = [Path(cb.__file__).parent, Path(job.__file__).parent]
+    for p in [p for root in roots for p in root.glob("*.py")]:
         for line in p.read_text().splitlines():
             if "torchmetrics" in line and "import" in line:
                 names = line.split("import", 1)[1].replace("(", "").split(",")
@@ -306,7 +309,7 @@ def test_no_private_torchmetrics_api():
 def test_frechet_distance_matches_torchmetrics_public_fid():
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from samplerlab.callbacks.fid import fid_from_stats, stats_of
+    from samplerlab.evaluation.fid import fid_from_stats, stats_of
 
     class Ident(torch.nn.Module):
         num_features = 5
@@ -328,7 +331,7 @@ def test_frechet_distance_matches_torchmetrics_public_fid():
 
 
 def test_bootstrap_std_matches_the_spread_over_independent_sets():
-    from samplerlab.callbacks.fid import bootstrap_fid_std, fid_from_stats, stats_of
+    from samplerlab.evaluation.fid import bootstrap_fid_std, fid_from_stats, stats_of
 
     g = torch.Generator().manual_seed(1)
     cov = torch.tensor([[1.0, 0.3, 0.0], [0.3, 0.5, 0.1], [0.0, 0.1, 0.2]], dtype=torch.float64)
@@ -354,7 +357,7 @@ def test_rows_carry_fid_std_and_report_opens_with_pick_lines(tmp_path):
 
 
 def test_pick_lines_name_best_and_those_within_noise():
-    from samplerlab.callbacks.report import pick_lines
+    from samplerlab.evaluation.report import pick_lines
 
     def row(label, fid, std, budget=10, status="ok", over=False):
         return dict(
@@ -447,7 +450,7 @@ def test_evaluate_records_checkpoint_and_clears_stale_grids(tmp_path, capsys):
     assert json.loads((out / "report.json").read_text())["checkpoint"]["step"] == report["step"]
     # A coefficient file fitted on this checkpoint (as `iia-fit --ckpt` does) matches it.
     from samplerlab import iia
-    from samplerlab.trainer.module import load_denoiser
+    from samplerlab.trainer.checkpoints import load_denoiser
 
     c = iia.fit(load_denoiser(ckpt), "iia_ddim", steps=4, M=2, num_samples=4, progress=False)
     path = iia.save(c, tmp_path / "c.safetensors")
@@ -487,7 +490,7 @@ def test_one_progress_bar_and_quiet_iia_fits(tmp_path, capfd, caplog):
 @pytest.mark.parametrize("nf", [3, 40])
 def test_bootstrap_resample_fid_is_the_fid_of_the_resampled_set(nf):
     """The Gram-matrix path (n <= F) and the F x F path give the FID of the resampled set."""
-    from samplerlab.callbacks import fid as F
+    from samplerlab.evaluation import fid as F
 
     g = torch.Generator().manual_seed(2)
     real = F.stats_of(torch.randn(300, nf, generator=g, dtype=torch.float64))
@@ -535,7 +538,7 @@ def test_unwritable_cache_is_a_note_not_a_failure(tmp_path):
 
 
 def test_row_store_skips_a_damaged_line(tmp_path):
-    from samplerlab.callbacks.rows import RowStore
+    from samplerlab.evaluation.rows import RowStore
 
     store = RowStore(tmp_path / "rows.jsonl")
     store.append({"key": "a", "fid": 1.0})

@@ -69,7 +69,7 @@ def test_per_row_grids_without_coeffs(gmm):
 def test_registry_entries():
     for name, base in iia.BASES.items():
         spec, b = get_sampler(name), get_sampler(base)
-        assert spec.needs_coeffs and spec.deterministic
+        assert spec.needs_coeffs and spec.deterministic()
         assert [spec.nfe(n) for n in (3, 10, 20)] == [b.nfe(n) for n in (3, 10, 20)]
         assert spec.option_names() == ["coeffs", "allow_fingerprint_mismatch"]
 
@@ -78,8 +78,8 @@ def test_edm_lemma_one_matches_heun(gaussian):
     # eq. 17: Heun = x + h/t (x - D) + h/(2 t') (D - D~) on one step.
     x = torch.randn(5, gaussian.dim, dtype=F64, generator=torch.Generator().manual_seed(1)) * 3
     s, s1 = torch.full((5,), 3.0, dtype=F64), torch.full((5,), 1.7, dtype=F64)
-    t = iia.step_terms("iia_edm", gaussian, x, s, s1, None, final=False, r=1)
-    c0 = iia.default_coefficients("iia_edm", torch.tensor([3.0, 1.7, 0.0]), r=1)[0]
+    t = iia.get_form("iia_edm").step(gaussian, x, s, s1, None, final=False, r=1)
+    c0 = iia.get_form("iia_edm").default_coefficients(torch.tensor([3.0, 1.7, 0.0]), r=1)[0]
     torch.testing.assert_close(t.combine(c0.tolist()), step_heun(gaussian, x, s, s1))
 
 
@@ -101,7 +101,7 @@ def test_vp_coordinates_equivalence(gmm):
                 torch.full((4,), float(sig[i]), dtype=F64),
                 torch.full((4,), float(sig[i + 1]), dtype=F64),
             )
-            t = iia.step_terms(name, gmm, xs, s, s1, hist, final=i == 2)
+            t = iia.get_form(name).step(gmm, xs, s, s1, hist, final=i == 2)
             if i == 0:
                 xs, hist = t.base, t.history
                 continue
@@ -145,11 +145,11 @@ def test_fine_grid_spacings(gmm):
     t = gmm.vp.t(g)
     torch.testing.assert_close(t[1:] - t[:-1], torch.full((3,), float(t[1] - t[0]), dtype=F64))
     assert iia.fine_grid(0.5, 0.0, 2, "time", gmm.vp).tolist() == [0.5, 0.25, 0.0]
-    assert iia.resolve_spacing("iia_edm", "auto", gmm.vp) == "sigma"
-    assert iia.resolve_spacing("iia_ddim", "auto", gmm.vp) == "time"
-    assert iia.resolve_spacing("iia_dpmpp_2m", "auto", None) == "logsnr"
+    assert iia.resolve_spacing(iia.get_form("iia_edm"), "auto", gmm.vp) == "sigma"
+    assert iia.resolve_spacing(iia.get_form("iia_ddim"), "auto", gmm.vp) == "time"
+    assert iia.resolve_spacing(iia.get_form("iia_dpmpp_2m"), "auto", None) == "logsnr"
     with pytest.raises(SamplerError, match="spacing"):
-        iia.resolve_spacing("iia_ddim", "cubic", None)
+        iia.resolve_spacing(iia.get_form("iia_ddim"), "cubic", None)
 
 
 @pytest.mark.parametrize("warm_start", [True, False])
@@ -167,7 +167,9 @@ def test_dpmpp_fine_reference_of_the_last_step(gaussian, warm_start):
     errs = [float((coarse - exact).norm())]
     for M in (2, 4, 8, 16):
         sub = iia.fine_grid(s_last, 0.0, M, "sigma")
-        ref = iia.fine_reference("iia_dpmpp_2m", gaussian, x, sub, history, warm_start=warm_start)
+        ref = iia.get_form("iia_dpmpp_2m").fine_reference(
+            gaussian, x, sub, history, warm_start=warm_start
+        )
         errs.append(float((ref - exact).norm()))
     assert max(errs[1:]) < 0.6 * errs[0] and errs[-1] < 0.05 * errs[0], errs
 
@@ -245,3 +247,31 @@ def test_fingerprint_of_wrapped_modules():
         net.weight[0, 0] += 1e-3
     assert fingerprint(den2) != f
     assert fingerprint(den) != g  # the module held only in a closure is hashed too
+
+
+def test_torch_only_layer_takes_loaded_coefficients(gmm, tmp_path):
+    # samplers/ imports only torch: a path is loaded by samplerlab.sample, not below it.
+    from samplerlab.samplers import sample as torch_only_sample
+
+    path = save(_fitted_like(gmm), tmp_path / "c.safetensors")
+    with pytest.raises(SamplerError, match=r"samplerlab\.iia\.load") as e:
+        torch_only_sample(gmm, "iia_edm", steps=6, shape=(2, gmm.dim), coeffs=str(path))
+    assert "\n" not in str(e.value)
+    kw = {"steps": 6, "shape": (2, gmm.dim), "dtype": F64}
+    x = torch_only_sample(gmm, "iia_edm", coeffs=load(path), **kw).x
+    assert torch.equal(x, sl.sample(gmm, "iia_edm", coeffs=path, **kw).x)
+
+
+def test_bench_option_takes_a_coefficient_file(gmm, tmp_path):
+    # `samplerlab bench --option iia_edm.coeffs=FILE`: the file is loaded for each run.
+    from samplerlab.bench import run_bench
+
+    c = _fitted_like(gmm)
+    path = save(c, tmp_path / "c.safetensors")
+    kw = {"nfe_budgets": [11], "n_samples": 8, "seed_sets": 2, "progress": False}
+    kw["ddpm_budgets"] = []
+    by_file = run_bench(gmm, ["iia_edm"], sampler_options={"iia_edm": {"coeffs": str(path)}}, **kw)
+    by_value = run_bench(gmm, ["iia_edm"], sampler_options={"iia_edm": {"coeffs": c}}, **kw)
+    plain = run_bench(gmm, ["iia_edm"], **kw)
+    assert "error" not in by_file[0] and by_file[0]["options"] == {"coeffs": str(path)}
+    assert by_file[0]["rms"] == by_value[0]["rms"] != plain[0]["rms"]

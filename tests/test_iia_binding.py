@@ -10,6 +10,7 @@ from samplerlab.analytic import GaussianMixture
 from samplerlab.iia import IIAFileError, fingerprint, fit, load, save
 from samplerlab.samplers import SamplerError, build_sigmas, get_sampler
 from samplerlab.samplers import iia as siia
+from samplerlab.samplers.denoisers import EDMDenoiser
 
 F64 = torch.float64
 
@@ -73,7 +74,7 @@ def test_load_with_another_denoiser_and_override(fitted, tmp_path):
 
 def test_the_fingerprint_follows_weight_changes():
     net = torch.nn.Linear(4, 4)
-    den = sl.denoisers.EDMDenoiser(net, preconditioned=False)
+    den = EDMDenoiser(net, preconditioned=False)
     a = fingerprint(den)
     assert fingerprint(den) == a  # cached, unchanged
     with torch.no_grad():
@@ -113,7 +114,7 @@ def test_non_finite_coefficients_are_refused(tmp_path):
 
 
 def test_sharded_replicas_have_their_models_fingerprint(fitted):
-    from samplerlab.samplers.parallel import ShardedDenoiser
+    from samplerlab.samplers.sharding import ShardedDenoiser
 
     gmm, c = fitted
     sharded = ShardedDenoiser([gmm, gmm], ["cpu", "cpu"])

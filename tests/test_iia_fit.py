@@ -104,3 +104,69 @@ def test_cli_writes_a_loadable_file(tmp_path, capsys):
         assert not bad_out.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all(line.startswith("samplerlab iia-fit: error:") for line in err)
+
+
+def _same_fit(a, b):
+    assert torch.equal(a.coeffs, b.coeffs) and torch.equal(a.mask, b.mask)
+    assert torch.equal(a.sigmas, b.sigmas) and (a.sampler, a.form, a.r) == (b.sampler, b.form, b.r)
+    drop = lambda m: {k: v for k, v in m.items() if k != "fit_seconds"}
+    assert drop(a.metadata) == drop(b.metadata)
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("iia_ddim", {}),
+        ("iia_ddim", {"form": "guided"}),
+        ("iia_dpmpp_2m", {"batch_size": 3}),
+        ("iia_edm", {"r": 2}),
+        ("biia_edm", {}),
+    ],
+)
+def test_fit_coefficients_equals_fit(gmm, name, kw):
+    # The pure fit (no Lightning) is the fit stage's math: the same result bit for bit.
+    args = {"steps": 6, "M": 2, "num_samples": 5, **kw}
+    _same_fit(sl.iia.fit_coefficients(gmm, name, **args), fit(gmm, name, progress=False, **args))
+
+
+def test_fit_coefficients_on_two_shards_equals_fit(gmm):
+    # Two shards (threads) that all-reduce their Gram rows fit what one process fits.
+    import threading
+
+    args = {"steps": 6, "M": 2, "num_samples": 7, "batch_size": 2}
+    one = fit(gmm, "iia_edm", progress=False, **args)
+    barrier, parts, out = threading.Barrier(2), {}, {}
+
+    def run(rank):
+        def all_reduce(t):
+            parts[rank] = t.clone()
+            barrier.wait()
+            total = parts[0] + parts[1]
+            barrier.wait()
+            return t.copy_(total)
+
+        out[rank] = sl.iia.fit_coefficients(
+            gmm, "iia_edm", all_reduce=all_reduce, indices=range(rank, 7, 2), world_size=1, **args
+        )
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _same_fit(out[0], one)
+    _same_fit(out[1], one)
+
+
+def test_fit_coefficients_needs_no_lightning():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['lightning'] = None\n"
+        "from samplerlab.analytic import GaussianMixture\nimport samplerlab as sl\n"
+        "c = sl.iia.fit_coefficients(GaussianMixture.default(), 'iia_ddim', steps=4, M=2,"
+        " num_samples=2)\nassert c.mask.any(); print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -10,8 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from test_train import TINY_UNET
 
-from samplerlab.callbacks.features import build_features
 from samplerlab.errors import ConfigError
+from samplerlab.evaluation.features import build_features
 from samplerlab.trainer.config import load_config
 from samplerlab.trainer.run import evaluate, train
 

@@ -40,7 +40,7 @@ def test_bench_scaling_smoke(tmp_path):
         assert len(rows) == len(cells), name
         for r in rows:
             assert r["seconds"] > 0 and r["floor_seconds"] > 0 and r["nfe"] >= 1
-            assert r["floor"] == ("ddim" if SAMPLERS[name].is_deterministic() else "ddpm")
+            assert r["floor"] == ("ddim" if SAMPLERS[name].deterministic() else "ddpm")
         assert f"| {name} | " in md
     assert "ddpm noise cost / batched randn" in md
 

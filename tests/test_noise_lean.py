@@ -12,6 +12,7 @@ from samplerlab.samplers import SAMPLERS, pmm
 from samplerlab.samplers import core as core_mod
 from samplerlab.samplers.core import Grid, append_dims, to_d
 from samplerlab.samplers.ddpm import ddpm_coefficients
+from samplerlab.samplers.denoisers import from_eps
 from samplerlab.samplers.noise import PerSampleNoise
 from samplerlab.samplers.schedules import DiscreteVP, betas_for
 
@@ -34,7 +35,7 @@ class CountingVP:
 
 def eps_denoiser():
     table = torch.cumprod(1 - betas_for("linear"), 0)
-    return sl.denoisers.from_eps(lambda x, t: 0.3 * x + 1e-3 * t[:, None], table)
+    return from_eps(lambda x, t: 0.3 * x + 1e-3 * t[:, None], table)
 
 
 @pytest.mark.parametrize("inference", [False, True])
@@ -122,7 +123,7 @@ class OpCount(TorchDispatchMode):
 
 
 def _ops(gmm, name, batch, **opts) -> int:
-    grid_steps, planned = SAMPLERS[name].plan_for(6, opts)
+    grid_steps, planned = SAMPLERS[name].plan(6, opts)
     sig = sl.samplers.build_sigmas(gmm, SAMPLERS[name], grid_steps)
     x = torch.randn(batch, gmm.dim, dtype=F64) * float(sig[0])
     src = PerSampleNoise(range(batch))

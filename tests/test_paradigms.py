@@ -4,11 +4,11 @@ import itertools
 
 import pytest
 import torch
+from helpers_parallel import sample_paradigms
 
 import samplerlab.samplers as ss
 from samplerlab.samplers.denoisers import CountingDenoiser
 from samplerlab.samplers.noise import PerSampleNoise
-from samplerlab.samplers.paradigms import sample_paradigms
 
 N = 20
 
@@ -114,10 +114,10 @@ def test_chunked_and_batch_invariance(gmm):
 
 def test_deterministic_flag():
     spec = ss.get_sampler("paradigms")
-    assert spec.is_deterministic()
-    assert not spec.is_deterministic({"inner": "ddpm"})
-    assert not spec.is_deterministic({"inner": "ddim", "inner_options": {"eta": 1.0}})
-    assert spec.is_deterministic({"inner": "edm_heun"})
+    assert spec.deterministic()
+    assert not spec.deterministic({"inner": "ddpm"})
+    assert not spec.deterministic({"inner": "ddim", "inner_options": {"eta": 1.0}})
+    assert spec.deterministic({"inner": "edm_heun"})
     assert not spec.nfe_exact
 
 

@@ -11,7 +11,8 @@ import samplerlab as sl
 import samplerlab.samplers as ss
 from samplerlab.samplers.denoisers import CountingDenoiser
 from samplerlab.samplers.noise import PerSampleNoise
-from samplerlab.samplers.parallel import ShardedDenoiser, predraw_noise
+from samplerlab.samplers.parallel import predraw_noise
+from samplerlab.samplers.sharding import ShardedDenoiser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,13 +138,12 @@ def test_gpu_benchmark_smoke(tmp_path):
 
 
 def _inner_names(need_history: bool) -> list[str]:
-    from samplerlab.samplers.parallel import can_be_inner
     from samplerlab.samplers.registry import SAMPLERS
 
     return [
         n
         for n, s in SAMPLERS.items()
-        if can_be_inner(s) and not (need_history and s.multistep and s.history_step is None)
+        if s.can_be_inner() and not (need_history and s.multistep and s.history_step is None)
     ]
 
 
@@ -152,7 +152,7 @@ def _inner_names(need_history: bool) -> list[str]:
 def test_every_registered_inner_solver_srds_equals_serial(gmm, inner, pipelined):
     # Picked from the registry spec (parallel_inner / multistep / history_step): a newly
     # registered solver is covered automatically.
-    from samplerlab.samplers.srds import sample_srds, serial_blockwise
+    from helpers_parallel import sample_srds, serial_blockwise
 
     spec = ss.get_sampler(inner)
     if pipelined and spec.multistep and spec.history_step is None:
@@ -179,7 +179,7 @@ def test_every_registered_inner_solver_srds_equals_serial(gmm, inner, pipelined)
 
 @pytest.mark.parametrize("inner", _inner_names(need_history=True))
 def test_every_registered_inner_solver_paradigms_equals_serial(gmm, inner):
-    from samplerlab.samplers.paradigms import sample_paradigms
+    from helpers_parallel import sample_paradigms
 
     spec = ss.get_sampler(inner)
     x = torch.randn(3, gmm.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(8))

@@ -51,7 +51,7 @@ def test_correction_vanishes_for_constant_drift():
 
 def test_step_matches_the_written_out_recursion(gmm):
     # x_{i+1} = A_i x_i + G_i (b0 + K H_i c_i) + Gamma_i Z_i, c_i = eps(xh_i, sigma_i) - b0,
-    # xh the frozen-drift interpolant with the SAME Z_i (algorithms.md §4.2), by hand.
+    # xh the frozen-drift interpolant with the SAME Z_i (Kandasamy & Nagaraj 2024), by hand.
     K, B = 6, 4
     sig = fine_grid(gmm, 30)[10 : 10 + K + 1][:, None].expand(-1, B)
     x = 2 * torch.randn(B, gmm.dim)
@@ -112,8 +112,8 @@ def test_realised_nfe(gmm, midpoints, K):
 
 def test_registry_plan_uses_the_full_table_chain(gaussian):
     spec = sl.get_sampler("pmm")
-    assert spec.plan_for(25) == (1000, {"K": 40})
-    assert spec.plan_for(30) == (990, {"K": 33})
+    assert spec.plan(25) == (1000, {"K": 40})
+    assert spec.plan(30) == (990, {"K": 33})
     assert spec.nfe(25) == pytest.approx(25 * (1 + 39 / 40)) and not spec.nfe_exact
     res = sl.sample(gaussian, "pmm", steps=25, shape=(2, gaussian.dim), dtype=torch.float64)
     assert torch.allclose(res.sigmas[:-1], gaussian.vp.sigmas.flip(0), rtol=1e-12)
@@ -178,4 +178,4 @@ def test_k_zero_is_a_sampler_error_not_a_crash():
     spec = get_sampler("pmm")
     assert spec.steps_for_nfe(50, {"K": 0}) is None  # every step count rejected
     with pytest.raises(SamplerError, match="K"):
-        spec.plan_for(10, {"K": 0})
+        spec.plan(10, {"K": 0})

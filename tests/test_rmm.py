@@ -151,7 +151,7 @@ def test_parallel_only_midpoints_and_counts(gmm):
     # Defaults: K = ceil(log2 d) + 1 = 3 for d = 4, R = floor(3K/2) = 4.
     info = {}
     rp.sample_rmm_parallel(gmm, x, sig, noise=PerSampleNoise(range(4)), info=info)
-    assert info == {"R": 4, "K": 3} and rp.default_K(64) == 7 and rp.default_K(3072) == 13
+    assert info == {"R": 4, "K": 3} and rp.default_rounds(64) == 7 and rp.default_rounds(3072) == 13
     res = sl.sample(gmm, "rmm_parallel", steps=10, shape=(4, gmm.dim), dtype=torch.float64)
     assert res.rounds == rp.rmm_parallel_rounds(10, dim=gmm.dim)
     assert res.nfe == rp.rmm_parallel_nfe(10, dim=gmm.dim)
@@ -200,8 +200,10 @@ def test_batch_equals_row_by_row_and_nfe(gmm, name):
     ]
     assert torch.allclose(full.x, torch.cat(rows), atol=1e-12)
     spec = sl.get_sampler(name)
-    assert full.nfe == spec.nfe(6, **({"dim": gmm.dim} if name == "rmm_parallel" else {}))
-    assert spec.nfe_exact == (name != "rmm_parallel") and not spec.deterministic
+    assert full.nfe == spec.nfe(
+        6, {"K": rp.default_rounds(gmm.dim)} if name == "rmm_parallel" else {}
+    )
+    assert spec.nfe_exact == (name != "rmm_parallel") and not spec.deterministic()
 
 
 @pytest.mark.parametrize("form", rmm.FORMS)

@@ -8,8 +8,8 @@ import torch
 
 from samplerlab.cli import main
 from samplerlab.errors import ConfigError
+from samplerlab.trainer.checkpoints import load_checkpoint
 from samplerlab.trainer.config import load_config
-from samplerlab.trainer.module import load_checkpoint
 from samplerlab.trainer.run import train
 
 
@@ -82,7 +82,7 @@ def test_genuine_checkpoints_load_weights_only(tmp_path):
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
     module, saved = load_checkpoint(ckpt)
     assert saved["name"] == "test" and module.training_summary["steps"] == 3
-    from samplerlab.trainer.module import read_checkpoint
+    from samplerlab.trainer.checkpoints import read_checkpoint
 
     with pytest.raises(ConfigError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.ckpt", "--ckpt")

@@ -1,4 +1,4 @@
-"""Every registered sampler against exact answers on the analytic Gaussian (style.md §3.6).
+"""Every registered sampler against exact answers on the analytic Gaussian.
 
 * deterministic samplers: order of convergence and absolute accuracy against the closed-form
   PF-ODE solution ``Gaussian.ode_solution``;
@@ -24,8 +24,8 @@ from samplerlab.samplers.noise import GlobalNoise
 from samplerlab.samplers.schedules import karras
 
 USABLE = {n: s for n, s in SAMPLERS.items() if not s.needs_coeffs}
-ODE = [n for n, s in USABLE.items() if s.is_deterministic() and s.order is not None]
-DETERMINISTIC = [n for n, s in USABLE.items() if s.is_deterministic()]
+ODE = [n for n, s in USABLE.items() if s.deterministic() and s.order is not None]
+DETERMINISTIC = [n for n, s in USABLE.items() if s.deterministic()]
 
 
 def _log_grid(n: int, hi: float = 10.0, lo: float = 0.05) -> torch.Tensor:
@@ -110,7 +110,7 @@ def test_accuracy_improves_with_steps(gaussian):
 def _stochastic_cases() -> list[tuple[str, dict]]:
     cases: list[tuple[str, dict]] = []
     for name, spec in USABLE.items():
-        if not spec.is_deterministic():
+        if not spec.deterministic():
             cases.append((name, {}))
         for opt in spec.stochastic_options:
             # Each stochastic option switched on (eta = 1, s_churn = 1, ...).
@@ -139,7 +139,7 @@ TOY = ([0.5, -1.0], [0.3, 1.2])
 def _run_stochastic(name: str, options: dict, steps: int, n: int = 20_000, seed: int = 1234):
     spec = SAMPLERS[name]
     g = Gaussian(torch.tensor(TOY[0]), torch.tensor(TOY[1]))
-    grid_steps, planned = spec.plan_for(steps)
+    grid_steps, planned = spec.plan(steps)
     sigmas = build_sigmas(g, spec, grid_steps)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 2, generator=gen, dtype=torch.float64)

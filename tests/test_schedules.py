@@ -156,7 +156,8 @@ def test_dpm_solver_fast_orders(order):
 
 
 def test_dpm_solver_fast_orders_follow_the_paper():
-    """algorithms.md §2.3, with a final order-k step split into order k-1 plus the denoise."""
+    """DPM-Solver-fast (Lu et al. 2022, Sec. 3.4), with a final order-k step split into order
+    k-1 plus the denoise."""
     # paper's allocation in the comment
     assert dpm_solver_fast_orders(9, 3) == [3, 3, 2, 1]  # [3, 3, 2, 1]
     assert dpm_solver_fast_orders(10, 3) == [3, 3, 3, 1]  # [3, 3, 3, 1]
@@ -181,4 +182,4 @@ def test_registry_nfe_equals_realised(gmm, name, options):
     for steps in (1, 2, 3, 5, 8):
         res = sl.sample(gmm, name, steps=steps, shape=(2, gmm.dim), dtype=F64, **options)
         assert res.nfe == spec.nfe(steps), (name, steps, res.nfe)
-        assert len(res.sigmas) - 1 == spec.plan_for(steps)[0]
+        assert len(res.sigmas) - 1 == spec.plan(steps)[0]

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers_parallel import sample_srds, serial_blockwise, srds_iterates
 
 import samplerlab as sl
 import samplerlab.samplers as ss
 from samplerlab.samplers.denoisers import CountingDenoiser
 from samplerlab.samplers.noise import PerSampleNoise
-from samplerlab.samplers.srds import sample_srds, serial_blockwise, srds_iterates
 
 N = 16
 B = 4
@@ -176,9 +176,9 @@ def test_stochastic_inner_matches_serial_seeds(gmm):
                 pipelined=pipelined,
             )
             assert torch.allclose(out, ref, atol=1e-12), (inner, pipelined)
-    assert not ss.get_sampler("srds").is_deterministic({"inner": "ddpm"})
-    assert not ss.get_sampler("srds").is_deterministic({"inner_options": {"eta": 0.5}})
-    assert ss.get_sampler("srds").is_deterministic({"inner": "edm_heun"})
+    assert not ss.get_sampler("srds").deterministic({"inner": "ddpm"})
+    assert not ss.get_sampler("srds").deterministic({"inner_options": {"eta": 0.5}})
+    assert ss.get_sampler("srds").deterministic({"inner": "edm_heun"})
 
 
 def test_chunked_and_batch_invariance(gmm):

@@ -6,8 +6,8 @@ import torch
 import samplerlab as sl
 from samplerlab.cli import main
 from samplerlab.errors import ConfigError
+from samplerlab.trainer.checkpoints import load_checkpoint
 from samplerlab.trainer.config import load_config
-from samplerlab.trainer.module import load_checkpoint
 from samplerlab.trainer.run import train
 
 TINY_UNET = [
@@ -232,7 +232,7 @@ def test_iia_fit_on_a_checkpoint_then_sample_with_the_file(tmp_path, capsys):
     args = ["--ckpt", str(ckpt), "--sampler", "iia_ddim", "--steps", "5", "--M", "2"]
     assert main(["iia-fit", *args, "--samples", "4", "--out", str(coeffs)]) == 0
     from samplerlab import iia
-    from samplerlab.trainer.module import load_denoiser
+    from samplerlab.trainer.checkpoints import load_denoiser
 
     den = load_denoiser(ckpt)
     c = iia.load(coeffs, denoiser=den)  # fingerprint of the checkpoint's EMA weights matches

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from samplerlab.callbacks.features import DigitsCNN
+from samplerlab.evaluation.features import DigitsCNN
 from samplerlab.fileio import atomic_write
 from samplerlab.trainer.data import digits_tensor
 

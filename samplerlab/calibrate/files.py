@@ -8,23 +8,21 @@ model fingerprint, the fit settings and losses, the fitting cost and the library
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from ..fileio import atomic_write
-from ..iia.files import fingerprint, library_version
+from ..errors import CalibrationFileError
+from ..fitstage import first_line, read_file, write_file
+from ..samplers.fingerprint import model_fingerprint as fingerprint
+from ..version import library_version
 from .grid import Calibration, CalibrationError
 
 META_KEY = "samplerlab.calibrate"
 FORMAT_VERSION = 1
-
-
-class CalibrationFileError(CalibrationError):
-    """A calibration file that is missing, corrupt or fitted for another model or sampler."""
 
 
 def _hint(meta: dict[str, Any], path: str | Path) -> str:
@@ -36,8 +34,6 @@ def _hint(meta: dict[str, Any], path: str | Path) -> str:
 
 def save(calibration: Calibration, path: str | Path) -> Path:
     """Write ``calibration`` to ``path`` (safetensors + JSON metadata), atomically."""
-    from safetensors.torch import save_file
-
     meta = {
         **calibration.metadata,
         "format_version": FORMAT_VERSION,
@@ -51,8 +47,7 @@ def save(calibration: Calibration, path: str | Path) -> Path:
         "sigmas": calibration.sigmas.to(torch.float64).contiguous(),
         "default_sigmas": torch.tensor(default, dtype=torch.float64),
     }
-    text = {META_KEY: json.dumps(meta, sort_keys=True)}
-    return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=text))
+    return write_file(path, tensors, META_KEY, meta)
 
 
 def load(
@@ -69,8 +64,6 @@ def load(
     recalibrate. ``strict=False`` is the explicit override for a model mismatch (e.g. the
     same weights re-saved in another format): a warning instead of the error.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CalibrationFileError(
@@ -78,12 +71,7 @@ def load(
             f"--model MODEL --sampler SAMPLER --steps N --out {path}`"
         )
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(META_KEY)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        meta = json.loads(raw) if raw is not None else None
-        if not isinstance(meta, dict) or "sigmas" not in tensors:
-            raise ValueError("missing samplerlab calibration metadata or tensors")
+        meta, tensors = read_file(path, META_KEY, ("sigmas",), "calibration")
         cal = Calibration(
             sampler=str(meta["sampler"]),
             steps=int(meta["steps"]),
@@ -92,9 +80,9 @@ def load(
             metadata=meta,
         )
     except Exception as e:  # any parse failure means "corrupt"
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CalibrationFileError(
-            f"calibration file {path} is corrupt or not a samplerlab calibration file ({msg}); "
+            f"calibration file {path} is corrupt or not a samplerlab calibration file "
+            f"({first_line(e)}); "
             f"delete it and fit again with `samplerlab calibrate ... --out {path}`"
         ) from None
     if sampler is not None or steps is not None:
@@ -113,3 +101,21 @@ def load(
                 raise CalibrationFileError(f"{msg}; {_hint(meta, path)}")
             warnings.warn(f"{msg}; used anyway (strict=False)", stacklevel=2)
     return cal
+
+
+def resolve(
+    calibration: Calibration | str | Path,
+    name: str,
+    steps: int,
+    options: dict[str, Any] | None = None,
+    denoiser: Any = None,
+) -> Tensor:
+    """The calibrated grid for ``name`` / ``steps`` (a :class:`Calibration` or a file path;
+    a file is checked against ``denoiser``'s fingerprint)."""
+    if isinstance(calibration, (str, Path)):
+        calibration = load(calibration, denoiser=denoiser)
+    if not isinstance(calibration, Calibration):
+        raise CalibrationError(
+            f"calibration must be a Calibration or a file path, got {type(calibration).__name__}"
+        )
+    return calibration.check(name, steps, options)

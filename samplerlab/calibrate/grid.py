@@ -22,25 +22,21 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
-from importlib import import_module
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..errors import CalibrationError
 from ..samplers.api import model_sigma_range
-from ..samplers.core import SamplerError, check_grid
+from ..samplers.core import SamplerError, check_grid, describe
+from ..samplers.fingerprint import find_module
 from ..samplers.iia import BASES
 from ..samplers.registry import SamplerSpec, get_sampler
 from ..samplers.schedules import get_sigmas
 
 LIMIT = 15.0  # |theta| bound: softmax fractions >= e^-30 (distinct float64 points)
 _EDGE = 1e-4  # initial sigmoid kept inside (EDGE, 1 - EDGE): b stays finite
-
-
-class CalibrationError(SamplerError):
-    """A calibration that does not fit the sampler, step count, model or file asked for."""
 
 
 def base_sampler(name: str) -> str:
@@ -107,9 +103,7 @@ class GridParam:
 def working_dtype(denoiser: Any, dtype: torch.dtype) -> torch.dtype:
     """The least precise of ``dtype`` and the floating weights of the network behind
     ``denoiser`` (analytic models have none)."""
-    from ..samplers.iia import _find_module
-
-    module = _find_module(denoiser)
+    module = find_module(denoiser)
     dtypes = {dtype} | {
         p.dtype
         for p in (module.parameters() if module is not None else ())
@@ -121,7 +115,7 @@ def working_dtype(denoiser: Any, dtype: torch.dtype) -> torch.dtype:
 def candidate_grids(denoiser: Any, spec: SamplerSpec, grid_steps: int, default: Tensor) -> Tensor:
     """``[C, N+1]``: the default grid first, then the library's other schedules (same
     ``sigma_0``, ending in 0) as starting points."""
-    vp = getattr(denoiser, "vp", None)
+    vp = describe(denoiser).vp
     lo, hi = model_sigma_range(denoiser)
     names = ["karras", "logsnr"] + (["time_uniform", "time_quadratic"] if vp is not None else [])
     grids = [default]
@@ -203,23 +197,3 @@ def _effective(name: str, options: dict[str, Any]) -> dict[str, Any]:
     }
     out.update({k: v for k, v in {**spec.defaults, **options}.items() if k != "coeffs"})
     return out
-
-
-def resolve(
-    calibration: Calibration | str | Path,
-    name: str,
-    steps: int,
-    options: dict[str, Any] | None = None,
-    denoiser: Any = None,
-) -> Tensor:
-    """The calibrated grid for ``name`` / ``steps`` (a :class:`Calibration` or a file path;
-    a file is checked against ``denoiser``'s fingerprint)."""
-    if isinstance(calibration, (str, Path)):
-        calibration = import_module("samplerlab.calibrate.files").load(
-            calibration, denoiser=denoiser
-        )
-    if not isinstance(calibration, Calibration):
-        raise CalibrationError(
-            f"calibration must be a Calibration or a file path, got {type(calibration).__name__}"
-        )
-    return calibration.check(name, steps, options)

@@ -25,21 +25,17 @@ loss, and the next trial solves the damped normal equations.
 from __future__ import annotations
 
 import math
-import time
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from ..errors import ConfigError
-from ..iia.files import fingerprint, library_version
-from ..iia.module import _check_int, _device_of, _strategy, fit_seeds
+from ..fitstage import check_int, fit_seeds, library_version, model_fingerprint, sample_shape
+from ..fitstage.stage import FitStageModule, run_stage
 from ..samplers.api import build_sigmas, model_sigma_range
-from ..samplers.core import SamplerError
+from ..samplers.core import SamplerError, describe
 from ..samplers.dpm_solver import sample_dpm_solver
 from ..samplers.noise import PerSampleNoise
 from ..samplers.registry import SamplerSpec, get_sampler
@@ -50,13 +46,13 @@ MAX_STEP = 3.0  # largest change of one theta entry per Levenberg-Marquardt step
 
 
 def calibration_seeds(seed: int, indices: Sequence[int]) -> list[int]:
-    """The fitting noises of IIA (:func:`samplerlab.iia.module.fit_seeds`): disjoint from the
+    """The fitting noises of IIA (:func:`samplerlab.fitstage.fit_seeds`): disjoint from the
     default sampling seeds, and the *same* noises when a grid and IIA coefficients on it are
     fitted with the same ``seed`` and ``num_samples`` (the pair has seen only those)."""
     return fit_seeds(seed, indices)
 
 
-class CalibrationFitModule(L.LightningModule):
+class CalibrationFitModule(FitStageModule):
     """Fits the grid of ``spec`` at ``grid_steps`` (see the module docstring)."""
 
     def __init__(
@@ -77,14 +73,11 @@ class CalibrationFitModule(L.LightningModule):
         teacher_sigma_end: float,
         fd_eps: float | None = None,
     ) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-        self.__dict__["denoiser"] = denoiser  # not a submodule: never moved or wrapped
+        super().__init__(denoiser, num_samples, batch_size)
         # The name, not the spec: specs hold lambdas, and spawned DDP processes pickle this.
         self.sampler_name, self.run_options, self.param = spec.name, dict(run_options), param
         self.shape = tuple(int(s) for s in shape)
-        self.num_samples, self.iterations, self.seed = num_samples, iterations, seed
-        self.batch_size = batch_size or num_samples
+        self.iterations, self.seed = iterations, seed
         self.fit_dtype, self.teacher_steps = dtype, teacher_steps
         self.teacher_sigma_end = teacher_sigma_end
         # Central differences: the step that balances truncation and rounding, eps^(1/3) of
@@ -113,20 +106,6 @@ class CalibrationFitModule(L.LightningModule):
     def dim(self) -> int:
         return math.prod(self.shape)
 
-    def configure_optimizers(self) -> None:
-        return None
-
-    def train_dataloader(self) -> DataLoader:
-        # Shard sample indices over ranks; every rank runs the same number of batches.
-        rank, world = self.trainer.global_rank, self.trainer.world_size
-        mine = list(range(self.num_samples))[rank::world]
-        n_batches = max(1, math.ceil(math.ceil(self.num_samples / world) / self.batch_size))
-        bs = self.batch_size
-        batches = [
-            torch.tensor(mine[b * bs : (b + 1) * bs], dtype=torch.long) for b in range(n_batches)
-        ]
-        return DataLoader(batches, batch_size=None, shuffle=False)
-
     def on_train_epoch_start(self) -> None:
         P = self.param.size
         width = len(self.candidates) if self.current_epoch == 0 else P * P + P + 1
@@ -136,7 +115,7 @@ class CalibrationFitModule(L.LightningModule):
         z = PerSampleNoise(calibration_seeds(self.seed, idx)).randn(
             (len(idx), *self.shape), device=self.device, dtype=self.fit_dtype
         )
-        prior = float(getattr(self.denoiser, "prior_std", 0.0))
+        prior = describe(self.denoiser).prior_std
         return z * math.sqrt(self.param.sigma_0**2 + prior**2)
 
     def _teacher(self, x: Tensor) -> Tensor:
@@ -190,9 +169,9 @@ class CalibrationFitModule(L.LightningModule):
         return None
 
     def _all_reduce(self, t: Tensor) -> Tensor:
+        # Host rows: reduced on this rank's device (NCCL), summed on the host.
         if self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            t = t.to(self.device)
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+            t = self.all_reduce(t.to(self.device))
         return t.cpu()
 
     def on_train_epoch_end(self) -> None:
@@ -272,7 +251,7 @@ def fit(
     spec = get_sampler(name)
     options = dict(options or {})
     spec.check_options(options)
-    if not spec.is_deterministic(options):
+    if not spec.deterministic(options):
         raise ConfigError(f"sampler '{sampler}' is stochastic; calibration needs an ODE sampler")
     for key, value, lo in (
         ("steps", steps, 1),
@@ -281,19 +260,16 @@ def fit(
         ("teacher_steps", teacher_steps, 1),
         ("devices", devices, 1),
     ):
-        _check_int(key, value, lo)
+        check_int(key, value, lo)
     if batch_size is not None:
-        _check_int("batch_size", batch_size, 1)
-    grid_steps, planned = spec.plan_for(steps, options)
+        check_int("batch_size", batch_size, 1)
+    grid_steps, planned = spec.plan(steps, options)
     default = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
     if float(default[-1]) != 0.0:
         raise ConfigError(f"schedule {schedule!r} does not end at sigma = 0; cannot calibrate")
     lo, _ = model_sigma_range(denoiser)
     param = GridParam(float(default[0]), min(lo, float(default[-2])), grid_steps)
-    if shape is None:
-        shape = getattr(denoiser, "data_shape", None)
-        if shape is None:
-            raise ConfigError("pass shape= (one sample's shape): the denoiser has no data_shape")
+    shape = sample_shape(denoiser, shape)
     starts = candidate_grids(denoiser, spec, grid_steps, default) if candidates else default[None]
     end = float(teacher_sigma_end if teacher_sigma_end is not None else lo)
     if not 0 < end < float(default[0]):
@@ -313,28 +289,15 @@ def fit(
         teacher_steps=teacher_steps,
         teacher_sigma_end=end,
     )
-    device = _device_of(denoiser)
-    kwargs: dict[str, Any] = {
-        "accelerator": accelerator or ("cpu" if device.type == "cpu" else "gpu"),
-        "devices": devices,
-        "strategy": _strategy(strategy, devices),
-        "max_epochs": iterations + 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
-        "use_distributed_sampler": False,
-        "enable_progress_bar": progress,
-        "deterministic": False,
-        **(trainer_kwargs or {}),
-    }
-    trainer = L.Trainer(**kwargs)
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned `None`")
-        trainer.fit(module)
-    seconds = time.perf_counter() - start
+    seconds, world_size = run_stage(
+        module,
+        max_epochs=iterations + 1,
+        devices=devices,
+        strategy=strategy,
+        accelerator=accelerator,
+        progress=progress,
+        trainer_kwargs=trainer_kwargs,
+    )
     cand = module.candidate_loss.detach().cpu()
     loss = float(module.best_loss)
     if loss < float(cand.min()):
@@ -342,7 +305,7 @@ def fit(
     else:
         # Nothing beat the best starting grid (exactly, not its re-parameterised copy).
         sigmas, loss = starts[int(torch.argmin(cand))].clone(), float(cand.min())
-    nfe = spec.nfe_for(steps, options)
+    nfe = spec.nfe(steps, options)
     per_sample = (
         (3 * teacher_steps + 1) + len(starts) * nfe + iterations * (2 * param.size + 1) * nfe
     )
@@ -352,12 +315,12 @@ def fit(
         "steps": steps,
         "grid_steps": grid_steps,
         "nfe": nfe,
-        "schedule": schedule or spec.schedule_for(getattr(denoiser, "vp", None) is not None),
+        "schedule": schedule or spec.schedule_for(describe(denoiser).vp is not None),
         "num_samples": num_samples,
         "iterations": iterations,
         "seed": seed,
         "teacher": f"dpm_solver_3 x {teacher_steps} log-SNR steps to {end:g}, then 0",
-        "fingerprint": fingerprint(denoiser),
+        "fingerprint": model_fingerprint(denoiser),
         "library_version": library_version(),
         "default_loss": float(cand[0]),
         "start_loss": float(cand.min()),
@@ -367,7 +330,7 @@ def fit(
         "fit_seconds": seconds,
         "fit_nfe_per_sample": per_sample,
         "fit_nfe": per_sample * num_samples,
-        "world_size": trainer.world_size,
+        "world_size": world_size,
         "default_sigmas": default.tolist(),
     }
     return Calibration(name, steps, sigmas, options, metadata)

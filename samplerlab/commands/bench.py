@@ -109,7 +109,8 @@ def parse_schedules(items: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench import bench_meta, format_notes, format_table, make_model, run_bench, write_report
+    from ..bench import make_model, run_bench
+    from ..bench_report import bench_meta, format_notes, format_table, write_report
 
     model = make_model(args.model, dim=args.dim)
     samplers = None

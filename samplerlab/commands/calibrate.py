@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..fitstage import check_minimums, stage_options
 from .iia_fit import load_model
 from .sample import _option
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     spec = get_sampler(args.sampler)
     options = dict(args.option)
     spec.check_options(options)
-    if not spec.is_deterministic(options):
+    if not spec.deterministic(options):
         raise ConfigError(
             f"--sampler {args.sampler} is stochastic; calibration needs an ODE sampler"
         )
@@ -65,16 +66,16 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--iia {args.iia} runs on the grid of {BASES[args.iia]}, not {args.sampler}"
             )
-    for name, value, lo in (
-        ("--steps", args.steps, 1),
-        ("--samples", args.samples, 1),
-        ("--iterations", args.iterations, 1),
-        ("--teacher-steps", args.teacher_steps, 1),
-        ("--devices", args.devices, 1),
-        ("--M", args.M, 1),
-    ):
-        if value < lo:
-            raise ConfigError(f"{name} must be >= {lo}, got {value}")
+    check_minimums(
+        [
+            ("--steps", args.steps, 1),
+            ("--samples", args.samples, 1),
+            ("--iterations", args.iterations, 1),
+            ("--teacher-steps", args.teacher_steps, 1),
+            ("--devices", args.devices, 1),
+            ("--M", args.M, 1),
+        ]
+    )
     out = Path(args.out or f"calibrate_{args.sampler}_{args.steps}.safetensors")
     denoiser = load_model(args.model)
 
@@ -82,12 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import calibrate, iia
 
-    common = {
-        "devices": args.devices,
-        "strategy": "ddp" if args.devices > 1 else "auto",
-        "accelerator": args.accelerator,
-        "progress": not args.no_progress,
-    }
+    common = stage_options(args)
     cal = calibrate.fit(
         denoiser,
         args.sampler,

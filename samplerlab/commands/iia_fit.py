@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..fitstage import check_minimums, stage_options
 
 # Training checkpoints: "module:function", function(path) -> denoiser.
-CHECKPOINT_LOADER = "samplerlab.trainer.module:load_denoiser"
+CHECKPOINT_LOADER = "samplerlab.trainer.checkpoints:load_denoiser"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,15 +71,15 @@ def run(args: argparse.Namespace) -> int:
 
     # Cheap checks first: nothing is loaded or written on bad input.
     check_sampler(args.sampler)
-    for name, value, lo in (
-        ("--M", args.M, 1),
-        ("--samples", args.samples, 1),
-        ("--steps", args.steps, 1),
-        ("--r", args.r, 0),
-        ("--devices", args.devices, 1),
-    ):
-        if value < lo:
-            raise ConfigError(f"{name} must be >= {lo}, got {value}")
+    check_minimums(
+        [
+            ("--M", args.M, 1),
+            ("--samples", args.samples, 1),
+            ("--steps", args.steps, 1),
+            ("--r", args.r, 0),
+            ("--devices", args.devices, 1),
+        ]
+    )
     if not 0 <= args.seed < 2**63 - args.samples:
         raise ConfigError(f"--seed: seeds must lie in [0, 2**63), got {args.seed}")
     if args.accelerator is not None:
@@ -106,10 +107,7 @@ def run(args: argparse.Namespace) -> int:
         form=args.form,
         seed=args.seed,
         ridge=args.ridge,
-        devices=args.devices,
-        strategy="ddp" if args.devices > 1 else "auto",
-        accelerator=args.accelerator,
-        progress=not args.no_progress,
+        **stage_options(args),
     )
     if rank_zero_only.rank == 0:
         save(coeffs, out)

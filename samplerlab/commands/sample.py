@@ -68,9 +68,10 @@ def check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..callbacks.report import atomic_write, save_samples_png
-    from ..samplers import sample
-    from ..trainer.module import load_checkpoint
+    from ..evaluation.report import save_samples_png
+    from ..fileio import atomic_write
+    from ..sample import sample  # loads a coeffs=FILE option
+    from ..trainer.checkpoints import load_checkpoint
 
     check_args(args)
     module, _ = load_checkpoint(args.ckpt)

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     rows = []
     for name, spec in SAMPLERS.items():
-        kind = "deterministic" if spec.deterministic else "stochastic"
+        kind = "deterministic" if spec.deterministic() else "stochastic"
         nfe = [spec.nfe(n) for n in (10, 20)]
         rows.append(
             {

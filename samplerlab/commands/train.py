@@ -19,11 +19,13 @@ def split_args(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..trainer.config import PRESETS
+
     p.add_argument(
         "args",
         nargs="*",
         metavar="CONFIG|key=value",
-        help="YAML files or presets (digits, gmm, cifar10, test) merged left to right, "
+        help=f"YAML files or presets ({', '.join(PRESETS)}) merged left to right, "
         "then key=value overrides (e.g. trainer.max_epochs=5 eval.nfe=[10,20])",
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")

@@ -1,8 +1,10 @@
 """IIA: distil fine-grained solves into per-step coefficients (Zhang, Niwa & Kleijn, 2024).
 
 ``fit`` runs the Lightning fit stage (:class:`samplerlab.iia.module.IIAFitModule`, imported
-lazily so that loading coefficients does not import Lightning); ``save``/``load`` handle
-coefficient files. The samplers themselves live in :mod:`samplerlab.samplers.iia`.
+lazily so that loading coefficients does not import Lightning); ``fit_coefficients`` runs
+the same fit in this process without Lightning (on an existing DDP world through its
+``all_reduce``); ``save``/``load`` handle coefficient files. The samplers, their forms and
+the pure-torch fit live in :mod:`samplerlab.samplers.iia`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 from ..samplers.iia import IIACoefficients
 from .files import IIAFileError, fingerprint, load, save
+from .fitting import fit_coefficients
 
 
 def fit(denoiser: Any, sampler: str, **kwargs: Any) -> IIACoefficients:
@@ -20,4 +23,12 @@ def fit(denoiser: Any, sampler: str, **kwargs: Any) -> IIACoefficients:
     return _fit(denoiser, sampler, **kwargs)
 
 
-__all__ = ["IIACoefficients", "IIAFileError", "fingerprint", "fit", "load", "save"]
+__all__ = [
+    "IIACoefficients",
+    "IIAFileError",
+    "fingerprint",
+    "fit",
+    "fit_coefficients",
+    "load",
+    "save",
+]

@@ -8,40 +8,27 @@ scale and library version.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..fileio import atomic_write
+from ..errors import IIAFileError
+from ..fitstage import first_line, read_file, write_file
 from ..samplers.core import SamplerError
-from ..samplers.iia import (
-    IIACoefficients,
-    check_integrity,
-    grid_mismatch,
-    model_fingerprint,
-)
+from ..samplers.fingerprint import model_fingerprint
+from ..samplers.iia import IIACoefficients, check_integrity, grid_mismatch
+from ..version import library_version
 
 META_KEY = "samplerlab.iia"
 FORMAT_VERSION = 1
 
 
-class IIAFileError(SamplerError):
-    """A coefficient file that is missing, corrupt or fitted for another grid or model."""
-
-
 def fingerprint(denoiser: Any) -> str:
     """A short hash identifying the model behind ``denoiser`` (see
-    :func:`samplerlab.samplers.iia.model_fingerprint`)."""
+    :func:`samplerlab.samplers.fingerprint.model_fingerprint`)."""
     return model_fingerprint(denoiser)
-
-
-def library_version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 def _refit_hint(meta: dict[str, Any], path: str | Path) -> str:
@@ -56,8 +43,6 @@ def _refit_hint(meta: dict[str, Any], path: str | Path) -> str:
 
 def save(coeffs: IIACoefficients, path: str | Path) -> Path:
     """Write ``coeffs`` to ``path`` (safetensors + JSON metadata), atomically."""
-    from safetensors.torch import save_file
-
     if not isinstance(coeffs, IIACoefficients):
         raise IIAFileError(f"save() takes IIACoefficients, got {type(coeffs).__name__}")
     path = Path(path)
@@ -78,8 +63,7 @@ def save(coeffs: IIACoefficients, path: str | Path) -> Path:
         "mask": coeffs.mask.detach().to("cpu", torch.uint8).contiguous(),
         "sigmas": coeffs.sigmas.detach().to("cpu", torch.float64).contiguous(),
     }
-    metadata = {META_KEY: json.dumps(meta, sort_keys=True)}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return write_file(path, tensors, META_KEY, meta)
 
 
 def load(
@@ -95,8 +79,6 @@ def load(
     digest of its output). Every failure is one :class:`IIAFileError` line naming the file
     and how to refit; ``allow_fingerprint_mismatch=True`` accepts another model's file.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if path.is_dir():
         raise IIAFileError(f"IIA coefficient file {path} is a folder, not a coefficient file")
@@ -106,12 +88,7 @@ def load(
             f"`samplerlab iia-fit --model MODEL --sampler SAMPLER --steps N --out {path}`"
         )
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(META_KEY)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        meta = json.loads(raw) if raw is not None else None
-        if not isinstance(meta, dict) or not {"coeffs", "mask", "sigmas"} <= set(tensors):
-            raise ValueError("missing samplerlab IIA metadata or tensors")
+        meta, tensors = read_file(path, META_KEY, ("coeffs", "mask", "sigmas"), "IIA")
         coeffs = IIACoefficients(
             sampler=meta["sampler"],
             sigmas=tensors["sigmas"].to(torch.float64),
@@ -122,10 +99,9 @@ def load(
             metadata=meta,
         )
     except Exception as e:  # any parse failure means "corrupt"
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise IIAFileError(
             f"IIA coefficient file {path} is corrupt or not a samplerlab coefficient file "
-            f"({msg}); delete it and fit again with `samplerlab iia-fit ... --out {path}`"
+            f"({first_line(e)}); delete it and fit again with `samplerlab iia-fit ... --out {path}`"
         ) from None
     if sigmas is not None:
         mismatch = grid_mismatch(coeffs.sigmas, torch.as_tensor(sigmas).reshape(-1))

@@ -1,6 +1,9 @@
 """Pure-torch samplers over the one denoiser interface ``D(x, sigma) -> x0_hat``.
 
-This package imports only torch (a test enforces it): no lightning, wandb or omegaconf.
+The denoiser contract (:class:`~.core.DenoiserBase`, :class:`~.core.ModelInfo`, read through
+:func:`~.core.describe`) is in :mod:`.core`; the model and wrapper classes are in
+:mod:`.denoisers`, :mod:`.conditioning` and :mod:`.sharding`. This package imports only torch
+(a test enforces it): no lightning, wandb or omegaconf.
 """
 
 from . import denoisers, noise, schedules

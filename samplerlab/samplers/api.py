@@ -1,4 +1,8 @@
-"""``sample()``: build the grid, draw per-sample noise, run a registered sampler, count."""
+"""``sample()``: build the grid, draw per-sample noise, run a registered sampler, count.
+
+What the model declares (noise range, VP table, prior, sample shape) is read once per call
+through :func:`~.core.describe` (the denoiser contract, :class:`~.core.ModelInfo`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .conditioning import Cond, condition
-from .core import Denoiser, SamplerError, append_dims, check_grid
+from .core import Denoiser, SamplerError, append_dims, check_grid, describe
 from .denoisers import CountingDenoiser, FiniteCheckDenoiser, NonFiniteError
 from .noise import PerSampleNoise
 from .registry import SamplerSpec, get_sampler, resolve
@@ -34,7 +38,8 @@ class SampleResult:
 
 
 def model_sigma_range(denoiser: Any) -> tuple[float, float]:
-    return float(getattr(denoiser, "sigma_min", 0.002)), float(getattr(denoiser, "sigma_max", 80.0))
+    info = describe(denoiser)
+    return info.sigma_min, info.sigma_max
 
 
 def build_sigmas(
@@ -45,7 +50,7 @@ def build_sigmas(
     schedule_options: Mapping[str, Any] | None = None,
 ) -> Tensor:
     """The sigma grid of ``spec`` for this denoiser (its own default schedule if none given)."""
-    vp = getattr(denoiser, "vp", None)
+    vp = describe(denoiser).vp
     name = schedule or spec.schedule_for(vp is not None)
     sigma_min, sigma_max = model_sigma_range(denoiser)
     opts = dict(schedule_options or {})
@@ -72,7 +77,7 @@ def _check_shape(denoiser: Any, shape: Sequence[int]) -> tuple[int, ...]:
         ) from None
     if len(shape) < 2 or shape[0] < 1 or any(s < 1 for s in shape):
         raise SamplerError(f"shape must be (n, *dims) with positive sizes, got {shape}")
-    want = getattr(denoiser, "data_shape", None)
+    want = describe(denoiser).data_shape
     if want is not None and tuple(shape[1:]) != tuple(want):
         raise SamplerError(
             f"shape {shape} does not match the model: samples must be "
@@ -202,7 +207,7 @@ def sample(
     if noise_device is not None:
         noise_device = check_device(noise_device, "noise_device")
 
-    grid_steps, planned = spec.plan_for(steps, options)
+    grid_steps, planned = spec.plan(steps, options)
     if grid_steps > MAX_GRID_STEPS:
         raise SamplerError(
             f"sampler '{name}' plans {grid_steps} grid steps for steps={steps}, more than "
@@ -240,7 +245,7 @@ def sample(
         else:
             z = noise.to(device, dtype)
         # x = z sqrt(sigma_0^2 + prior_std^2), with each row's own sigma_0 on a per-row grid.
-        prior_std = float(getattr(denoiser, "prior_std", 0.0))
+        prior_std = describe(denoiser).prior_std
         scale = (sigmas[0] ** 2 + prior_std**2).sqrt().to(device, dtype)
         x = z * append_dims(scale, z.ndim)
         return spec(den, x, sigmas, noise=source, **run_options)

@@ -6,7 +6,9 @@ tensors). :class:`Conditioned` binds per-sample conditioning (first dimension: t
 of samples ``n``) to it and is itself an ordinary ``D(x, sigma)``: every sampler runs it
 unchanged. Row ``j`` of a call is sample ``j mod n`` (the batch, or whole copies of it);
 samplers that evaluate a gathered subset of rows name the rows' samples through
-:func:`core.take_rows`, which calls :meth:`Conditioned.take`. No host sync per call.
+:func:`core.take_rows`, which calls :meth:`Conditioned.take`: per-sample conditioning is
+the per-row state of the denoiser contract (:class:`~.core.WrapperBase`). Both wrappers
+declare the wrapped model's :class:`~.core.ModelInfo`. No host sync per call.
 
 :class:`Guided` is classifier-free guidance (Ho & Salimans 2022, "Classifier-Free Diffusion
 Guidance", Eq. 6, written for the denoiser): ``D = D_u + w (D_c - D_u)`` with ``D_c`` the
@@ -27,7 +29,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .core import SamplerError, append_dims, take_rows, where_rows
+from .core import (
+    ModelInfo,
+    SamplerError,
+    WrapperBase,
+    append_dims,
+    describe,
+    extra_rows_of,
+    take_rows,
+    where_rows,
+)
 
 Cond = Tensor | Mapping[str, Tensor]
 
@@ -77,16 +88,13 @@ def _align(c: Cond, m: int, what: str) -> Cond:
     return _map(c, lambda v: v.repeat(m // r, *(1,) * (v.ndim - 1)))
 
 
-class Conditioned:
+class Conditioned(WrapperBase):
     """``D(x, sigma)`` from a conditional ``D(x, sigma, cond)`` and per-sample ``cond``.
 
     ``cond`` is a tensor or a dict of tensors whose first dimension is the number of
     samples ``n``; each network call receives the rows of ``cond`` that belong to its rows
-    of ``x``. Attributes (``sigma_min``, ``vp``, ``data_shape``, ...) are the inner
-    denoiser's.
+    of ``x``. Its :attr:`info` is the inner denoiser's.
     """
-
-    _own = ("inner", "state", "n", "_cache")
 
     def __init__(self, denoiser: Callable[..., Tensor], cond: Cond) -> None:
         self.inner = denoiser
@@ -95,10 +103,13 @@ class Conditioned:
         self.state: dict[str, Cond] = {"cond": cond}
         self._cache: dict[tuple[str, torch.device], Cond] = {}
 
-    def __getattr__(self, name: str) -> Any:
-        if name in Conditioned._own or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    @property
+    def info(self) -> ModelInfo:
+        return describe(self.inner)
+
+    @property
+    def extra_rows(self) -> Any:  # type: ignore[override]
+        return extra_rows_of(self.inner)
 
     def _on(self, key: str, device: torch.device) -> Cond:
         """``state[key]`` on ``device``, copied there once."""
@@ -152,7 +163,7 @@ class Guided(Conditioned):
     combination.
     """
 
-    _own = (*Conditioned._own, "interval", "skip_outside", "extra_rows")
+    extra_rows: RowTally = None  # type: ignore[assignment]  # set per instance
 
     def __init__(
         self,
@@ -170,11 +181,6 @@ class Guided(Conditioned):
         self.interval = interval
         self.skip_outside = skip_outside
         self.extra_rows = RowTally()
-
-    def __getattr__(self, name: str) -> Any:
-        if name in Guided._own:
-            raise AttributeError(name)
-        return super().__getattr__(name)
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         m, dev = x.shape[0], x.device

@@ -1,12 +1,23 @@
-"""The one model interface and the small helpers every sampler shares.
+"""The one model interface, its declared contract, and the helpers every sampler shares.
 
 A denoiser is any callable ``D(x, sigma) -> x0_hat`` in EDM (variance-exploding)
-coordinates: ``x = x0 + sigma * n``, ``x: [B, ...]``, ``sigma: [B]`` (one noise level per
-row). Samplers are pure functions ``(denoiser, x, sigmas, *, noise, **options) -> x0``
-where ``x`` is already at ``sigmas[0]`` and ``sigmas`` is a decreasing grid of shape
-``[N+1]`` (shared by all rows) or ``[N+1, B]`` (one grid per row, used by the parallel
-samplers). Grids usually end in 0; a step to ``sigma_next = 0`` is the first-order
+coordinates (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based
+Generative Models", Sec. 2): ``x = x0 + sigma * n``, ``x: [B, ...]``, ``sigma: [B]`` (one
+noise level per row). Samplers are pure functions ``(denoiser, x, sigmas, *, noise,
+**options) -> x0`` where ``x`` is already at ``sigmas[0]`` and ``sigmas`` is a decreasing
+grid of shape ``[N+1]`` (shared by all rows) or ``[N+1, B]`` (one grid per row, used by the
+parallel samplers). Grids usually end in 0; a step to ``sigma_next = 0`` is the first-order
 "denoise" step ``x <- D(x, sigma)``.
+
+The contract beyond ``D(x, sigma)``:
+
+* :class:`ModelInfo` -- what a denoiser declares (noise range, prior, VP table, sample
+  shape, network), read everywhere through :func:`describe` (a plain function declares
+  nothing and gets the defaults);
+* :class:`DenoiserBase` -- the typed base every samplerlab denoiser and wrapper implements:
+  ``__call__``, :attr:`~DenoiserBase.info`, :meth:`~DenoiserBase.take` (per-sample state:
+  the place per-row conditioning plugs in, see :func:`take_rows`) and
+  :attr:`~DenoiserBase.extra_rows` (network rows evaluated beyond the input rows).
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+
+from .errors import SamplerError
 
 
 class Denoiser(Protocol):
@@ -37,6 +50,12 @@ class ModelInfo:
         vp: the model's VP time table (:class:`samplerlab.samplers.schedules.VPSchedule`), or
             None for an EDM (variance-exploding) model.
         data_shape: the shape of one sample, or None when the model takes any shape.
+        network: the ``torch.nn.Module`` whose weights identify the model (fingerprints of
+            fitted coefficients), or None when the denoiser does not name one. Only a declared
+            :attr:`DenoiserBase.info` names it; :func:`describe` never probes for it.
+
+    Values are normalised on construction (floats, a tuple of ints), so a declared info and
+    one read from attributes compare equal.
     """
 
     sigma_min: float = 0.002
@@ -44,6 +63,19 @@ class ModelInfo:
     prior_std: float = 0.0
     vp: Any = field(default=None, repr=False)
     data_shape: tuple[int, ...] | None = None
+    network: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        shape = self.data_shape
+        object.__setattr__(self, "sigma_min", float(self.sigma_min))
+        object.__setattr__(self, "sigma_max", float(self.sigma_max))
+        object.__setattr__(self, "prior_std", float(self.prior_std or 0.0))
+        if shape is not None:
+            object.__setattr__(self, "data_shape", tuple(int(s) for s in shape))
+
+
+# The fields describe() reads from an undeclared denoiser's attributes (never the network).
+_PROBED = tuple(f for f in fields(ModelInfo) if f.name != "network")
 
 
 def describe(denoiser: Any) -> ModelInfo:
@@ -52,19 +84,71 @@ def describe(denoiser: Any) -> ModelInfo:
     info = getattr(denoiser, "info", None)
     if isinstance(info, ModelInfo):
         return info
-    values = {f.name: getattr(denoiser, f.name, f.default) for f in fields(ModelInfo)}
-    shape = values["data_shape"]
-    return ModelInfo(
-        sigma_min=float(values["sigma_min"]),
-        sigma_max=float(values["sigma_max"]),
-        prior_std=float(values["prior_std"] or 0.0),
-        vp=values["vp"],
-        data_shape=None if shape is None else tuple(int(s) for s in shape),
-    )
+    return ModelInfo(**{f.name: getattr(denoiser, f.name, f.default) for f in _PROBED})
 
 
-class SamplerError(ValueError):
-    """Bad input to a sampler, a schedule or the sampling API (one clear line)."""
+class DenoiserBase:
+    """The typed base of every samplerlab denoiser and wrapper: ``D(x, sigma) -> x0_hat``
+    with its contract declared instead of probed.
+
+    Subclasses implement ``__call__`` and :attr:`info`. A wrapper declares the wrapped
+    denoiser's info (``describe(inner)``). Per-sample state (class labels, text embeddings:
+    per-row conditioning) plugs in through :meth:`take`; a denoiser without such state keeps
+    the default, which returns itself.
+    """
+
+    #: Network rows evaluated beyond the input rows (classifier-free guidance's
+    #: unconditional rows): an object whose ``count`` grows, or None. Counted by
+    #: :class:`~samplerlab.samplers.denoisers.CountingDenoiser`; wrappers forward it.
+    extra_rows: Any = None
+
+    @property
+    def info(self) -> ModelInfo:
+        """The declared :class:`ModelInfo` (read through :func:`describe`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare its ModelInfo")
+
+    def __call__(self, x: Tensor, sigma: Tensor, /) -> Tensor:
+        raise NotImplementedError
+
+    def take(self, rows: Tensor) -> DenoiserBase:
+        """This denoiser for a call whose row ``j`` belongs to sample ``rows[j]`` of the batch
+        (see :func:`take_rows`); without per-sample state, the denoiser itself."""
+        return self
+
+
+class ModelBase(DenoiserBase):
+    """A model whose contract fields are plain attributes, set in ``__init__`` and read or
+    reassigned by users (``den.vp``, ``den.sigma_min``): :attr:`info` reads them on each
+    access."""
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    prior_std: float = 0.0
+    vp: Any = None
+    data_shape: tuple[int, ...] | None = None
+    network: Any = None
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            self.sigma_min, self.sigma_max, self.prior_std, self.vp, self.data_shape, self.network
+        )
+
+
+class WrapperBase(DenoiserBase):
+    """A denoiser around another one, whose :attr:`info` is the wrapped denoiser's.
+
+    The :class:`ModelInfo` fields also read as attributes (``den.vp``, ``den.sigma_min``,
+    ...; read-only), as they do on the models; these and ``take`` / ``extra_rows`` are all a
+    wrapper forwards (library code reads :func:`describe`).
+    """
+
+    sigma_min = property(lambda self: self.info.sigma_min)
+    sigma_max = property(lambda self: self.info.sigma_max)
+    prior_std = property(lambda self: self.info.prior_std)
+    vp = property(lambda self: self.info.vp)
+    data_shape = property(lambda self: self.info.data_shape)
+    network = property(lambda self: self.info.network)
 
 
 def take_rows(denoiser: Denoiser, rows: Tensor) -> Denoiser:
@@ -73,11 +157,24 @@ def take_rows(denoiser: Denoiser, rows: Tensor) -> Denoiser:
     A sampler that evaluates a gathered subset of its rows (PMM's midpoints, ParaDiGMS'
     windows) names each row's sample this way, so that per-sample conditioning (class
     labels) follows the rows. A call of whole copies of the batch (row ``j`` is sample
-    ``j mod batch``) needs nothing. Denoisers without per-sample state are returned as
-    they are; ``rows`` is a device tensor (no host sync).
+    ``j mod batch``) needs nothing. Denoisers without per-sample state
+    (:func:`has_row_state`) are returned as they are; ``rows`` is a device tensor (no host
+    sync).
     """
+    return denoiser.take(rows) if has_row_state(denoiser) else denoiser  # type: ignore[attr-defined]
+
+
+def has_row_state(denoiser: Any) -> bool:
+    """Whether ``take`` of ``denoiser`` may return another denoiser (per-sample state, or a
+    wrapper around a denoiser that may have it): a wrapper that splits a call's rows names
+    each part's rows only then, and spends no index tensor on a stateless denoiser."""
     take = getattr(denoiser, "take", None)
-    return denoiser if take is None else take(rows)
+    return take is not None and getattr(take, "__func__", None) is not DenoiserBase.take
+
+
+def extra_rows_of(denoiser: Any) -> Any:
+    """The :attr:`DenoiserBase.extra_rows` tally of ``denoiser`` (None for a plain function)."""
+    return getattr(denoiser, "extra_rows", None)
 
 
 def append_dims(v: Tensor, ndim: int) -> Tensor:

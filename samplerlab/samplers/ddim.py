@@ -8,7 +8,8 @@ import numbers
 import torch
 from torch import Tensor
 
-from .core import Denoiser, Grid, SamplerError, append_dims, to_d
+from .core import Denoiser, Grid, append_dims, to_d
+from .errors import SamplerError
 from .noise import NoiseSource, randn_like
 
 

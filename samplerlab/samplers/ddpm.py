@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import Denoiser, Grid, SamplerError, append_dims, to_d
+from .core import Denoiser, Grid, append_dims, to_d
+from .errors import SamplerError
 from .noise import NoiseSource, randn_like
 
 DDPM_VARIANTS = ("posterior", "fixed_large", "sde")
@@ -21,7 +22,8 @@ def ddpm_coefficients(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-row ``(A, G, Gamma)`` of one reverse step ``sigma -> sigma_next``.
 
-    With ``abar = 1/(1+sigma^2)`` and ``b_ts = 1 - abar_t/abar_s`` (algorithms.md §2.1):
+    With ``abar = 1/(1+sigma^2)`` and ``b_ts = 1 - abar_t/abar_s`` (the respaced chain of Nichol &
+    Dhariwal 2021, Sec. 4; posterior of Ho et al. 2020, Eqs. 6-7):
 
     * ``posterior``: respaced posterior mean, variance ``btilde_ts`` (= DDIM eta=1);
     * ``fixed_large``: the same mean, variance ``b_ts``;

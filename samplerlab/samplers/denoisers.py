@@ -2,9 +2,12 @@
 
 Samplers never branch on the model type: a VP epsilon / v / x0-prediction network on a
 discrete ``alphas_cumprod`` table or a continuous VP schedule, or an EDM-preconditioned
-network, is adapted here once. Wrappers carry ``sigma_min``, ``sigma_max``, ``vp`` (the
-time schedule, or None), ``prior_std`` (the std of the data term of the initial noise:
-1 for VP models, whose initial state is ``x_vp ~ N(0, I)``) and ``data_shape``.
+network, is adapted here once. Each class is a :class:`~.core.DenoiserBase` declaring a
+:class:`~.core.ModelInfo` (``info``); the models keep its fields as plain attributes
+(``prior_std`` is 1 for VP models, whose initial state is ``x_vp ~ N(0, I)``). A wrapper
+(:class:`~.core.WrapperBase`) declares the wrapped denoiser's ``info`` (its fields read as
+attributes too) and forwards only ``take`` (per-sample state follows the rows) and
+``extra_rows`` (cost); nothing else.
 """
 
 from __future__ import annotations
@@ -17,7 +20,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .core import SamplerError, append_dims, grid_positions, take_rows
+from .core import (
+    ModelBase,
+    ModelInfo,
+    SamplerError,
+    WrapperBase,
+    append_dims,
+    describe,
+    extra_rows_of,
+    grid_positions,
+    has_row_state,
+    take_rows,
+)
+from .errors import NonFiniteError
 from .schedules import ContinuousVP, DiscreteVP, VPSchedule
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -26,7 +41,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 def maybe_compile(
     fn: Callable[[Tensor, Tensor], Tensor], compile: bool | Mapping[str, Any]
 ) -> Callable[[Tensor, Tensor], Tensor]:
-    """``torch.compile`` the network call (design §10): ``True`` uses CUDA graphs
+    """``torch.compile`` the network call: ``True`` uses CUDA graphs
     (``mode="reduce-overhead"``); a mapping gives ``torch.compile``'s keyword arguments."""
     if not compile:
         return fn
@@ -34,7 +49,7 @@ def maybe_compile(
     return torch.compile(fn, **kwargs)
 
 
-class VPDenoiser:
+class VPDenoiser(ModelBase):
     """A VP model ``f(x_vp, t)`` seen in EDM coordinates.
 
     ``x_vp = x / sqrt(1 + sigma^2)``, ``t = vp.t(sigma)``; the output is converted to
@@ -52,6 +67,8 @@ class VPDenoiser:
             continuous-time models trained on ``t * 1000``).
         compile: compile ``model_fn`` (see :func:`maybe_compile`); samplers never sync per
             step, so a compiled network keeps its launch-overhead gain.
+        network: the ``nn.Module`` that identifies the model (declared in :attr:`info`);
+            default: ``model_fn`` itself when it is a module.
     """
 
     def __init__(
@@ -65,6 +82,7 @@ class VPDenoiser:
         time_scale: float = 1.0,
         data_shape: tuple[int, ...] | None = None,
         compile: bool | Mapping[str, Any] = False,
+        network: torch.nn.Module | None = None,
     ) -> None:
         if prediction_type not in PREDICTION_TYPES:
             raise SamplerError(
@@ -82,6 +100,7 @@ class VPDenoiser:
         self.sigma_max = vp.sigma_max
         self.prior_std = 1.0
         self.data_shape = data_shape
+        self.network = _module_or(network, self.model_fn)
         self._grid_cache: tuple | None = None  # (weakref to a grid, version, dtype, alpha, t)
         self._last_grid: weakref.ref | None = None
 
@@ -147,6 +166,10 @@ class VPDenoiser:
         return x0.clamp(-1, 1) if self.clip_denoised else x0
 
 
+def _module_or(network: torch.nn.Module | None, fn: Any) -> torch.nn.Module | None:
+    return fn if network is None and isinstance(fn, torch.nn.Module) else network
+
+
 def from_eps(
     eps_fn: Callable[[Tensor, Tensor], Tensor], alphas_cumprod: Tensor, **kw: Any
 ) -> VPDenoiser:
@@ -169,7 +192,7 @@ def from_x0(
     return VPDenoiser(x0_fn, DiscreteVP(alphas_cumprod), prediction_type="sample", **kw)
 
 
-class EDMDenoiser:
+class EDMDenoiser(ModelBase):
     """An EDM-preconditioned network (Karras et al. 2022, Table 1, "Ours").
 
     ``D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)`` with ``c_skip = sd^2/(sigma^2+sd^2)``,
@@ -177,6 +200,7 @@ class EDMDenoiser:
     ``c_noise = log(sigma)/4``. Pass ``preconditioned=False`` for a network that already
     returns ``D`` (then it is called as ``net(x, sigma)``). Called with conditioning
     ``cond`` (rows aligned with ``x``'s), the network is called as ``net(x, c, cond)``.
+    ``network`` (declared in :attr:`info`) defaults to ``net`` when it is a module.
     """
 
     def __init__(
@@ -189,6 +213,7 @@ class EDMDenoiser:
         preconditioned: bool = True,
         data_shape: tuple[int, ...] | None = None,
         compile: bool | Mapping[str, Any] = False,
+        network: torch.nn.Module | None = None,
     ) -> None:
         self.net = maybe_compile(net, compile)
         self.sigma_data = sigma_data
@@ -198,6 +223,7 @@ class EDMDenoiser:
         self.vp = None
         self.prior_std = 0.0
         self.data_shape = data_shape
+        self.network = _module_or(network, self.net)
 
     def take(self, rows: Tensor) -> EDMDenoiser:
         """This model for the rows ``rows`` of the batch (see :func:`core.take_rows`)."""
@@ -222,16 +248,19 @@ class EDMDenoiser:
         return c_skip * x + c_out * self.net(c_in * x, c_noise, *extra).to(x.dtype)
 
 
-class _Wrapper:
-    """Forwards attribute look-ups (``sigma_min``, ``vp``, ...) to the wrapped denoiser."""
+class _Wrapper(WrapperBase):
+    """A denoiser around ``inner`` (see :class:`~.core.WrapperBase`)."""
 
     def __init__(self, inner: Callable[[Tensor, Tensor], Tensor]) -> None:
         self.inner = inner
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    @property
+    def info(self) -> ModelInfo:
+        return describe(self.inner)
+
+    @property
+    def extra_rows(self) -> Any:  # type: ignore[override]
+        return extra_rows_of(self.inner)
 
     def take(self, rows: Tensor) -> Any:
         """This wrapper around the inner denoiser for the rows ``rows`` (core.take_rows)."""
@@ -243,6 +272,18 @@ class _Wrapper:
         return view
 
 
+def check_output(out: Any, x: Tensor) -> Tensor:
+    """``out`` if it is a tensor of ``x``'s shape, else one clear :class:`SamplerError` (another
+    shape would be broadcast into wrong samples; a shape is host metadata: no sync)."""
+    if not isinstance(out, Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise SamplerError(
+            f"the denoiser returned {got} for an input of shape {tuple(x.shape)}: "
+            "D(x, sigma) must return a tensor of x's shape"
+        )
+    return out
+
+
 class CountingDenoiser(_Wrapper):
     """Counts sequential network rounds and evaluated rows.
 
@@ -250,9 +291,7 @@ class CountingDenoiser(_Wrapper):
     is ``rows / batch``. A denoiser that evaluates more network rows than it is given
     (classifier-free guidance: a conditional and an unconditional row) reports them in its
     ``extra_rows`` tally, which is added here. Counters are Python ints: no GPU->CPU sync.
-    The output must have
-    the input's shape (a shape is host metadata: checking it costs no sync); a model that
-    returns another shape would otherwise be broadcast into wrong samples.
+    The output must have the input's shape (:func:`check_output`).
     """
 
     def __init__(
@@ -270,17 +309,11 @@ class CountingDenoiser(_Wrapper):
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         counts = self.parent or self
         counts.rounds += 1
-        tally = getattr(self.inner, "extra_rows", None)
+        tally = extra_rows_of(self.inner)
         before = 0 if tally is None else tally.count
         out = self.inner(x, sigma)
         counts.rows += x.shape[0] + (0 if tally is None else tally.count - before)
-        if not isinstance(out, Tensor) or out.shape != x.shape:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise SamplerError(
-                f"the denoiser returned {got} for an input of shape {tuple(x.shape)}: "
-                "D(x, sigma) must return a tensor of x's shape"
-            )
-        return out
+        return check_output(out, x)
 
     def nfe(self, batch: int) -> float:
         return self.rows / batch
@@ -291,7 +324,12 @@ class CountingDenoiser(_Wrapper):
 
 
 class ChunkedDenoiser(_Wrapper):
-    """Evaluates at most ``max_rows`` rows per network call; results are unchanged."""
+    """Evaluates at most ``max_rows`` rows per network call; results are unchanged.
+
+    Chunk ``c`` is rows ``start..start + len`` of the call: a denoiser with per-sample state
+    (:func:`~.core.has_row_state`) is given those rows through :func:`~.core.take_rows`, so
+    each row keeps its own conditioning.
+    """
 
     def __init__(self, inner: Callable[[Tensor, Tensor], Tensor], max_rows: int) -> None:
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
@@ -305,7 +343,7 @@ class ChunkedDenoiser(_Wrapper):
         out, start = [], 0
         for xc, sc in zip(x.split(self.max_rows), sigma.split(self.max_rows), strict=True):
             # Chunk rows start..start+len of this call (per-sample conditioning follows them).
-            if getattr(self.inner, "take", None) is None:
+            if not has_row_state(self.inner):
                 part = self.inner
             else:
                 part = take_rows(self.inner, torch.arange(start, start + len(xc), device=x.device))
@@ -322,7 +360,8 @@ def chunked(
 
 
 class ClippedDenoiser(_Wrapper):
-    """Clamps ``x0_hat`` to ``[lo, hi]`` (pixel models; makes the update non-affine in eps)."""
+    """Clamps ``x0_hat`` to ``[lo, hi]`` (pixel models; makes the update non-affine in eps);
+    row-wise, so :meth:`take` gives the wrapped denoiser's per-sample state."""
 
     def __init__(
         self, inner: Callable[[Tensor, Tensor], Tensor], lo: float = -1.0, hi: float = 1.0
@@ -332,10 +371,6 @@ class ClippedDenoiser(_Wrapper):
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.inner(x, sigma).clamp(self.lo, self.hi)
-
-
-class NonFiniteError(FloatingPointError):
-    """NaN or Inf met while sampling; the message names the sampler, round and sigma."""
 
 
 class FiniteCheckDenoiser(_Wrapper):

@@ -11,12 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import Denoiser, Grid, SamplerError, append_dims, to_d, where_rows
+from .core import Denoiser, Grid, append_dims, to_d, where_rows
+from .errors import SamplerError
 from .noise import NoiseSource
 
 
 def dpm_solver_fast_orders(nfe: int, order: int) -> list[int]:
-    """DPM-Solver-fast order allocation of ``nfe`` evaluations (Lu et al. 2022, §3.4).
+    """DPM-Solver-fast order allocation of ``nfe`` evaluations (Lu et al. 2022, Sec. 3.4).
 
     Our grids end at sigma = 0, whose step is always first order; where the paper's
     allocation ends in a step of order ``k > 1``, that step is split into an order

@@ -4,13 +4,15 @@ Targets ``pi(x) ∝ exp(-F(x))`` given the drift ``b(x) = -grad F(x)``:
 
 * overdamped (OLMC): ``dX = b(X) dt + sqrt(2) dB``; :func:`lmc` is Euler-Maruyama,
   :func:`plmc_olmc` the Poisson midpoint step over K sub-steps of size ``step/K``
-  (algorithms.md §4.3: ``A = I``, ``G = step/K``, ``W_i = sqrt(2 step/K) Z_i``);
+  (the OLMC recursion of Kandasamy & Nagaraj 2024 with sub-step ``step/K``: ``X_{i+1} = X_i +
+  (step/K) b(X_i) + sqrt(2 step/K) Z_i``);
 * underdamped (ULMC): ``dX = V dt``, ``dV = (b(X) - gamma V) dt + sqrt(2 gamma) dB`` with
   stationary law ``pi(x) N(v; 0, I)``; :func:`ulmc` integrates the OU part exactly with the
-  drift frozen over a step (the joint ``(W_x, W_v)`` covariance of algorithms.md §4.3),
+  drift frozen over a step (the jointly Gaussian ``(W_x, W_v)`` of Cheng, Chatterji, Bartlett &
+  Jordan 2018, the discretisation of their Eq. 1 with ``u = 1``),
   :func:`plmc_ulmc` is its Poisson midpoint form;
 * :func:`uld_randomized_midpoint_step`: the randomized-midpoint ULD step with jointly
-  Gaussian ``(W1, W2, W3)`` (algorithms.md §6.1), used by the RMM corrector.
+  Gaussian ``(W1, W2, W3)`` (Shen & Lee 2019, Alg. 1), used by the RMM corrector.
 
 Every random quantity is drawn through a :class:`NoiseSource` with the chain index as the
 leading dimension, so chain ``k`` depends only on its own seed with ``PerSampleNoise``.
@@ -24,7 +26,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .core import SamplerError, append_dims
+from .core import append_dims
+from .errors import SamplerError
 from .noise import NoiseSource, default_noise
 from .pmm import check_pmm_options, draw_midpoints, poisson_midpoint_step
 
@@ -66,7 +69,7 @@ def plmc_olmc(
 ) -> Tensor:
     """Poisson midpoint OLMC (PLMC): ``n_steps`` coarse steps of size ``step``, ``K`` sub-steps.
 
-    Approximates LMC with step ``step/K`` (algorithms.md §4.2, follow-up form
+    Approximates LMC with step ``step/K`` (Kandasamy & Nagaraj 2024, OLMC form
     ``X_{i+1} = X_i + (h/K) b(X_0) + h H_i (b(X^+_i) - b(X_0)) + sqrt(2h/K) Z_i``); ``K = 1`` is
     :func:`lmc`. Expected drift calls per coarse step: ``1 + (K-1)/K``.
     """
@@ -93,7 +96,7 @@ def plmc_olmc(
 
 
 def ulmc_coefficients(delta: float, gamma: float) -> dict[str, float]:
-    """Exact OU-part coefficients of one ULMC step of length ``delta`` (algorithms.md §4.3)."""
+    """Exact OU-part coefficients of one ULMC step of length ``delta`` (Cheng et al. 2018)."""
     e1 = math.exp(-gamma * delta)
     phi1 = -math.expm1(-gamma * delta) / gamma  # (1 - e^{-g d}) / g
     var_v = -math.expm1(-2 * gamma * delta)
@@ -201,7 +204,7 @@ def _f3(a: Tensor) -> Tensor:
 
 
 def uld_midpoint_cholesky(delta: Tensor, gamma: Tensor, alpha: Tensor) -> Tensor:
-    """Per-row factor ``L [B, 3, 3]``, ``L L^T = Cov(W1, W2, W3)`` (algorithms.md §6.1).
+    """Per-row factor ``L [B, 3, 3]``, ``L L^T = Cov(W1, W2, W3)`` (Shen & Lee 2019, Alg. 1).
 
     ``W1``: position noise at ``alpha delta``; ``W2, W3``: position and velocity noise at
     ``delta``, all from the same Brownian path. Computed in float64; pivots are clamped at 0
@@ -249,7 +252,7 @@ def uld_randomized_midpoint_step(
     alpha: Tensor,
     z: Tensor,
 ) -> tuple[Tensor, Tensor]:
-    """One randomized-midpoint ULD step (Shen & Lee 2019 form, algorithms.md §6.1).
+    """One randomized-midpoint ULD step (Shen & Lee 2019, Alg. 1).
 
     Per-row ``delta, gamma, alpha [B]``; ``z [B, 3, ...]`` standard normals mapped to the
     jointly Gaussian ``(W1, W2, W3)`` by one Cholesky factor per row. 2 score calls.

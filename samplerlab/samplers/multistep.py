@@ -8,6 +8,8 @@ per row from a float64 device copy of the grid (no host sync per step).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -19,6 +21,27 @@ def grid64(grid: Grid, x: Tensor) -> Tensor:
     """The grid ``[N+1, B]`` in float64 on ``x``'s device (coefficients in double precision)."""
     host = grid.host if grid.host.ndim == 2 else grid.host[:, None].expand(-1, x.shape[0])
     return host.to(x.device, torch.float64, non_blocking=True)
+
+
+def coefficients(x: Tensor) -> Callable[[Tensor], Tensor]:
+    """Per-row coefficients ``[B]`` (float64) as factors of ``x``: its dtype, broadcastable."""
+    dtype, n = x.dtype, x.ndim
+    return lambda v: append_dims(v.to(dtype), n)
+
+
+def setup(
+    sigmas: Tensor, x: Tensor, order: int, lower_order_final: bool
+) -> tuple[Grid, Tensor, list[int], Callable[[Tensor], Tensor]]:
+    """``(grid, g, orders, a)`` of a multistep solver: the :class:`Grid`, its float64 device
+    copy ``g`` (:func:`grid64`), each step's order (:func:`multistep_orders`) and the
+    coefficient map ``a`` (:func:`coefficients`)."""
+    grid = Grid(sigmas, x)
+    return (
+        grid,
+        grid64(grid, x),
+        multistep_orders(len(grid), order, lower_order_final),
+        coefficients(x),
+    )
 
 
 def multistep_orders(steps: int, order: int, lower_order_final: bool) -> list[int]:
@@ -47,6 +70,22 @@ def d2_factor(form: str) -> float:
 def push(hist: list[Tensor], value: Tensor, keep: int) -> list[Tensor]:
     """``hist`` with ``value`` appended, keeping the newest ``keep`` entries."""
     return [*hist, value][-keep:] if keep > 0 else []
+
+
+def divided_differences(
+    g: Tensor, i: int, h: Tensor, denoised: Tensor, hist: list[Tensor], a: Callable
+) -> tuple[Tensor, Tensor]:
+    """``(D1, D2)`` of a third-order multistep DPM-Solver++ step at grid point ``i`` (step
+    ``h`` in ``lambda``) from ``denoised`` and the last two data predictions ``hist``
+    (newest last): with ``r0 = h_0/h``, ``r1 = h_1/h``, ``D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1)
+    ~ h D'`` and ``D2 = (D1_0 - D1_1)/(r0+r1) ~ h^2 D''/2`` (Lu et al. 2022b, the 3M step)."""
+    r0 = torch.log(g[i - 1] / g[i]) / h
+    r1 = torch.log(g[i - 2] / g[i - 1]) / h
+    d1_0 = (denoised - hist[-1]) / a(r0)
+    d1_1 = (hist[-1] - hist[-2]) / a(r1)
+    d1 = d1_0 + a(r0 / (r0 + r1)) * (d1_0 - d1_1)
+    d2 = (d1_0 - d1_1) / a(r0 + r1)
+    return d1, d2
 
 
 def positive_next(sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,11 +120,7 @@ def sample_dpmpp_3m(
     ``lower_order_final`` caps the last two steps at orders 1 and 2 (diffusers' option).
     """
     c2 = d2_factor(form)
-    grid = Grid(sigmas, x)
-    g = grid64(grid, x)
-    orders = multistep_orders(len(grid), 3, lower_order_final)
-    n = x.ndim
-    a = lambda v: append_dims(v.to(x.dtype), n)
+    grid, g, orders, a = setup(sigmas, x, 3, lower_order_final)
     hist: list[Tensor] = []  # data predictions, newest last
     for i, sigma, _ in grid:
         s, sn = g[i], g[i + 1]
@@ -102,12 +137,7 @@ def sample_dpmpp_3m(
             x_next = x_next - a(0.5 * torch.expm1(-h) / r0) * (denoised - hist[-1])
         elif k == 3:
             # Third order: divided differences D1, D2 of the last three data predictions.
-            r0 = torch.log(g[i - 1] / s) / h
-            r1 = torch.log(g[i - 2] / g[i - 1]) / h
-            d1_0 = (denoised - hist[-1]) / a(r0)
-            d1_1 = (hist[-1] - hist[-2]) / a(r1)
-            d1 = d1_0 + a(r0 / (r0 + r1)) * (d1_0 - d1_1)
-            d2 = (d1_0 - d1_1) / a(r0 + r1)
+            d1, d2 = divided_differences(g, i, h, denoised, hist, a)
             phi_2 = torch.expm1(-h) / h + 1
             phi_3 = (torch.expm1(-h) + h) / h**2 - 0.5
             x_next = x_next + a(phi_2) * d1 - a(c2 * phi_3) * d2
@@ -165,11 +195,7 @@ def sample_deis(
     and integrated exactly. A step to sigma = 0 is the denoise step; ``lower_order_final``
     caps the last two steps at orders 1 and 2.
     """
-    grid = Grid(sigmas, x)
-    g = grid64(grid, x)
-    orders = multistep_orders(len(grid), order, lower_order_final)
-    n = x.ndim
-    a = lambda v: append_dims(v.to(x.dtype), n)
+    grid, g, orders, a = setup(sigmas, x, order, lower_order_final)
     hist: list[Tensor] = []  # noise predictions, newest last
     for i, sigma, _ in grid:
         s, sn = g[i], g[i + 1]

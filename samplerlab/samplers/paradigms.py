@@ -36,16 +36,9 @@ from torch import Tensor
 
 from .core import Denoiser, SamplerError, take_rows
 from .denoisers import chunked
+from .inner import DEFAULT_INNER, Inner
 from .noise import NoiseSource
-from .parallel import (
-    Inner,
-    check_positive_int,
-    check_tol,
-    per_row_grid,
-    predraw_noise,
-    relative_change,
-    resolve_inner,
-)
+from .parallel import check_positive_int, check_tol, per_row_grid, predraw_noise, relative_change
 
 # Defaults chosen on the analytic panel (benchmarks/bench_parallel.py --sweep, then four
 # seed sets): window 32 took the fewest rounds at N = 1024; tol 3e-4 met 1e-3 on one seed
@@ -101,7 +94,7 @@ def sample_paradigms(
     sigmas: Tensor,
     *,
     noise: NoiseSource | None = None,
-    inner: str = "ddim",
+    inner: Inner | str = DEFAULT_INNER,
     inner_options: Mapping[str, Any] | None = None,
     window: int = WINDOW,
     tol: float = TOL,
@@ -109,6 +102,10 @@ def sample_paradigms(
     info: dict[str, Any] | None = None,
 ) -> Tensor:
     """ParaDiGMS (Shih et al. 2023, Alg. 1) over the inner solver ``inner``.
+
+    ``inner`` (a solver's name) and ``inner_options`` (its options) are resolved by the
+    registry into an :class:`Inner` before this runs:
+    ``get_sampler("paradigms")(denoiser, x, sigmas, inner="dpmpp_2m")``.
 
     ``window`` time steps per sample are refined per parallel iteration (one batched
     network call of up to ``window * batch`` rows, each with its own 2-point grid). A state
@@ -127,23 +124,17 @@ def sample_paradigms(
     check_positive_int("paradigms", "window", window)
     if max_rows is not None:
         check_positive_int("paradigms", "max_rows", max_rows)
-    spec = resolve_inner(
-        "paradigms",
-        inner,
-        inner_options,
-        need_history=True,
-        history_reason=" (ParaDiGMS takes a step's history from its neighbouring states)",
-    )
-    if spec.multistep and spec.stochastic:
+    inner = Inner.check("paradigms", inner)
+    if inner.multistep and inner.stochastic:
         raise SamplerError("paradigms: a multistep inner solver must be deterministic")
     den = chunked(denoiser, max_rows)
     batch, dev = x.shape[0], x.device
     S = per_row_grid(sigmas, batch)  # host [N+1, batch]
     N = S.shape[0] - 1
-    Z = predraw_noise(noise, x, N) if spec.stochastic else None
+    Z = predraw_noise(noise, x, N) if inner.stochastic else None
     # Buffer of all N+1 states, initialised to x_0 (x_T in the paper); multistep: their D.
     X = x[None].repeat(N + 1, *([1] * x.ndim))
-    Dbuf = torch.zeros_like(X) if spec.multistep else None
+    Dbuf = torch.zeros_like(X) if inner.multistep else None
     b = torch.zeros(batch, dtype=torch.long)  # host window starts
     e = torch.full((batch,), min(window, N), dtype=torch.long)
     iterations = torch.zeros(batch, dtype=torch.long)
@@ -168,7 +159,7 @@ def sample_paradigms(
         draws = [Z[jj_d, kk_d]] if Z is not None else []
         # Drifts of the whole window in ONE batched call (step(x_j) - x_j).
         delta = torch.zeros((W, batch, *x.shape[1:]), device=dev, dtype=x.dtype)
-        delta[wi_d, kk_d] = _drifts(spec, take_rows(den, kk_d), rows, grid, draws, jj, kk, S, Dbuf)
+        delta[wi_d, kk_d] = _drifts(inner, take_rows(den, kk_d), rows, grid, draws, jj, kk, S, Dbuf)
         # Picard update by cumulative sums from the window start.
         X_new = X[b_d, cols_d][None] + delta.cumsum(0)
         # Relative change of each refined state against the previous iterate.

@@ -5,18 +5,19 @@ PMM ("PLMC") approximates K small steps of a linear-Gaussian Langevin-type recur
     X_{i+1} = A_i X_i + G_i b(X_i, tau_i) + W_i,     i = 0..K-1   (the "fine chain")
 
 by one coarse step that calls the drift ``b`` about twice instead of K times
-(algorithms.md §4.2): ``b0 = b(x)`` once, a frozen-drift interpolant
+(Kandasamy & Nagaraj 2024, the PLMC update): ``b0 = b(x)`` once, a frozen-drift interpolant
 ``xh_{i+1} = A_i xh_i + G_i b0 + W_i`` that re-uses the SAME increments ``W_i``,
 ``H_i ~ Bernoulli(1/K)``, midpoint drifts ``c_i = b(xh_i, tau_i) - b0`` only where ``H_i = 1``,
 and the corrected update ``x_{i+1} = A_i x_i + G_i (b0 + K H_i c_i) + W_i`` (same ``W_i``).
 Because the recursion is linear, the corrected path is ``x_i = xh_i + corr_i`` with
-``corr_{i+1} = A_i corr_i + G_i K H_i c_i`` (algorithms.md §4.2, closed form), which is how
+``corr_{i+1} = A_i corr_i + G_i K H_i c_i`` (the closed form of the linear recursion), which is how
 it is computed here: no Gaussian increment has to be stored, and a zero correction leaves
 the interpolant bit-for-bit unchanged.
 
 For diffusion models the fine chain is the DDPM reverse chain, ``b = eps_hat`` and
 ``(A_i, G_i, Gamma_i) = ddpm_coefficients(sigma_i, sigma_{i+1}, variant)``
-(algorithms.md §4.3), in EDM sigma coordinates.
+(the DDPM reverse chain of Ho et al. 2020, eq. 11, as that recursion), in EDM sigma
+coordinates.
 
 Grid convention. ``sample_pmm`` receives the FINE grid (``N*K`` sub-steps) and groups it
 into ``N`` coarse steps of ``K`` consecutive sub-steps. The registry's plan maps the user's
@@ -65,7 +66,7 @@ MidpointDrift = Callable[[Tensor, Tensor, Tensor], Tensor]
 LinearMap = Callable[[int, Tensor], Tensor]
 
 
-def default_K(steps: int) -> int:
+def default_substeps(steps: int) -> int:
     """Sub-steps per coarse step planned for ``steps`` coarse steps on a 1000-step chain."""
     return max(1, TABLE_STEPS // steps)
 
@@ -76,14 +77,14 @@ def plan_pmm(steps: int, options: Mapping[str, Any] | None = None) -> tuple[int,
     ``K`` is the user's option when given, else ``max(1, 1000 // steps)``.
     """
     K = (options or {}).get("K")
-    K = default_K(steps) if K is None else K
+    K = default_substeps(steps) if K is None else K
     check_pmm_options(K, (options or {}).get("midpoints", "bernoulli"))
     return steps * K, {"K": K}
 
 
 def expected_nfe(steps: int, K: int | None = None, midpoints: str = "bernoulli") -> float:
     """Expected NFE per sample: ``N (1 + (K-1)/K)`` (Bernoulli) or ``N (1 + [K>1])`` (single)."""
-    K = default_K(steps) if K is None else K
+    K = default_substeps(steps) if K is None else K
     check_pmm_options(K, midpoints)
     extra = (K - 1) / K if midpoints == "bernoulli" else float(K > 1)
     return steps * (1 + extra)
@@ -130,7 +131,8 @@ def poisson_midpoint_step(
     weight: float,
     position: Callable[[Tensor], Tensor] = lambda s: s,
 ) -> tuple[Tensor, Tensor]:
-    """One coarse PMM step of a generic linear-Gaussian fine chain (algorithms.md §4.2).
+    """One coarse PMM step of a generic linear-Gaussian fine chain (Kandasamy & Nagaraj 2024,
+    the PLMC update with Bernoulli midpoints ``H_i`` and weight ``K H_i``).
 
     Args:
         drift: evaluates ``b`` at gathered midpoint positions for (row, sub-step) pairs.
@@ -263,7 +265,7 @@ def step_pmm(
     b0 = to_d(x, sigmas[0], D0)
 
     def drift(pts: Tensor, rows: Tensor, sub: Tensor) -> Tensor:
-        # Each midpoint at its own sub-step time sigma_i of its own row (pitfall §4.6.5).
+        # Each midpoint at its own sub-step time sigma_i of its own row (time-varying drift).
         s = sigmas[sub, rows]
         return to_d(pts, s, take_rows(denoiser, rows)(pts, s))
 

@@ -2,16 +2,17 @@
 
 All three samplers work in EDM coordinates (``x = x0 + sigma n``, ``dx/dsigma = eps``).
 A step ``sigma -> sigma_next`` integrates ``dx/du = g(x, u)`` over a variable ``u`` in which
-the midpoint is uniform (algorithms.md §6.1, §6.3, pitfall §6.4.2):
+the midpoint is uniform (the quadrature ``h g(x(u_mid))``, ``u_mid ~ U``, is unbiased only in
+that variable):
 
 * ``form="exponential"``: ``u = tau``, the Ornstein-Uhlenbeck time (``abar = e^{-2 tau}``, so
   ``tau = log(1 + sigma^2) / 2``) and ``g = eps (1 + sigma^2) / sigma``. In VP coordinates this
   is exactly the paper's exponential-integrator predictor
   ``x_mid = e^{alpha h} x + (e^{alpha h} - 1) s(x)`` and update
   ``x_new = e^h x + h e^{(1-alpha) h} s(x_mid)`` with ``s = -eps / sigma_vp`` evaluated where it
-  was computed (pitfall §6.4.3);
+  was computed;
 * ``form="ddim"`` (default): ``u = sigma`` (the DDIM ``sigmabar``), ``g = eps``: the practical
-  variant of the authors' experiment (§6.3: DDIM to the midpoint, then DDIM from ``x`` with
+  variant of the authors' experiment code (DDIM to the midpoint, then DDIM from ``x`` with
   the midpoint's eps), with a continuous uniform midpoint in sigma instead of ``floor`` over
   discrete indices. Exact for any alpha where eps is constant over the step;
 * ``form="data"``: the same predictor, and the quadrature of the exponential-integrator
@@ -34,8 +35,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import Denoiser, Grid, SamplerError, append_dims, to_d, where_rows
+from .core import Denoiser, Grid, append_dims, to_d, where_rows
 from .ddim import step_euler
+from .errors import SamplerError
 from .langevin import uld_randomized_midpoint_step
 from .noise import NoiseSource, default_noise
 
@@ -136,7 +138,7 @@ def sample_rmm(
     noise: NoiseSource | None = None,
     form: str = "ddim",
 ) -> Tensor:
-    """Randomized midpoint on the PF-ODE (Gupta, Cai, Chen 2025, §6.1 predictor; §6.3 form).
+    """Randomized midpoint on the PF-ODE (Gupta, Cai, Chen 2025, sequential predictor).
 
     ``2N - 1`` NFE on a grid of N steps ending in 0. Stochastic only through the midpoint
     times ``alpha`` (one ``rand([B])`` per step).
@@ -160,7 +162,8 @@ def corrector_uld(
     gamma: float,
     step_size: float,
 ) -> Tensor:
-    """Underdamped Langevin corrector targeting ``p_sigma`` (algorithms.md §6.1).
+    """Underdamped Langevin corrector targeting ``p_sigma`` (Gupta et al. 2025's corrector;
+    Shen & Lee 2019, Alg. 1 steps).
 
     Score ``(D(x, sigma) - x) / sigma^2``; ``v_0 ~ N(0, I)``; ``steps`` randomized-midpoint ULD
     steps (2 NFE each) of length ``delta = step_size * sigma`` with friction
@@ -192,7 +195,7 @@ def sample_rmm_pc(
     gamma: float = 2.0,
     step_size: float = 0.1,
 ) -> Tensor:
-    """Randomized-midpoint predictor + underdamped-Langevin corrector (Gupta et al. 2025, §6.1).
+    """Randomized-midpoint predictor + underdamped-Langevin corrector (Gupta et al. 2025).
 
     The predictor is :func:`step_rmm`; after every ``window`` predictor steps, at the window
     end ``sigma > 0``, the corrector runs ``corrector_steps`` randomized-midpoint ULD steps

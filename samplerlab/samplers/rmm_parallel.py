@@ -49,7 +49,7 @@ from .noise import NoiseSource, default_noise
 from .rmm import check_form, midpoint_sigma, step_rmm
 
 
-def default_K(dim: int) -> int:
+def default_rounds(dim: int) -> int:
     """``ceil(log2 d) + 1`` Picard rounds per window (at least 2)."""
     return max(2, math.ceil(math.log2(max(dim, 1))) + 1)
 
@@ -103,7 +103,7 @@ def _defaults(R: int | None, K: int | None, dim: int) -> tuple[int, int]:
     """``K = ceil(log2 d) + 1`` and ``R = floor(3K/2)`` unless given. R was chosen on the
     analytic panel (``R = K``: the serial form exactly; ``2K`` missed the sequential error
     by 10x on the narrow-mode EDM model at N = 20; ``3K/2`` stayed within 1.3x everywhere)."""
-    K = default_K(dim) if K is None else K
+    K = default_rounds(dim) if K is None else K
     return ((3 * K) // 2 if R is None else R), K
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .core import SamplerError
+from .errors import SamplerError
 
 # --------------------------------------------------------------------------------------
 # VP schedules: the map between the model's time variable and the EDM sigma.

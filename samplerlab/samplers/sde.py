@@ -5,22 +5,125 @@ solution of the data-prediction reverse SDE over one step (Lu et al. 2022b, "DPM
 the SDE solvers of its appendix; Gonzalez et al. 2023, "SEEDS") is
 ``x_t = (sigma_t/sigma_s) e^{-eta h} x_s + int (1+eta) e^{-(1+eta)(h - u)} x0(u) du
 + sigma_t sqrt(1 - e^{-2 eta h}) z``; ``eta = 1`` is the reverse SDE, ``eta = 0`` the ODE.
+The multistep solvers share one loop (:func:`_sample_multistep_sde`: first-order part, the
+method's history terms, noise); the steps shared with the ancestral samplers
+(:func:`dpmpp_first_order`, :func:`add_noise`, :func:`ancestral_step_sigmas`) live here.
 Every random draw comes from the per-sample ``noise`` source.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
-from .core import Denoiser, Grid, SamplerError, append_dims, where_rows
-from .multistep import d2_factor, grid64, positive_next, push
+from .core import Denoiser, Grid, append_dims, where_rows
+from .errors import SamplerError
+from .multistep import d2_factor, divided_differences, grid64, positive_next, push
 from .noise import NoiseSource, randn_like
 
 
 def _check(eta: float, s_noise: float) -> None:
     if eta < 0 or s_noise < 0:
         raise SamplerError("eta and s_noise must be >= 0")
+
+
+def _rows(v: Tensor, x: Tensor) -> Tensor:
+    """Per-row coefficients ``v [B]`` (float64) as ``x``'s dtype, broadcastable against it."""
+    return append_dims(v.to(x.dtype), x.ndim)
+
+
+def add_noise(x: Tensor, std: Tensor, z: Tensor) -> Tensor:
+    """``x + std z``: fresh noise of per-row std ``std`` (standard normals ``z``)."""
+    return x + _rows(std, z) * z
+
+
+def dpmpp_first_order(x: Tensor, denoised: Tensor, ratio: Tensor, h: Tensor) -> Tensor:
+    """DPM-Solver++-1 (Lu et al. 2022b, first order; = DDIM) over the log-sigma step ``h =
+    log(sigma / sigma_to)``, ``ratio = sigma_to / sigma``: ``ratio x - (e^{-h} - 1) D``."""
+    return _rows(ratio, x) * x - _rows(torch.expm1(-h), x) * denoised
+
+
+def sde_coefficients(h: Tensor, eta: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(w0, phi_2, phi_3)``: the weights of ``D_s``, ``D1`` and ``D2`` in a DPM-Solver++
+    SDE step with ``h_eta = (1 + eta) h``: ``w0 = 1 - e^{-h_eta}``, ``phi_2 = (e^{-h_eta} -
+    1)/h_eta + 1`` and ``phi_3 = (e^{-h_eta} - 1 + h_eta)/h_eta^2 - 1/2`` (the exact
+    integrals of ``(1+eta) e^{-(1+eta)(h-u)} (u/h)^k / k!`` over ``[0, h]``, k = 0, 1, 2,
+    with ``phi_3`` entering with a minus sign: the weights of ``h D'`` and ``h^2 D''``)."""
+    he = (1 + eta) * h
+    w0 = -torch.expm1(-he)
+    phi_2 = torch.expm1(-he) / he + 1
+    phi_3 = (torch.expm1(-he) + he) / he**2 - 0.5
+    return w0, phi_2, phi_3
+
+
+class SDEStep(NamedTuple):
+    """Step ``i`` (``sigma_s = g[i] -> sigma_t``) of the multistep SDE solvers, per row."""
+
+    g: Tensor  # the grid [N+1, B] in float64
+    i: int
+    h: Tensor  # log(sigma_s / sigma_t)
+    w0: Tensor  # weights of the data-prediction terms (sde_coefficients)
+    phi_2: Tensor
+    phi_3: Tensor
+
+    @property
+    def r0(self) -> Tensor:
+        """``h_0 / h``: the previous step's length in ``lambda`` over this one's."""
+        return torch.log(self.g[self.i - 1] / self.g[self.i]) / self.h
+
+
+History = Callable[[Tensor, Tensor, Tensor, list[Tensor], SDEStep], Tensor]
+
+
+def _sample_multistep_sde(
+    history: History,
+    keep: int,
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    noise: NoiseSource | None,
+    eta: float,
+    s_noise: float,
+) -> Tensor:
+    """The loop of the multistep DPM-Solver++ SDE solvers: the exact first-order SDE step,
+    the method's ``history(x, x_next, D_s, hist, step)`` terms from the ``keep`` newest earlier
+    data predictions ``hist``, and the fresh noise of the exact SDE variance. A step to
+    sigma = 0 is the denoise step."""
+    _check(eta, s_noise)
+    grid = Grid(sigmas, x)
+    g = grid64(grid, x)
+    hist: list[Tensor] = []  # data predictions, newest last
+    for i, sigma, _ in grid:
+        s, sn = g[i], g[i + 1]
+        # Data prediction at the current point.
+        denoised = denoiser(x, sigma)
+        final, t = positive_next(s, sn)
+        h = torch.log(s / t)
+        step = SDEStep(g, i, h, *sde_coefficients(h, eta))
+        # First-order SDE part.
+        x_next = _rows(t / s * torch.exp(-eta * h), x) * x + _rows(step.w0, x) * denoised
+        # Higher-order terms from the earlier data predictions.
+        x_next = history(x, x_next, denoised, hist, step)
+        if eta > 0 and not grid.all_final(i):
+            # Fresh noise of the exact SDE variance.
+            z = randn_like(noise, x)
+            x_next = add_noise(x_next, t * (-torch.expm1(-2 * eta * h)).sqrt() * s_noise, z)
+        # Rows ending at sigma = 0 take the denoise step.
+        x = where_rows(final, denoised, x_next)
+        hist = push(hist, denoised, keep)
+    return x
+
+
+def _history_2m(
+    x: Tensor, x_next: Tensor, denoised: Tensor, hist: list[Tensor], step: SDEStep
+) -> Tensor:
+    if not hist:
+        return x_next
+    # Second-order correction from the previous data prediction (midpoint form).
+    return x_next + _rows(0.5 * step.w0 / step.r0, x) * (denoised - hist[-1])
 
 
 @torch.no_grad()
@@ -39,46 +142,7 @@ def sample_dpmpp_2m_sde(
     e^{-h_eta}) (D_s - D_prev)/r0 + sigma_t sqrt(1 - e^{-2 eta h}) s_noise z``. One draw per
     step that does not end at 0; ``eta = 0`` is DPM-Solver++(2M).
     """
-    _check(eta, s_noise)
-    grid = Grid(sigmas, x)
-    g = grid64(grid, x)
-    n = x.ndim
-    a = lambda v: append_dims(v.to(x.dtype), n)
-    old: Tensor | None = None
-    for i, sigma, _ in grid:
-        s, sn = g[i], g[i + 1]
-        # Data prediction at the current point.
-        denoised = denoiser(x, sigma)
-        final, t = positive_next(s, sn)
-        h = torch.log(s / t)
-        w = -torch.expm1(-(1 + eta) * h)  # 1 - e^{-h_eta}
-        # First-order SDE part.
-        x_next = a(t / s * torch.exp(-eta * h)) * x + a(w) * denoised
-        if old is not None:
-            # Second-order correction from the previous data prediction (midpoint form).
-            r0 = torch.log(g[i - 1] / s) / h
-            x_next = x_next + a(0.5 * w / r0) * (denoised - old)
-        if eta > 0 and not grid.all_final(i):
-            # Fresh noise of the exact SDE variance.
-            z = randn_like(noise, x)
-            x_next = x_next + a(t * (-torch.expm1(-2 * eta * h)).sqrt() * s_noise) * z
-        # Rows ending at sigma = 0 take the denoise step.
-        x = where_rows(final, denoised, x_next)
-        old = denoised
-    return x
-
-
-def sde_coefficients(h: Tensor, eta: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``(w0, phi_2, phi_3)``: the weights of ``D_s``, ``D1`` and ``D2`` in a DPM-Solver++
-    SDE step with ``h_eta = (1 + eta) h``: ``w0 = 1 - e^{-h_eta}``, ``phi_2 = (e^{-h_eta} -
-    1)/h_eta + 1`` and ``phi_3 = (e^{-h_eta} - 1 + h_eta)/h_eta^2 - 1/2`` (the exact
-    integrals of ``(1+eta) e^{-(1+eta)(h-u)} (u/h)^k / k!`` over ``[0, h]``, k = 0, 1, 2,
-    with ``phi_3`` entering with a minus sign: the weights of ``h D'`` and ``h^2 D''``)."""
-    he = (1 + eta) * h
-    w0 = -torch.expm1(-he)
-    phi_2 = torch.expm1(-he) / he + 1
-    phi_3 = (torch.expm1(-he) + he) / he**2 - 0.5
-    return w0, phi_2, phi_3
+    return _sample_multistep_sde(_history_2m, 1, denoiser, x, sigmas, noise, eta, s_noise)
 
 
 @torch.no_grad()
@@ -101,43 +165,22 @@ def sample_dpmpp_3m_sde(
     ``D2 ~ h^2 D''/2``, so ``form="taylor"`` weighs it ``2 phi_3`` (the Taylor term's exact
     integral); ``form="library"`` ``phi_3`` as k-diffusion (see ``sample_dpmpp_3m``).
     """
-    _check(eta, s_noise)
     c2 = d2_factor(form)
-    grid = Grid(sigmas, x)
-    g = grid64(grid, x)
-    n = x.ndim
-    a = lambda v: append_dims(v.to(x.dtype), n)
-    hist: list[Tensor] = []
-    for i, sigma, _ in grid:
-        s, sn = g[i], g[i + 1]
-        # Data prediction at the current point.
-        denoised = denoiser(x, sigma)
-        final, t = positive_next(s, sn)
-        h = torch.log(s / t)
-        w0, phi_2, phi_3 = sde_coefficients(h, eta)
-        # First-order SDE part.
-        x_next = a(t / s * torch.exp(-eta * h)) * x + a(w0) * denoised
+
+    def history(
+        x: Tensor, x_next: Tensor, denoised: Tensor, hist: list[Tensor], step: SDEStep
+    ) -> Tensor:
+        a = lambda v: _rows(v, x)
+        if not hist:
+            return x_next
         if len(hist) == 1:
             # Second order: D1 = (D_s - D_prev)/r0.
-            r0 = torch.log(g[i - 1] / s) / h
-            x_next = x_next + a(phi_2 / r0) * (denoised - hist[-1])
-        elif len(hist) == 2:
-            # Third order: divided differences of the last three data predictions.
-            r0 = torch.log(g[i - 1] / s) / h
-            r1 = torch.log(g[i - 2] / g[i - 1]) / h
-            d1_0 = (denoised - hist[-1]) / a(r0)
-            d1_1 = (hist[-1] - hist[-2]) / a(r1)
-            d1 = d1_0 + a(r0 / (r0 + r1)) * (d1_0 - d1_1)
-            d2 = (d1_0 - d1_1) / a(r0 + r1)
-            x_next = x_next + a(phi_2) * d1 - a(c2 * phi_3) * d2
-        if eta > 0 and not grid.all_final(i):
-            # Fresh noise of the exact SDE variance.
-            z = randn_like(noise, x)
-            x_next = x_next + a(t * (-torch.expm1(-2 * eta * h)).sqrt() * s_noise) * z
-        # Rows ending at sigma = 0 take the denoise step.
-        x = where_rows(final, denoised, x_next)
-        hist = push(hist, denoised, 2)
-    return x
+            return x_next + a(step.phi_2 / step.r0) * (denoised - hist[-1])
+        # Third order: divided differences of the last three data predictions.
+        d1, d2 = divided_differences(step.g, step.i, step.h, denoised, hist, a)
+        return x_next + a(step.phi_2) * d1 - a(c2 * step.phi_3) * d2
+
+    return _sample_multistep_sde(history, 2, denoiser, x, sigmas, noise, eta, s_noise)
 
 
 def ancestral_step_sigmas(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Tensor, Tensor]:
@@ -176,8 +219,6 @@ def sample_dpmpp_sde(
         raise SamplerError(f"r must be in (0, 1), got {r}")
     grid = Grid(sigmas, x)
     g = grid64(grid, x)
-    n = x.ndim
-    a = lambda v: append_dims(v.to(x.dtype), n)
     for i, sigma, _ in grid:
         s0, sn = g[i], g[i + 1]
         # Data prediction at the current point.
@@ -192,18 +233,18 @@ def sample_dpmpp_sde(
         z1, z2 = randn_like(noise, x), randn_like(noise, x)
         c = ((s0 - s1) / (s0 - t)).sqrt()
         n1 = z1
-        n2 = a(c) * z1 + a((1 - c**2).clamp_min(0).sqrt()) * z2
+        n2 = _rows(c, x) * z1 + _rows((1 - c**2).clamp_min(0).sqrt(), x) * z2
         # Stage 1: ancestral DPM-Solver++-1 step to s1.
         down, up = ancestral_step_sigmas(s0, s1, eta)
-        x_2 = a(down / s0) * x - a(torch.expm1(torch.log(s0 / down).neg())) * denoised
-        x_2 = x_2 + a(up * s_noise) * n1
+        x_2 = dpmpp_first_order(x, denoised, down / s0, torch.log(s0 / down))
+        x_2 = add_noise(x_2, up * s_noise, n1)
         denoised_2 = denoiser(x_2, s1.to(x.dtype))
         # Stage 2: ancestral step to t with the combined data prediction.
         fac = 1 / (2 * r)
         down, up = ancestral_step_sigmas(s0, t, eta)
         d = (1 - fac) * denoised + fac * denoised_2
-        x_next = a(down / s0) * x - a(torch.expm1(torch.log(s0 / down).neg())) * d
-        x_next = x_next + a(up * s_noise) * n2
+        x_next = dpmpp_first_order(x, d, down / s0, torch.log(s0 / down))
+        x_next = add_noise(x_next, up * s_noise, n2)
         # Rows ending at sigma = 0 take the denoise step.
         x = where_rows(final, denoised, x_next)
     return x

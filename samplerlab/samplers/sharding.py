@@ -10,7 +10,9 @@
 
 The parallel-in-time samplers (SRDS, ParaDiGMS, parallel randomized midpoints) batch many
 time points into one call; either wrapper splits those rows, which is how a parallel round
-is spread over several accelerators.
+is spread over several accelerators. Each is a :class:`~.core.WrapperBase`: it declares
+the :class:`~.core.ModelInfo` of its (first) replica and forwards its ``extra_rows``;
+per-sample state reaches each shard through :func:`~.core.take_rows`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .core import Denoiser, SamplerError, take_rows
+from .core import (
+    Denoiser,
+    ModelInfo,
+    SamplerError,
+    WrapperBase,
+    describe,
+    extra_rows_of,
+    has_row_state,
+    take_rows,
+)
 
 
 def _rows(cond: Any, lo: int, hi: int, device: torch.device) -> Any:
@@ -35,7 +46,7 @@ def _rows(cond: Any, lo: int, hi: int, device: torch.device) -> Any:
     return {k: v[lo:hi].to(device, non_blocking=True) for k, v in cond.items()}
 
 
-class ShardedDenoiser:
+class ShardedDenoiser(WrapperBase):
     """Splits the rows of each batched call over several devices of one node.
 
     Args:
@@ -45,8 +56,8 @@ class ShardedDenoiser:
 
     Rows are split evenly (``tensor_split``), each shard is copied to its device and run
     there; the devices run concurrently (one worker thread and one CUDA stream per
-    device) and the outputs are gathered, in order, on the caller's device. Attributes
-    (``sigma_min``, ``vp``, ...) are those of the first replica. A conditional call
+    device) and the outputs are gathered, in order, on the caller's device. Its :attr:`info`
+    is the first replica's. A conditional call
     ``D(x, sigma, cond)`` (``sample(..., cond=)``) splits ``cond``'s rows with ``x``'s.
     """
 
@@ -79,10 +90,13 @@ class ShardedDenoiser:
         )
         self._lock = threading.Lock()
 
-    def __getattr__(self, name: str) -> Any:
-        if name in ("replicas", "devices", "_streams", "_pool", "_lock"):
-            raise AttributeError(name)
-        return getattr(self.replicas[0], name)
+    @property
+    def info(self) -> ModelInfo:
+        return describe(self.replicas[0])
+
+    @property
+    def extra_rows(self) -> Any:  # type: ignore[override]
+        return extra_rows_of(self.replicas[0])
 
     def take(self, rows: Tensor) -> ShardedDenoiser:
         """The replicas for the rows ``rows`` of the batch (see :func:`core.take_rows`)."""
@@ -96,7 +110,7 @@ class ShardedDenoiser:
     ) -> Tensor:
         device, stream = self.devices[k], self._streams[k]
         replica = self.replicas[k]
-        if getattr(replica, "take", None) is not None:
+        if has_row_state(replica):
             # This shard is rows start..start+len of the call (per-sample conditioning).
             replica = take_rows(replica, torch.arange(start, start + len(x), device=device))
         # Conditioning rows of this shard (a conditional call D(x, sigma, cond)).
@@ -136,7 +150,7 @@ class ShardedDenoiser:
             self._pool.shutdown(wait=True)
 
 
-class DistributedDenoiser:
+class DistributedDenoiser(WrapperBase):
     """Splits the rows of each call over the ranks of a ``torch.distributed`` process group.
 
     Args:
@@ -147,7 +161,7 @@ class DistributedDenoiser:
 
     Rank ``r`` evaluates rows ``[r m, (r+1) m)`` with ``m = ceil(rows / world)``; the shards
     are padded to ``m`` rows, gathered with ``all_gather`` and the padding dropped.
-    Attributes (``sigma_min``, ``vp``, ...) are those of ``denoiser``. A conditional call
+    Its :attr:`info` is ``denoiser``'s. A conditional call
     ``D(x, sigma, cond)`` gives each rank its rows of ``cond``.
     """
 
@@ -164,10 +178,13 @@ class DistributedDenoiser:
         self.world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
 
-    def __getattr__(self, name: str) -> Any:
-        if name in ("denoiser", "group", "world", "rank"):
-            raise AttributeError(name)
-        return getattr(self.denoiser, name)
+    @property
+    def info(self) -> ModelInfo:
+        return describe(self.denoiser)
+
+    @property
+    def extra_rows(self) -> Any:  # type: ignore[override]
+        return extra_rows_of(self.denoiser)
 
     def take(self, rows: Tensor) -> DistributedDenoiser:
         """This rank's replica for the rows ``rows`` of the batch (see :func:`core.take_rows`)."""
@@ -187,7 +204,7 @@ class DistributedDenoiser:
         out = torch.zeros((m, *x.shape[1:]), device=x.device, dtype=x.dtype)
         if hi > lo:
             replica = self.denoiser
-            if getattr(replica, "take", None) is not None:
+            if has_row_state(replica):
                 # This rank's shard is rows lo..hi of the call (per-sample conditioning).
                 replica = take_rows(replica, torch.arange(lo, hi, device=x.device))
             shard = tuple(_rows(c, lo, hi, x.device) for c in cond)

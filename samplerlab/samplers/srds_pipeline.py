@@ -3,8 +3,8 @@
 ``G_i(x_i^p)`` and ``F_i(x_i^p)`` start as soon as ``x_i^p`` exists; each wave is ONE inner
 step on the rows of every running task, coarse steps and fine sub-steps alike, in one
 batched network call (two for a two-stage solver such as Heun). The states are those of
-the plain schedule (:func:`samplerlab.samplers.srds.sample_srds` with
-``pipelined=False``): same formulas, same inputs; only the order of the calls differs.
+the plain schedule (:func:`samplerlab.samplers.srds_parareal.run_plain`): same formulas,
+same inputs; only the order of the calls differs.
 
 * Single-step inner solvers run each task's step as the inner solver on a per-row 2-point
   grid.
@@ -20,20 +20,17 @@ the plain schedule (:func:`samplerlab.samplers.srds.sample_srds` with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from .parallel import FirstCall, Inner
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .srds import _Parareal, _Stopper
+from .parallel import FirstCall
+from .srds_parareal import Hist, Parareal, Stopper, push, step_with_histories
 
 
 @dataclass
 class _Task:
-    kind: str  # "G" (one coarse step) or "F" (K fine sub-steps)
+    kind: str  # "G" (one coarse step) or "F" (L fine sub-steps)
     i: int  # block
     p: int  # iteration of the block's start state
     x: Tensor
@@ -41,35 +38,7 @@ class _Task:
     hist: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # multistep: (D, sigma)
 
 
-Hist = list[tuple[Tensor, Tensor]]
-
-
-def push(inner: Inner, hist: Hist, D: Tensor, s: Tensor) -> Hist:
-    """The history after a step from a state at ``s`` with ``D``: most recent first."""
-    return [(D, s), *hist][: max(inner.history, 1)]
-
-
-def step_with_histories(
-    inner: Inner, x: Tensor, s: Tensor, s_next: Tensor, D: Tensor, hists: list[Hist], batch: int
-) -> Tensor:
-    """One multistep step of several tasks stacked (task ``k``: rows ``k*batch..``), each
-    with its own history; tasks with equally long histories share one elementwise step."""
-    out = torch.empty_like(x)
-    by_len: dict[int, list[int]] = {}
-    for k, h in enumerate(hists):
-        by_len.setdefault(min(len(h), inner.history), []).append(k)
-    for n_hist, ks in by_len.items():
-        rows = torch.cat([torch.arange(k * batch, (k + 1) * batch) for k in ks])
-        r = rows.to(x.device, non_blocking=True)
-        hist = [
-            (torch.cat([hists[k][h][0] for k in ks]), torch.cat([hists[k][h][1] for k in ks]))
-            for h in range(n_hist)
-        ]
-        out[r] = inner.step(x[r], s[r], s_next[r], D[r], hist)
-    return out
-
-
-def _wave(pr: _Parareal, tasks: list[_Task]) -> list[Tensor]:
+def _wave(pr: Parareal, tasks: list[_Task]) -> list[Tensor]:
     """One inner step on every task's rows; returns each task's new state."""
     batch, inner = pr.batch, pr.inner
     grids, draws = [], []
@@ -100,7 +69,7 @@ def _wave(pr: _Parareal, tasks: list[_Task]) -> list[Tensor]:
     dev = grid.to(x.device, x.dtype, non_blocking=True)
     s, s_next = dev[0], dev[1]
     D = den(x, s)
-    out = step_with_histories(inner, x, s, s_next, D, [t.hist for t in tasks], batch)
+    out = step_with_histories(x, s, s_next, D, [t.hist for t in tasks], inner=inner, batch=batch)
     for k, t in enumerate(tasks):
         if t.kind == "F":
             rows = slice(k * batch, (k + 1) * batch)
@@ -108,9 +77,9 @@ def _wave(pr: _Parareal, tasks: list[_Task]) -> list[Tensor]:
     return list(out.split(batch))
 
 
-def run_pipelined(pr: _Parareal, stopper: _Stopper) -> Tensor:
-    """The wavefront schedule; returns the stopper's output (see :class:`_Stopper`)."""
-    B, K, P = pr.B, pr.K, stopper.cap
+def run_pipelined(pr: Parareal, stopper: Stopper) -> Tensor:
+    """The wavefront schedule; returns the stopper's output (see :class:`Stopper`)."""
+    B, L, P = pr.B, pr.L, stopper.cap
     X: dict[tuple[int, int], Tensor] = {}
     g: dict[tuple[int, int], Tensor] = {}
     f: dict[tuple[int, int], Tensor] = {}
@@ -154,7 +123,7 @@ def run_pipelined(pr: _Parareal, stopper: _Stopper) -> Tensor:
         running: list[_Task] = []
         for t, xt in zip(tasks, out, strict=True):
             t.x, t.s = xt, t.s + 1
-            (done if t.kind == "G" or t.s == K else running).append(t)
+            (done if t.kind == "G" or t.s == L else running).append(t)
         tasks = running
         for t in sorted(done, key=lambda t: (t.p, t.i)):
             if t.kind == "G":

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-from .core import Denoiser, Grid, SamplerError, append_dims, where_rows
-from .multistep import grid64, multistep_orders, positive_next, push
+from .core import Denoiser, SamplerError, where_rows
+from .multistep import positive_next, push, setup
 from .noise import NoiseSource
 
 VARIANTS = ("bh1", "bh2")
@@ -81,12 +81,8 @@ def sample_unipc(
     """
     if variant not in VARIANTS:
         raise SamplerError(f"unknown UniPC variant '{variant}'; valid: {', '.join(VARIANTS)}")
-    grid = Grid(sigmas, x)
-    g = grid64(grid, x)
+    grid, g, orders, a = setup(sigmas, x, order, lower_order_final)
     lam = -torch.log(g.clamp_min(1e-300))
-    orders = multistep_orders(len(grid), order, lower_order_final)
-    n = x.ndim
-    a = lambda v: append_dims(v.to(x.dtype), n)
     hist: list[Tensor] = []  # data predictions, newest last
     x_prev: Tensor | None = None  # the state the last predictor started from
     k_prev = 0

@@ -6,7 +6,6 @@ root). Nothing is downloaded. Every item is ``(x, y)`` with ``x`` in ``[-1, 1]``
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,18 +156,6 @@ def build_dataset(cfg: Any) -> tuple[Dataset, tuple[int, ...], int]:
     if name == "cifar10":
         return CIFAR10Dataset(cfg.root), (3, 32, 32), 10
     raise ConfigError(f"data.name: unknown dataset '{name}'")
-
-
-def dataset_id(cfg: Any) -> str:
-    """A key for cached statistics: which data, at which size."""
-    if cfg.name == "gmm":
-        g = cfg.gmm
-        return f"gmm-d{g.dim}-k{g.components}-s{g.seed}-n{g.num_samples}"
-    if cfg.name == "image_folder":
-        root = Path(cfg.root).resolve()
-        tag = hashlib.sha1(str(root).encode()).hexdigest()[:8]
-        return f"folder-{root.name}-{tag}-{cfg.channels}x{cfg.image_size}"
-    return f"{cfg.name}-{cfg.image_size if cfg.name == 'digits' else 32}"
 
 
 class EpochShuffle(Sampler[int]):

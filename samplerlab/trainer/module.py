@@ -5,18 +5,17 @@ options. ``.denoiser`` is the EMA network in eval mode as a samplerlab denoiser.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from ..errors import ConfigError, TrainingError
+from ..samplers.core import SamplerError
 from ..samplers.denoisers import EDMDenoiser, VPDenoiser
 from ..samplers.schedules import DiscreteVP, betas_for
 from .networks import build_backbone, load_pretrained, unet_config
@@ -111,23 +110,38 @@ class DiffusionModule(pl.LightningModule):
     def make_denoiser(
         self, net: nn.Module, labels: Tensor | None = None, compile: bool | dict = False
     ) -> Any:
-        """``net`` as ``D(x, sigma)``; ``labels`` (per sample) are bound by closure;
+        """``net`` as ``D(x, sigma)``, and for a class-conditional model also as the
+        conditional ``D(x, sigma, cond)`` of :mod:`samplerlab.samplers.conditioning`
+        (``cond``: one class label per row of ``x``; the null label ``num_classes``, or any
+        negative label, is "no condition"; ``sample(..., cond=labels, guidance=w,
+        uncond=module.null_label)``). Without ``cond`` the model is called with
+        ``labels`` (per sample, bound by closure: training) or else the null label.
         ``compile``: ``torch.compile`` the network call (``True``: CUDA graphs)."""
         m = self.cfg.model
+        k = self.num_classes
 
-        def call(x: Tensor, t: Tensor) -> Tensor:
+        def call(x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
             y = None
-            if self.num_classes > 0:
+            if cond is not None:
+                if k == 0:
+                    raise SamplerError(
+                        "cond=: this model is unconditional (model.num_classes=0); train it "
+                        "with model.num_classes=K and data.conditional=true to pass labels"
+                    )
+                # Rows aligned with x's by the conditioning wrapper; negative: the null label.
+                y = cond.to(x.device, torch.long)
+                y = torch.where(y < 0, torch.full_like(y, k), y)
+            elif k > 0:
                 y = labels
                 if y is None:  # unconditional: the null class
-                    y = torch.full((x.shape[0],), self.num_classes, device=x.device)
+                    y = torch.full((x.shape[0],), k, device=x.device)
                 elif y.shape[0] != x.shape[0]:  # batched time points of the same samples
                     y = y.repeat(x.shape[0] // y.shape[0])
             return net(x, t, y).to(x.dtype)
 
         if self.param == "edm":
             return EDMDenoiser(
-                lambda x, c_noise: call(x, EDM_TIME_SCALE * c_noise),
+                lambda x, c_noise, *cond: call(x, EDM_TIME_SCALE * c_noise, *cond),
                 sigma_data=m.sigma_data,
                 sigma_min=m.sigma_min,
                 sigma_max=m.sigma_max,
@@ -142,6 +156,14 @@ class DiffusionModule(pl.LightningModule):
             data_shape=self.data_shape,
             compile=compile,
         )
+
+    @property
+    def null_label(self) -> Tensor:
+        """The "no condition" label of a class-conditional model (``uncond=`` of
+        classifier-free guidance): ``[num_classes]``, the class that label dropout trains."""
+        if self.num_classes == 0:
+            raise ConfigError("model.num_classes: an unconditional model has no null label")
+        return torch.tensor([self.num_classes])
 
     @property
     def denoiser(self) -> Any:
@@ -163,9 +185,17 @@ class DiffusionModule(pl.LightningModule):
         return self.make_denoiser(self.net, labels)(x, sigma)
 
     def _labels(self, y: Tensor, gen: torch.Generator) -> Tensor | None:
+        """The training labels of a class-conditional model: label dropout (Ho & Salimans
+        2022, "Classifier-Free Diffusion Guidance", Algorithm 1: the condition is replaced by
+        the null label with probability ``p_uncond``) trains the conditional and the
+        unconditional model in one network; unlabelled items (``y < 0``), and every item
+        when ``data.conditional`` is false (a conditional fine-tune source on unlabelled
+        use), get the null label."""
         if self.num_classes == 0:
             return None
         drop = torch.rand(y.shape, generator=gen, device=y.device) < self.cfg.model.p_uncond
+        if not OmegaConf.select(self.cfg, "data.conditional", default=True):
+            drop = torch.ones_like(drop)
         return torch.where(drop | (y < 0), torch.full_like(y, self.num_classes), y)
 
     def loss(self, batch: Any, gen: torch.Generator) -> Tensor:
@@ -302,9 +332,20 @@ def unet_config_for(cfg: DictConfig, shape: tuple[int, ...]) -> dict[str, Any]:
 
 
 def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int) -> DiffusionModule:
-    """A new module from the run config; fine-tunes from ``model.pretrained`` if set."""
-    config = OmegaConf.to_container(cfg, resolve=True)
+    """A new module from the run config; fine-tunes from ``model.pretrained`` if set.
+
+    ``data.conditional=true`` with ``model.num_classes=0`` takes the data's number of
+    classes (recorded in ``cfg``, hence in the saved config and the checkpoint).
+    """
     m = cfg.model
+    if cfg.data.conditional and m.num_classes == 0 and m.pretrained is None:
+        if num_classes < 1:
+            raise ConfigError(
+                f"data.conditional: the {cfg.data.name} data have no class labels "
+                "(image_folder: one subfolder per class)"
+            )
+        m.num_classes = int(num_classes)
+    config = OmegaConf.to_container(cfg, resolve=True)
     if m.pretrained is None:
         return DiffusionModule(config, data_shape, num_classes)
     ucfg, sched, state = load_pretrained(m.pretrained)
@@ -325,138 +366,3 @@ def build_module(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int)
     )
     module.net.unet.load_state_dict(state)
     return module
-
-
-# The only non-primitive objects a samplerlab (Lightning) checkpoint may hold beside tensors
-# and containers: Lightning's hyper-parameter dict. Everything else is refused by torch's
-# weights-only unpickler, so a checkpoint file can never run code when it is loaded.
-SAFE_GLOBALS: list[Any] = [AttributeDict]
-
-
-def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
-    """A checkpoint file as a dict of tensors and plain values, never unpickling code.
-
-    ``key`` names the option the path came from (``--ckpt``, ``ckpt_path``) in the one-line
-    error for a missing, foreign or malicious file.
-    """
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{key}: {p} is a folder; pass a checkpoint file (e.g. {p}/last.ckpt)")
-    if not p.is_file():
-        raise ConfigError(f"{key}: checkpoint {p} does not exist")
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=_is_zip(p))
-    except pickle.UnpicklingError as e:
-        import re
-
-        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        why = f"it asks to import {m[1]}" if m else "it holds objects other than tensors"
-        raise ConfigError(
-            f"{key}: {p} is not a samplerlab checkpoint: refused to unpickle it ({why}; "
-            "checkpoints are read with torch.load(weights_only=True))"
-        ) from None
-    except Exception as e:
-        raise ConfigError(
-            f"{key}: {p} is not a samplerlab checkpoint ({type(e).__name__})"
-        ) from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("hyper_parameters"), dict):
-        raise ConfigError(f"{key}: {p} is not a samplerlab checkpoint (no hyper_parameters)")
-    return ckpt
-
-
-def _is_zip(p: Path) -> bool:
-    with open(p, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
-
-
-def load_checkpoint(path: str | Path) -> tuple[DiffusionModule, dict[str, Any]]:
-    """A trained module (EMA weights) and the run config saved in its checkpoint."""
-    p = Path(path)
-    ckpt = read_checkpoint(p, "--ckpt")
-    try:
-        hp = ckpt["hyper_parameters"]
-        state = ckpt["state_dict"]
-        config = hp["config"]
-    except KeyError as e:
-        raise ConfigError(f"--ckpt: {p} is not a samplerlab checkpoint (no {e})") from None
-    try:
-        module = DiffusionModule(**{k: hp[k] for k in _INIT_ARGS if k in hp})
-        module.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        raise ConfigError(
-            f"--ckpt: {p} does not match its saved architecture ({str(e).splitlines()[0][:160]})"
-        ) from None
-    from .runs import CHECKPOINT_KEY, summary_line
-
-    training = ckpt.get(CHECKPOINT_KEY)
-    if isinstance(training, dict):  # what this checkpoint's training was, for the report
-        training = {**training, "checkpoint": str(p), "seconds": None}
-        module.training_summary = {**training, "line": summary_line(training)}
-    return module.eval(), config
-
-
-_INIT_ARGS = ("config", "data_shape", "num_classes", "unet_config", "scheduler_config")
-
-
-def load_denoiser(path: str | Path) -> Any:
-    """The EMA denoiser ``D(x, sigma)`` of a training checkpoint (``iia-fit``, ``sample``)."""
-    return load_checkpoint(path)[0].denoiser
-
-
-# Model keys that change the network; the preconditioning keys (EDM: sigma_data, VP: the
-# table length) change what its output means: resuming with another value would train the
-# old weights as if they were something else.
-_ARCH_KEYS = ("backbone", "parameterization", "num_classes", "unet", "mlp", "beta_schedule")
-
-
-def check_resume(module: DiffusionModule, ckpt: dict[str, Any], cfg: DictConfig) -> None:
-    """Refuse to resume ``module`` (as built, after a fine-tune source set its model keys)
-    from a checkpoint it cannot continue (one line naming the keys and both values):
-    another architecture, data of another shape, another preconditioning, or a run that
-    has already trained its planned epochs/steps."""
-    p = cfg.ckpt_path
-    try:
-        hp = ckpt["hyper_parameters"]
-        old = hp["config"]["model"]
-    except (KeyError, TypeError):
-        raise ConfigError(f"ckpt_path: {p} is not a samplerlab checkpoint") from None
-    new = module.hparams["config"]["model"]
-    diff = [k for k in _ARCH_KEYS if old.get(k) != new.get(k)]
-    if diff:
-        raise ConfigError(
-            f"ckpt_path: {p} holds another architecture (model.{', model.'.join(diff)} differ)"
-        )
-    old_shape = tuple(hp.get("data_shape") or ())
-    if old_shape and old_shape != tuple(module.data_shape):
-        raise ConfigError(
-            f"ckpt_path: {p} was trained on data of shape {old_shape}, these data are "
-            f"{tuple(module.data_shape)}; resume with the same data.* settings"
-        )
-    keys = ("sigma_data",) if new.get("parameterization") == "edm" else ("num_train_timesteps",)
-    for k in keys:
-        if k in old and old.get(k) != new.get(k):
-            raise ConfigError(
-                f"ckpt_path: {p} was trained with model.{k}={old[k]}, this run has "
-                f"model.{k}={new.get(k)}: resuming would train its weights under another "
-                f"preconditioning; set model.{k}={old[k]} (or train a new model)"
-            )
-    t = cfg.trainer
-    loops = ckpt.get("loops", {}).get("fit_loop", {})
-    # Epochs done: Lightning saves the end-of-epoch checkpoint before it counts the epoch as
-    # completed; its last batch done means the epoch is.
-    epochs = loops.get("epoch_progress", {}).get("current", {})
-    last_batch = loops.get("epoch_loop.batch_progress", {}).get("is_last_batch", False)
-    done_epochs = epochs.get("processed" if last_batch else "completed")
-    step = ckpt.get("global_step")
-    if done_epochs is not None and t.max_epochs != -1 and done_epochs >= t.max_epochs:
-        raise ConfigError(
-            f"ckpt_path: {p} has already trained {done_epochs} epochs (step {step}) and "
-            f"trainer.max_epochs={t.max_epochs}: nothing to train; raise trainer.max_epochs "
-            "to train on, or use samplerlab evaluate"
-        )
-    if step is not None and t.max_steps != -1 and step >= t.max_steps:
-        raise ConfigError(
-            f"ckpt_path: {p} is at step {step} and trainer.max_steps={t.max_steps}: nothing to "
-            "train; raise trainer.max_steps to train on, or use samplerlab evaluate"
-        )

@@ -1,7 +1,11 @@
 """Backbones: a diffusers ``UNet2DModel`` built from config (images) and an MLP (vectors).
 
 Both are called as ``net(x, t, labels)`` with ``t: [B]`` float (the VP timestep, or
-``1000 * c_noise`` for EDM-preconditioned models) and ``labels: [B]`` long or None.
+``1000 * c_noise`` for EDM-preconditioned models) and ``labels: [B]`` long or None. A
+class-conditional backbone (``num_classes = K > 0``) has ``K + 1`` label embeddings: the
+UNet diffusers' class embedding (``num_class_embeds``, added to its time embedding), the MLP
+its own table (also added to the time embedding); label ``K`` is the null label that label
+dropout trains for classifier-free guidance (Ho & Salimans 2022).
 """
 
 from __future__ import annotations

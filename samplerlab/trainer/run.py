@@ -17,17 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from ..callbacks.sampler_eval import SamplerEvalCallback
 from ..errors import ConfigError, TrainingError
 from ..fileio import atomic_write_text
+from .checkpoints import SAFE_GLOBALS, check_resume, load_checkpoint, read_checkpoint
 from .config import check_accelerator, load_config, validate
 from .data import DiffusionDataModule
-from .module import (
-    EMA,
-    SAFE_GLOBALS,
-    DiffusionModule,
-    build_module,
-    check_resume,
-    load_checkpoint,
-    read_checkpoint,
-)
+from .module import EMA, DiffusionModule, build_module
 from .runs import SessionTimer, TrainingSummary, make_timer, run_dir, set_threads
 
 _FIT_WEIGHTS_ONLY = "weights_only" in inspect.signature(pl.Trainer.fit).parameters
@@ -192,6 +185,9 @@ def evaluate(ckpt: str, files: list[str], overrides: list[str]) -> dict[str, Any
         )
     evalcb = SamplerEvalCallback(cfg, dm, out_dir, checkpoint=ckpt)
     trainer = make_trainer(cfg, out_dir, [evalcb], checkpoints=False)
+    evalcb.check(module, stage="validate")  # every job dry-runs before any fit
+    # The jobs' IIA and calibration fits run here, before Trainer.validate (not inside it).
+    evalcb.prefit(module, trainer.strategy.root_device)
     trainer.validate(module, datamodule=dm, verbose=False)
     _finish_loggers(trainer)
     return {"trainer": trainer, "reports": evalcb.reports, "out_dir": out_dir}

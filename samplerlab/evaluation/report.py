@@ -224,3 +224,19 @@ def write_report(out_dir: str | Path, report: dict[str, Any], plot: bool = True)
         md.append(f"\n- {note}")
     paths["md"] = atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     return paths
+
+
+def flat_metrics(report: dict[str, Any], prefix: str) -> dict[str, float]:
+    out = {}
+    for r in report["results"]:
+        tag = f"{r['label']}_{r['budget']}"
+        if r["fid"] is not None:
+            out[f"{prefix}/fid/{tag}"] = r["fid"]
+        if r.get("fid_std") is not None:
+            out[f"{prefix}/fid_std/{tag}"] = r["fid_std"]
+        out[f"{prefix}/nfe/{tag}"] = r["nfe"]
+        out[f"{prefix}/rounds/{tag}"] = float(r["rounds"])
+        out[f"{prefix}/seconds/{tag}"] = r["seconds"]
+    if report.get("fid_floor") is not None:
+        out[f"{prefix}/fid_floor"] = report["fid_floor"]
+    return out

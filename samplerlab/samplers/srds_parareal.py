@@ -1,0 +1,209 @@
+"""The parareal iteration of SRDS (Selvam et al. 2024, Alg. 1): blocks, propagators,
+per-sample stopping and the plain (iteration by iteration) schedule.
+
+The fine grid of N steps is split into B blocks of ``L = N/B`` steps; the coarse
+propagator ``G_i`` is ONE inner step from the block start to the block end, the fine
+propagator ``F_i`` the ``L`` inner steps of the block (see :mod:`samplerlab.samplers.srds`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .core import Denoiser, where_rows
+from .inner import Inner
+from .noise import NoiseSource
+from .parallel import FirstCall, predraw_noise, relative_change
+
+Hist = list[tuple[Tensor, Tensor]]
+
+
+def push(inner: Inner, hist: Hist, D: Tensor, s: Tensor) -> Hist:
+    """The history after a step from a state at ``s`` with ``D``: most recent first."""
+    return [(D, s), *hist][: max(inner.history, 1)]
+
+
+def step_with_histories(
+    x: Tensor, s: Tensor, s_next: Tensor, D: Tensor, hists: list[Hist], *, inner: Inner, batch: int
+) -> Tensor:
+    """One multistep step (the step convention, :mod:`samplerlab.samplers.spec`) of several
+    tasks stacked (task ``k``: rows ``k*batch..``), each with its own history ``hists[k]``;
+    tasks with equally long histories share one elementwise step."""
+    out = torch.empty_like(x)
+    by_len: dict[int, list[int]] = {}
+    for k, h in enumerate(hists):
+        by_len.setdefault(min(len(h), inner.history), []).append(k)
+    for n_hist, ks in by_len.items():
+        rows = torch.cat([torch.arange(k * batch, (k + 1) * batch) for k in ks])
+        r = rows.to(x.device, non_blocking=True)
+        hist = [
+            (torch.cat([hists[k][h][0] for k in ks]), torch.cat([hists[k][h][1] for k in ks]))
+            for h in range(n_hist)
+        ]
+        out[r] = inner.step(x[r], s[r], s_next[r], D[r], hist)
+    return out
+
+
+class Parareal:
+    """The blocks, grids and pre-drawn noise of one SRDS call (host-side bookkeeping)."""
+
+    def __init__(
+        self,
+        den: Denoiser,
+        x: Tensor,
+        S: Tensor,
+        inner: Inner,
+        blocks: int,
+        noise: NoiseSource | None,
+    ) -> None:
+        self.den, self.x0, self.inner = den, x, inner
+        self.batch = x.shape[0]
+        self.S = S  # host float64 [N+1, batch]
+        self.N = S.shape[0] - 1
+        self.B, self.L = blocks, self.N // blocks  # B blocks of L fine steps
+        # Multistep with history_step: fine solves continue the previous block's history.
+        self.carry = inner.multistep and inner.history_step is not None and not inner.stochastic
+        self.Z: Tensor | None = None
+        self.Zc: Tensor | None = None
+        if inner.stochastic:
+            # One draw per fine step, in the serial order; the coarse step of a block uses
+            # the normalised sum of its fine draws (a standard normal; any fixed choice
+            # keeps parareal exact, this one tracks the fine path's Brownian increment).
+            self.Z = predraw_noise(noise, x, self.N)
+            self.Zc = self.Z.reshape(self.B, self.L, *x.shape).sum(1) / math.sqrt(self.L)
+
+    # Coarse and fine propagators on stacked rows.
+    def coarse_grid(self, i: int) -> Tensor:
+        return self.S[[i * self.L, (i + 1) * self.L]]
+
+    def coarse_draw(self, i: int) -> list[Tensor]:
+        return [self.Zc[i]] if self.Zc is not None else []
+
+    def fine_step_grid(self, i: int, s: int) -> Tensor:
+        return self.S[i * self.L + s : i * self.L + s + 2]
+
+    def fine_step_draw(self, i: int, s: int) -> list[Tensor]:
+        return [self.Z[i * self.L + s]] if self.Z is not None else []
+
+    def fine_draws(self, i: int) -> list[Tensor]:
+        return [self.Z[i * self.L + j] for j in range(self.L)] if self.Z is not None else []
+
+    def G(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``G_i``: one inner step from the block start to the block end. Also returns the
+        step's first network output ``D(x, sigma_{k_i})`` (reused by ``F_i(x)``)."""
+        den = FirstCall(self.den, x.shape[0])
+        out = self.inner.run(den, x, self.coarse_grid(i), self.coarse_draw(i))
+        assert den.first is not None
+        return out, den.first
+
+    def F(
+        self, blocks: list[int], xs: list[Tensor], d0: list[Tensor], hists: list[Hist]
+    ) -> tuple[dict[int, Tensor], dict[int, Hist]]:
+        """``F_i`` of several blocks at once on the stacked states with a per-row grid
+        ``[L+1, len(blocks) * batch]`` (one batched network call per sub-step). ``d0``:
+        ``D(x_i, sigma_{k_i})`` of each start state, computed by ``G_i(x_i)``: the first
+        sub-step's network call is not repeated. ``hists``: each block's history at its
+        start (used when :attr:`carry`); returns the states and the histories at the ends."""
+        L = self.L
+        grid = torch.cat([self.S[i * L : (i + 1) * L + 1] for i in blocks], dim=1)
+        x = torch.cat(xs)
+        if self.carry:
+            # Sub-step by sub-step, each block with its own history (Inner.step).
+            dev = grid.to(x.device, x.dtype, non_blocking=True)
+            for j in range(L):
+                D = torch.cat(d0) if j == 0 else self.den(x, dev[j])
+                x = step_with_histories(
+                    x, dev[j], dev[j + 1], D, hists, inner=self.inner, batch=self.batch
+                )
+                hists = [
+                    push(self.inner, h, Dk, sk)
+                    for h, Dk, sk in zip(
+                        hists, D.split(self.batch), dev[j].split(self.batch), strict=True
+                    )
+                ]
+            states = dict(zip(blocks, x.split(self.batch), strict=True))
+            return states, dict(zip(blocks, hists, strict=True))
+        draws = []
+        if self.Z is not None:
+            draws = [torch.cat([self.Z[i * L + j] for i in blocks]) for j in range(L)]
+        den = FirstCall(self.den, x.shape[0], known=(torch.arange(x.shape[0]), torch.cat(d0)))
+        out = self.inner.run(den, x, grid, draws)
+        return dict(zip(blocks, out.split(self.batch), strict=True)), {}
+
+
+class Stopper:
+    """Per-sample early stopping on the relative change of the final state.
+
+    Sample ``k`` stops at the first iteration ``p`` with
+    ``||x_B^p - x_B^{p-1}|| / ||x_B^p|| < tol`` (2-norms over the sample's elements:
+    :func:`relative_change`); its output is frozen there, so it does not depend on the
+    other samples of its batch (``tol = 0`` disables the test). The check is one host
+    decision per iteration (one GPU->CPU sync).
+    """
+
+    def __init__(self, tol: float, cap: int, batch: int) -> None:
+        self.tol, self.cap = tol, cap
+        self.out: Tensor | None = None
+        self.last: Tensor | None = None
+        self.stopped = torch.zeros(batch, dtype=torch.bool)
+        self.iterations = torch.full((batch,), cap, dtype=torch.long)
+
+    def update(self, p: int, x_final: Tensor) -> bool:
+        """Feed the final state of iteration ``p``; returns True when every sample stopped."""
+        if self.out is None:
+            self.out = x_final
+        newly = torch.zeros_like(self.stopped)
+        if p >= self.cap:
+            newly = ~self.stopped
+        elif self.tol > 0 and self.last is not None:
+            newly = (relative_change(x_final, self.last) < self.tol).cpu() & ~self.stopped
+        if bool(newly.any()):
+            self.iterations[newly] = p
+            self.out = where_rows(newly.to(x_final.device), x_final, self.out)
+            self.stopped |= newly
+        self.last = x_final
+        return bool(self.stopped.all())
+
+
+def run_plain(pr: Parareal, stopper: Stopper, record: list[Tensor] | None) -> Tensor:
+    """Iteration by iteration: all fine solves, then the sequential coarse sweep."""
+    B = pr.B
+    # Coarse initialisation: a B-step inner solve (Alg. 1 lines 2-4).
+    X = [pr.x0]
+    g: list[Tensor] = []
+    d0: list[Tensor] = []  # D(x_i, sigma_{k_i}) of the current x_i, from G_i's first call
+    hist: list[Hist] = [[] for _ in range(B)]  # multistep: history at the current x_i
+    for i in range(B):
+        gi, di = pr.G(i, X[i])
+        g.append(gi)
+        d0.append(di)
+        X.append(g[i])
+    if record is not None:
+        record.append(torch.stack(X))
+    if stopper.update(0, X[B]):
+        return stopper.out
+    for p in range(1, stopper.cap + 1):
+        # Fine solves of blocks i >= p-1 from the previous iterate, batched (line 7);
+        # blocks i < p-1 are exact already and skipped.
+        live = list(range(p - 1, B))
+        f, tails = pr.F(live, [X[i] for i in live], [d0[i] for i in live], [hist[i] for i in live])
+        if pr.carry:
+            # x_i^p (i >= p) comes from F_{i-1}(x_{i-1}^{p-1}): its history continues there.
+            for i in range(p, B):
+                hist[i] = tails[i - 1]
+        # x_i^p = x_i^{p-1} is exact for i < p; x_p^p = F(x_{p-1}^{p-1}) is exact too.
+        Xn = [*X[:p], f[p - 1]]
+        # Sequential coarse sweep with the parareal correction (lines 9-11).
+        for i in range(p, B):
+            g_new, d0[i] = pr.G(i, Xn[i])
+            Xn.append(g_new + f[i] - g[i])
+            g[i] = g_new
+        X = Xn
+        if record is not None:
+            record.append(torch.stack(X))
+        if stopper.update(p, X[B]):
+            break
+    return stopper.out
