@@ -73,7 +73,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fid-n", type=int, default=500, help="bench_digits_calibrate.py's --n")
     p.add_argument("--teacher-steps", type=int, default=100)
     p.add_argument("--out", default=str(RESULTS / "panel_digits"))
+    p.add_argument(
+        "--merge", nargs="+", default=None, help="combine saved per-model runs (their JSON)"
+    )
     args = p.parse_args(argv)
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        meta = dict(parts[0]["meta"])
+        meta["command"] = "`; `".join(part["meta"]["command"] for part in parts)
+        meta["seconds"] = sum(part["meta"]["seconds"] for part in parts)
+        meta.setdefault("teacher_steps", args.teacher_steps)
+        table = [row for part in parts for row in part["table"]]
+        out = Path(args.out)
+        atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "table": table}))
+        atomic_write_text(out.with_suffix(".md"), render(meta, table))
+        return 0
     torch.set_num_threads(1)
     budgets = [int(v) for v in args.nfe.split(",")]
     chosen = defaults_from_panel()
