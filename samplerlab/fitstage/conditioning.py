@@ -189,6 +189,8 @@ def fit_metadata(
 def _describe(scales: list[float] | None, interval: Any) -> str:
     if scales is None:
         return "no guidance (unconditional)"
+    if scales == [1.0]:
+        return "guidance 1 (conditional)"
     text = f"{scales[0]:g}" if len(set(scales)) == 1 else f"{[round(w, 6) for w in scales]}"
     if interval is not None and any(w != 1 for w in scales):
         text += f" on sigma in ({float(interval[0]):g}, {float(interval[1]):g}]"
@@ -209,31 +211,27 @@ def warn_if_other_guidance(
     file (``what``: "IIA coefficients FILE", "calibration FILE") was fitted for. Returns
     whether it warned.
 
-    Files without conditioning fields were fitted unconditionally; an unconditional call
-    with such a file, and a call through a denoiser with conditioning already bound, are
-    not compared.
+    Scales are compared with no guidance as scale 1 (an unconditional fit, or conditional
+    sampling alone), and the interval where the call guides. Files without conditioning
+    fields were fitted unconditionally; an unconditional call with such a file, and a call
+    through a denoiser with conditioning already bound, are not compared.
     """
     fitted_cond = metadata.get("cond") is not None
     if cond is None and (not fitted_cond or has_row_state(denoiser)):
         return False
+    # Scales compared: no guidance (unconditional, or conditional alone) is scale 1.
     recorded = metadata.get("guidance_scale")
-    if fitted_cond or recorded is not None:
-        fitted: list[float] | None = [float(1.0 if recorded is None else recorded)]
-    else:
-        fitted = None
+    scale = 1.0 if recorded is None else float(recorded)
+    fitted = [scale] if fitted_cond or recorded is not None else None
     if cond is None:
-        used: list[float] | None = None
-    elif guidance is None:
-        used = [1.0]
+        used, scales = None, [1.0]
     else:
-        used = torch.as_tensor(guidance, dtype=torch.float64).reshape(-1).tolist()
+        g = 1.0 if guidance is None else guidance
+        used = scales = torch.as_tensor(g, dtype=torch.float64).reshape(-1).tolist()
     f_interval = metadata.get("guidance_interval")
     u_interval = None if guidance_interval is None else [float(v) for v in guidance_interval]
-    same = fitted == used or (
-        fitted is not None and used is not None and all(w == fitted[0] for w in used)
-    )
-    guided = used is not None and any(w != 1 for w in used)
-    if same and (not guided or f_interval == u_interval):
+    guided = any(w != 1 for w in scales)
+    if all(w == scale for w in scales) and (not guided or f_interval == u_interval):
         return False
     warnings.warn(
         f"{what}: fitted for {_describe(fitted, f_interval)}, but this call samples with "
