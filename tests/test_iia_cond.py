@@ -197,3 +197,91 @@ def test_calibration_under_guidance(cmm, tmp_path):
     _no_warning(lambda: sl.sample(cmm, "dpmpp_2m", calibration=str(path), guidance=2.0, **s))
     with pytest.warns(UserWarning, match=r"cal\.safetensors: fitted for guidance 2, .* 4"):
         sl.sample(cmm, "dpmpp_2m", calibration=str(path), guidance=4.0, **s)
+
+
+def _fake_checkpoint(path):
+    """A stand-in for ``load_checkpoint``: a class-conditional module and its config."""
+    import types
+
+    m = ClassConditionalMixture.random(dim=3, components=3, spread=1.5, seed=7)
+    return types.SimpleNamespace(denoiser=m, num_classes=3, null_label=NULL), {}
+
+
+def test_cli_fits_class_labels_and_guidance(tmp_path, capsys, monkeypatch, cmm):
+    from samplerlab.analytic import ClassConditionalMixture as CMM
+    from samplerlab.cli import main
+    from samplerlab.commands import iia_fit
+
+    base = ["iia-fit", "--sampler", "iia_ddim", "--steps", "4", "--M", "2", "--samples", "6"]
+    out = tmp_path / "c.safetensors"
+    cmd = [
+        *base,
+        "--model",
+        "gmm-cond",
+        "--classes",
+        "balanced",
+        "--guidance",
+        "2",
+        "--no-progress",
+    ]
+    assert main([*cmd, "--out", str(out)]) == 0
+    assert "conditional, guidance 2" in capsys.readouterr().out
+    model = CMM.default()
+    c = sl.iia.load(out, denoiser=model)
+    labels = torch.arange(6) % 6  # the default mixture has 6 classes
+    assert c.metadata["guidance_scale"] == 2.0 and c.metadata["cond"] == digest(labels, "c", 6)
+    ref = sl.iia.fit(model, "iia_ddim", steps=4, M=2, num_samples=6, cond=labels, guidance=2.0,
+                     uncond=NULL, progress=False)  # fmt: skip
+    assert torch.equal(c.coeffs, ref.coeffs)
+    # --labels FILE: the same labels give the same file contents.
+    (tmp_path / "labels.txt").write_text("0 1 2\n3,4,5\n")
+    out2 = tmp_path / "c2.safetensors"
+    cmd2 = [
+        *base,
+        "--model",
+        "gmm-cond",
+        "--labels",
+        str(tmp_path / "labels.txt"),
+        "--guidance",
+        "2",
+    ]
+    assert main([*cmd2, "--no-progress", "--out", str(out2)]) == 0
+    assert torch.equal(sl.iia.load(out2).coeffs, c.coeffs)
+    # A training checkpoint: its number of classes and null label.
+    monkeypatch.setattr(iia_fit, "CHECKPOINT_MODULE_LOADER", "test_iia_cond:_fake_checkpoint")
+    (tmp_path / "model.ckpt").write_bytes(b"x")
+    out3 = tmp_path / "c3.safetensors"
+    cmd3 = [*base, "--model", str(tmp_path / "model.ckpt"), "--classes", "balanced"]
+    assert main([*cmd3, "--guidance", "2.5", "--no-progress", "--out", str(out3)]) == 0
+    m3 = sl.iia.load(out3).metadata
+    assert m3["cond"] == digest(torch.arange(6) % 3, "c", 6) and m3["guidance_scale"] == 2.5
+    capsys.readouterr()
+    bad = [
+        ["--model", "gmm-cond", "--guidance", "2"],
+        ["--model", "gmm-cond", "--classes", "nope"],
+        ["--model", "gmm", "--classes", "balanced"],
+        ["--model", "gmm-cond", "--labels", str(tmp_path / "missing.txt")],
+        ["--model", "gmm-cond", "--classes", "9", "--samples", "12"],
+    ]
+    for extra in bad:
+        assert main([*base, *extra, "--no-progress", "--out", str(tmp_path / "bad")]) == 2
+        assert not (tmp_path / "bad").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == len(bad) and all(
+        line.startswith("samplerlab iia-fit: error:") for line in err
+    )
+
+
+def test_calibrate_cli_takes_class_labels(tmp_path, capsys):
+    from samplerlab.analytic import ClassConditionalMixture as CMM
+    from samplerlab.cli import main
+
+    out = tmp_path / "cal.safetensors"
+    cmd = ["calibrate", "--model", "gmm-cond", "--sampler", "dpmpp_2m", "--steps", "4",
+           "--samples", "4", "--iterations", "1", "--teacher-steps", "10", "--classes", "balanced",
+           "--guidance", "3", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(cmd) == 0
+    assert "conditional, guidance 3" in capsys.readouterr().out
+    m = sl.calibrate.load(out, denoiser=CMM.default()).metadata
+    assert m["guidance_scale"] == 3.0 and m["cond"] == digest(torch.arange(4), "c", 4)
+    assert m["uncond"] == digest(NULL, "u", 4)
