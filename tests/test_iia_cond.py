@@ -197,6 +197,13 @@ def test_calibration_under_guidance(cmm, tmp_path):
     _no_warning(lambda: sl.sample(cmm, "dpmpp_2m", calibration=str(path), guidance=2.0, **s))
     with pytest.warns(UserWarning, match=r"cal\.safetensors: fitted for guidance 2, .* 4"):
         sl.sample(cmm, "dpmpp_2m", calibration=str(path), guidance=4.0, **s)
+    # IIA fitted on the grid: at the grid's guidance quietly, at another one with a warning.
+    iia_kw = {"steps": 4, "M": 2, "num_samples": 6, "cond": LABELS[:6], "uncond": NULL}
+    _no_warning(
+        lambda: sl.iia.fit_coefficients(cmm, "iia_dpmpp_2m", calibration=a, guidance=2.0, **iia_kw)
+    )
+    with pytest.warns(UserWarning, match=r"cal\.safetensors: fitted for guidance 2, .* 3"):
+        sl.iia.fit_coefficients(cmm, "iia_dpmpp_2m", calibration=str(path), guidance=3.0, **iia_kw)
 
 
 def _fake_checkpoint(path):

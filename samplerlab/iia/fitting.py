@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,12 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..fitstage import check_fit_inputs, check_int, device_of, fit_seeds, sample_shape
-from ..fitstage.conditioning import bind_conditioning, fit_metadata, probe_model
+from ..fitstage.conditioning import (
+    bind_conditioning,
+    fit_metadata,
+    probe_model,
+    warn_if_other_guidance,
+)
 from ..samplers.api import MAX_GRID_STEPS, build_sigmas
 from ..samplers.core import SamplerError, check_grid
 from ..samplers.iia import (
@@ -103,11 +109,19 @@ def plan_fit(
     if calibration is not None:
         # A calibrated grid of the base sampler (samplerlab.calibrate), checked for sampler,
         # steps and model.
-        from ..calibrate.files import resolve
+        from ..calibrate.files import load, resolve
 
         if sigmas is not None or schedule is not None or steps is None:
             raise ConfigError("calibration= needs steps= and no sigmas= or schedule=")
+        what = "calibration"
+        if isinstance(calibration, (str, Path)):
+            what, calibration = f"calibration {calibration}", load(calibration, denoiser=denoiser)
         sigmas = resolve(calibration, sampler, steps, None, denoiser)
+        # A grid calibrated for another guidance than this fit's: say so.
+        warn_if_other_guidance(
+            getattr(calibration, "metadata", {}), what, denoiser=denoiser, cond=cond,
+            guidance=guidance, guidance_interval=guidance_interval, stacklevel=4,
+        )  # fmt: skip
     if sigmas is None:
         if steps is None:
             raise ConfigError("give steps or sigmas")
