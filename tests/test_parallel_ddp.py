@@ -16,7 +16,7 @@ import samplerlab as sl
 from samplerlab.analytic import GaussianMixture
 from samplerlab.samplers import SAMPLERS
 from samplerlab.samplers.denoisers import CountingDenoiser
-from samplerlab.samplers.sharding import DistributedDenoiser
+from samplerlab.samplers.sharding import PARALLEL_SAMPLERS, DistributedDenoiser
 
 STEPS, N_SAMPLES = 12, 5
 # Every parallel sampler (every sampler that makes calls of more rows than samples:
@@ -111,8 +111,8 @@ def test_two_processes_match_one(tmp_path):
 
 
 def test_cases_cover_every_parallel_sampler():
-    """The cases name every registered sampler whose calls have more rows than samples
-    (the rows a process group spreads beyond plain data parallelism)."""
+    """The cases and ``PARALLEL_SAMPLERS`` name every registered sampler whose calls have
+    more rows than samples (the rows a process group spreads beyond data parallelism)."""
     widest: dict[str, int] = {}
 
     class Widest(GaussianMixture):
@@ -125,8 +125,7 @@ def test_cases_cover_every_parallel_sampler():
     for name in SAMPLERS:
         sl.sample(den, name, steps=4, shape=(2, 4), dtype=torch.float64)
     parallel = {name for name, rows in widest.items() if rows > 2}
-    assert {"srds", "paradigms", "rmm_parallel", "pmm"} <= parallel
-    assert parallel <= {name for name, _ in CASES.values()}
+    assert parallel == set(PARALLEL_SAMPLERS) == {name for name, _ in CASES.values()}
 
 
 def test_distributed_denoiser_needs_a_process_group():

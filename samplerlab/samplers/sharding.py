@@ -45,6 +45,12 @@ from .core import (
 )
 from .fingerprint import device_of, find_module
 
+#: The registered samplers whose network calls batch several time points (more rows than
+#: samples: SRDS, ParaDiGMS, parallel randomized midpoints, Poisson midpoints), the calls
+#: that spreading rows over devices shortens (tests/test_parallel_ddp.py checks the list
+#: against every registered sampler's widest call).
+PARALLEL_SAMPLERS = ("srds", "paradigms", "rmm_parallel", "pmm")
+
 
 def _rows(cond: Any, lo: int, hi: int, device: torch.device) -> Any:
     """Rows ``lo..hi`` of conditioning aligned with a call's rows (a tensor or a dict)."""
