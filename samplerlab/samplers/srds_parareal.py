@@ -18,30 +18,39 @@ from .inner import Inner
 from .noise import NoiseSource
 from .parallel import FirstCall, predraw_noise, relative_change
 
-Hist = list[tuple[Tensor, Tensor]]
+Hist = list[tuple[Tensor, Tensor, Tensor]]
 
 
-def push(inner: Inner, hist: Hist, D: Tensor, s: Tensor) -> Hist:
-    """The history after a step from a state at ``s`` with ``D``: most recent first."""
-    return [(D, s), *hist][: max(inner.history, 1)]
+def push(inner: Inner, hist: Hist, x: Tensor, D: Tensor, s: Tensor) -> Hist:
+    """The history after a step from the state ``x`` at ``s`` with ``D``: most recent first."""
+    return [(x, D, s), *hist][: max(inner.history, 1)]
 
 
 def step_with_histories(
-    x: Tensor, s: Tensor, s_next: Tensor, D: Tensor, hists: list[Hist], *, inner: Inner, batch: int
+    x: Tensor,
+    s: Tensor,
+    s_next: Tensor,
+    D: Tensor,
+    hists: list[Hist],
+    *,
+    inner: Inner,
+    batch: int,
+    steps: tuple[list[int], int],
 ) -> Tensor:
     """One multistep step (the step convention, :mod:`samplerlab.samplers.spec`) of several
-    tasks stacked (task ``k``: rows ``k*batch..``), each with its own history ``hists[k]``;
-    tasks with equally long histories share one elementwise step."""
+    tasks stacked (task ``k``: rows ``k*batch..``), each with its own history ``hists[k]``,
+    cut to :meth:`Inner.history_len` of its step ``steps[0][k]`` of the ``steps[1]``-step
+    grid; tasks with equally long histories share one elementwise step."""
     out = torch.empty_like(x)
     by_len: dict[int, list[int]] = {}
+    caps = inner.history_len(torch.tensor(steps[0], dtype=torch.long), steps[1]).tolist()
     for k, h in enumerate(hists):
-        by_len.setdefault(min(len(h), inner.history), []).append(k)
+        by_len.setdefault(min(len(h), caps[k]), []).append(k)
     for n_hist, ks in by_len.items():
         rows = torch.cat([torch.arange(k * batch, (k + 1) * batch) for k in ks])
         r = rows.to(x.device, non_blocking=True)
         hist = [
-            (torch.cat([hists[k][h][0] for k in ks]), torch.cat([hists[k][h][1] for k in ks]))
-            for h in range(n_hist)
+            tuple(torch.cat([hists[k][h][c] for k in ks]) for c in range(3)) for h in range(n_hist)
         ]
         out[r] = inner.step(x[r], s[r], s_next[r], D[r], hist)
     return out
@@ -115,15 +124,19 @@ class Parareal:
             dev = grid.to(x.device, x.dtype, non_blocking=True)
             for j in range(L):
                 D = torch.cat(d0) if j == 0 else self.den(x, dev[j])
-                x = step_with_histories(
-                    x, dev[j], dev[j + 1], D, hists, inner=self.inner, batch=self.batch
+                at = ([i * L + j for i in blocks], self.N)
+                x_new = step_with_histories(
+                    x, dev[j], dev[j + 1], D, hists, inner=self.inner, batch=self.batch, steps=at
                 )
-                hists = [
-                    push(self.inner, h, Dk, sk)
-                    for h, Dk, sk in zip(
-                        hists, D.split(self.batch), dev[j].split(self.batch), strict=True
-                    )
-                ]
+                parts = zip(
+                    hists,
+                    x.split(self.batch),
+                    D.split(self.batch),
+                    dev[j].split(self.batch),
+                    strict=True,
+                )
+                hists = [push(self.inner, h, xk, Dk, sk) for h, xk, Dk, sk in parts]
+                x = x_new
             states = dict(zip(blocks, x.split(self.batch), strict=True))
             return states, dict(zip(blocks, hists, strict=True))
         draws = []

@@ -9,7 +9,7 @@ same inputs; only the order of the calls differs.
 * Single-step inner solvers run each task's step as the inner solver on a per-row 2-point
   grid.
 * Multistep inner solvers with a ``history_step`` step each fine task with its own history
-  (the ``(D, sigma)`` of its earlier sub-steps, :meth:`Inner.step`); a fine solve of block
+  (the ``(x, D, sigma)`` of its earlier sub-steps, :meth:`Inner.step`); a fine solve of block
   ``i`` from ``x_i^p`` starts with the history at the end of the fine solve of block
   ``i - 1`` that made ``x_i^p`` (``F_{i-1}(x_{i-1}^{p-1})``; none for ``p = 0``), as the
   plain schedule does; a coarse step (one step) is first order.
@@ -35,7 +35,7 @@ class _Task:
     p: int  # iteration of the block's start state
     x: Tensor
     s: int = 0  # sub-steps done
-    hist: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # multistep: (D, sigma)
+    hist: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)  # (x, D, sigma)
 
 
 def _wave(pr: Parareal, tasks: list[_Task]) -> list[Tensor]:
@@ -69,11 +69,13 @@ def _wave(pr: Parareal, tasks: list[_Task]) -> list[Tensor]:
     dev = grid.to(x.device, x.dtype, non_blocking=True)
     s, s_next = dev[0], dev[1]
     D = den(x, s)
-    out = step_with_histories(x, s, s_next, D, [t.hist for t in tasks], inner=inner, batch=batch)
+    at = ([t.i * pr.L + t.s for t in tasks], pr.N)  # G tasks: no history (first order)
+    hists = [t.hist for t in tasks]
+    out = step_with_histories(x, s, s_next, D, hists, inner=inner, batch=batch, steps=at)
     for k, t in enumerate(tasks):
         if t.kind == "F":
             rows = slice(k * batch, (k + 1) * batch)
-            t.hist = push(inner, t.hist, D[rows], s[rows])
+            t.hist = push(inner, t.hist, x[rows], D[rows], s[rows])
     return list(out.split(batch))
 
 
