@@ -9,6 +9,7 @@ propagator ``F_i`` the ``L`` inner steps of the block (see :mod:`samplerlab.samp
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,15 +36,14 @@ def step_with_histories(
     *,
     inner: Inner,
     batch: int,
-    steps: tuple[list[int], int],
+    caps: list[int],
 ) -> Tensor:
     """One multistep step (the step convention, :mod:`samplerlab.samplers.spec`) of several
     tasks stacked (task ``k``: rows ``k*batch..``), each with its own history ``hists[k]``,
-    cut to :meth:`Inner.history_len` of its step ``steps[0][k]`` of the ``steps[1]``-step
-    grid; tasks with equally long histories share one elementwise step."""
+    cut to ``caps[k]`` (:meth:`Inner.history_len` of its step); tasks with equally long
+    histories share one elementwise step."""
     out = torch.empty_like(x)
     by_len: dict[int, list[int]] = {}
-    caps = inner.history_len(torch.tensor(steps[0], dtype=torch.long), steps[1]).tolist()
     for k, h in enumerate(hists):
         by_len.setdefault(min(len(h), caps[k]), []).append(k)
     for n_hist, ks in by_len.items():
@@ -100,9 +100,30 @@ class Parareal:
     def fine_draws(self, i: int) -> list[Tensor]:
         return [self.Z[i * self.L + j] for j in range(self.L)] if self.Z is not None else []
 
-    def G(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``G_i``: one inner step from the block start to the block end. Also returns the
-        step's first network output ``D(x, sigma_{k_i})`` (reused by ``F_i(x)``)."""
+    def fine_caps(self, steps: list[tuple[int, int]]) -> list[int]:
+        """History lengths of the fine sub-steps ``(block, sub-step)`` (global step index)."""
+        j = torch.tensor([i * self.L + s for i, s in steps], dtype=torch.long)
+        return self.inner.history_len(j, self.N).tolist()
+
+    def coarse_hist(self, i: int, xs: Any, ds: Any) -> Hist:
+        """The history of ``G_i`` (when :attr:`carry`): the previous block starts ``xs[i-m]``
+        with their ``D`` ``ds[i-m]`` (most recent first), cut to the order of step ``i`` of
+        the B-step coarse grid (:meth:`Inner.history_len`): G is the multistep solver on the
+        coarse grid, as its serial run there. ``xs``, ``ds``: indexable by block."""
+        n = int(self.inner.history_len(torch.tensor(i), self.B))
+        return [
+            (xs[j], ds[j], self.S[j * self.L].to(xs[j].device, xs[j].dtype, non_blocking=True))
+            for j in range(i - 1, i - 1 - n, -1)
+        ]
+
+    def G(self, i: int, x: Tensor, hist: Hist | None = None) -> tuple[Tensor, Tensor]:
+        """``G_i``: one inner step from the block start to the block end (multistep with
+        :attr:`carry`: with the coarse history ``hist``, :meth:`coarse_hist`). Also returns
+        the step's first network output ``D(x, sigma_{k_i})`` (reused by ``F_i(x)``)."""
+        if self.carry:
+            g = self.coarse_grid(i).to(x.device, x.dtype, non_blocking=True)
+            D = self.den(x, g[0])
+            return self.inner.step(x, g[0], g[1], D, hist or []), D
         den = FirstCall(self.den, x.shape[0])
         out = self.inner.run(den, x, self.coarse_grid(i), self.coarse_draw(i))
         assert den.first is not None
@@ -124,9 +145,9 @@ class Parareal:
             dev = grid.to(x.device, x.dtype, non_blocking=True)
             for j in range(L):
                 D = torch.cat(d0) if j == 0 else self.den(x, dev[j])
-                at = ([i * L + j for i in blocks], self.N)
+                caps = self.fine_caps([(i, j) for i in blocks])
                 x_new = step_with_histories(
-                    x, dev[j], dev[j + 1], D, hists, inner=self.inner, batch=self.batch, steps=at
+                    x, dev[j], dev[j + 1], D, hists, inner=self.inner, batch=self.batch, caps=caps
                 )
                 parts = zip(
                     hists,
@@ -190,7 +211,7 @@ def run_plain(pr: Parareal, stopper: Stopper, record: list[Tensor] | None) -> Te
     d0: list[Tensor] = []  # D(x_i, sigma_{k_i}) of the current x_i, from G_i's first call
     hist: list[Hist] = [[] for _ in range(B)]  # multistep: history at the current x_i
     for i in range(B):
-        gi, di = pr.G(i, X[i])
+        gi, di = pr.G(i, X[i], pr.coarse_hist(i, X, d0) if pr.carry else None)
         g.append(gi)
         d0.append(di)
         X.append(g[i])
@@ -211,7 +232,7 @@ def run_plain(pr: Parareal, stopper: Stopper, record: list[Tensor] | None) -> Te
         Xn = [*X[:p], f[p - 1]]
         # Sequential coarse sweep with the parareal correction (lines 9-11).
         for i in range(p, B):
-            g_new, d0[i] = pr.G(i, Xn[i])
+            g_new, d0[i] = pr.G(i, Xn[i], pr.coarse_hist(i, Xn, d0) if pr.carry else None)
             Xn.append(g_new + f[i] - g[i])
             g[i] = g_new
         X = Xn

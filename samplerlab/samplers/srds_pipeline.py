@@ -36,6 +36,7 @@ class _Task:
     x: Tensor
     s: int = 0  # sub-steps done
     hist: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)  # (x, D, sigma)
+    d0: Tensor | None = None  # multistep G: D at its start state (the next G's history)
 
 
 def _wave(pr: Parareal, tasks: list[_Task]) -> list[Tensor]:
@@ -69,13 +70,17 @@ def _wave(pr: Parareal, tasks: list[_Task]) -> list[Tensor]:
     dev = grid.to(x.device, x.dtype, non_blocking=True)
     s, s_next = dev[0], dev[1]
     D = den(x, s)
-    at = ([t.i * pr.L + t.s for t in tasks], pr.N)  # G tasks: no history (first order)
+    # G tasks carry the coarse history already cut to its order (Parareal.coarse_hist).
+    caps = pr.fine_caps([(t.i, t.s) for t in tasks])
+    caps = [len(t.hist) if t.kind == "G" else c for t, c in zip(tasks, caps, strict=True)]
     hists = [t.hist for t in tasks]
-    out = step_with_histories(x, s, s_next, D, hists, inner=inner, batch=batch, steps=at)
+    out = step_with_histories(x, s, s_next, D, hists, inner=inner, batch=batch, caps=caps)
     for k, t in enumerate(tasks):
+        rows = slice(k * batch, (k + 1) * batch)
         if t.kind == "F":
-            rows = slice(k * batch, (k + 1) * batch)
             t.hist = push(inner, t.hist, x[rows], D[rows], s[rows])
+        else:
+            t.d0 = D[rows]
     return list(out.split(batch))
 
 
@@ -86,6 +91,7 @@ def run_pipelined(pr: Parareal, stopper: Stopper) -> Tensor:
     g: dict[tuple[int, int], Tensor] = {}
     f: dict[tuple[int, int], Tensor] = {}
     tail: dict[tuple[int, int], Hist] = {}  # multistep: history at the end of F_i(x_i^p)
+    d0: dict[tuple[int, int], Tensor] = {}  # multistep: D(x_i^p) from G_i(x_i^p)
     tasks: list[_Task] = []
     finals: dict[int, Tensor] = {}
     next_final = 0
@@ -95,8 +101,15 @@ def run_pipelined(pr: Parareal, stopper: Stopper) -> Tensor:
         if i == B:
             finals[p] = x
             return
-        # Start both propagators from the new state (skipping the unused fine solve).
-        tasks.append(_Task("G", i, p, x))
+        # Start both propagators from the new state (skipping the unused fine solve); G
+        # continues the coarse history of the block starts x_{i-m}^{min(p, i-m)} (the
+        # states and D the plain schedule's coarse sweep uses).
+        ghist: Hist = []
+        if pr.carry:
+            js = [i - m for m in range(1, 1 + int(pr.inner.history_len(torch.tensor(i), B)))]
+            xs = {j: X[(j, min(p, j))] for j in js}
+            ghist = pr.coarse_hist(i, xs, {j: d0[(j, min(p, j))] for j in js})
+        tasks.append(_Task("G", i, p, x, hist=ghist))
         if p < P:
             # x_i^p was made by F_{i-1}(x_{i-1}^{p-1}): its fine solve continues that history.
             hist = list(tail.get((i - 1, p - 1), [])) if pr.carry else []
@@ -127,6 +140,9 @@ def run_pipelined(pr: Parareal, stopper: Stopper) -> Tensor:
             t.x, t.s = xt, t.s + 1
             (done if t.kind == "G" or t.s == L else running).append(t)
         tasks = running
+        for t in done:
+            if t.kind == "G" and t.d0 is not None:
+                d0[(t.i, t.p)] = t.d0
         for t in sorted(done, key=lambda t: (t.p, t.i)):
             if t.kind == "G":
                 g[(t.i, t.p)] = t.x
