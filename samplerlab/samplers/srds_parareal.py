@@ -27,6 +27,15 @@ def push(inner: Inner, hist: Hist, x: Tensor, D: Tensor, s: Tensor) -> Hist:
     return [(x, D, s), *hist][: max(inner.history, 1)]
 
 
+def shift(hist: Hist, dx: Tensor, dD: Tensor) -> Hist:
+    """``hist`` moved by the jump from the end state ``f`` of the fine solve it comes from
+    to the new start state ``x`` (``dx = x - f``, ``dD = D(x) - D(f)``): the history keeps
+    the fine trajectory's differences but starts from ``x``, so a fine solve from ``x``
+    depends on the previous iterate only through those differences (zero at the fixed
+    point, where ``x = f``)."""
+    return [(xh + dx, Dh + dD, sh) for xh, Dh, sh in hist]
+
+
 def step_with_histories(
     x: Tensor,
     s: Tensor,
@@ -235,6 +244,15 @@ def run_plain(pr: Parareal, stopper: Stopper, record: list[Tensor] | None) -> Te
             g_new, d0[i] = pr.G(i, Xn[i], pr.coarse_hist(i, Xn, d0) if pr.carry else None)
             Xn.append(g_new + f[i] - g[i])
             g[i] = g_new
+        moved = [i for i in range(p + 1, B) if pr.carry and hist[i]]
+        if moved:
+            # x_i^p (i > p) is not the end f of the fine solve its history comes from:
+            # move that history by the jump (D(f) in one batched call).
+            fs = torch.cat([f[i - 1] for i in moved])
+            sig = torch.cat([pr.S[i * pr.L] for i in moved]).to(fs.device, fs.dtype)
+            Df = pr.den(fs, sig).split(pr.batch)
+            for i, Dfi in zip(moved, Df, strict=True):
+                hist[i] = shift(hist[i], Xn[i] - f[i - 1], d0[i] - Dfi)
         X = Xn
         if record is not None:
             record.append(torch.stack(X))

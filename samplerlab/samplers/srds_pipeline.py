@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .parallel import FirstCall
-from .srds_parareal import Hist, Parareal, Stopper, push, step_with_histories
+from .srds_parareal import Hist, Parareal, Stopper, push, shift, step_with_histories
 
 
 @dataclass
@@ -37,6 +37,7 @@ class _Task:
     s: int = 0  # sub-steps done
     hist: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)  # (x, D, sigma)
     d0: Tensor | None = None  # multistep G: D at its start state (the next G's history)
+    shift_from: Tensor | None = None  # multistep F: the end state its history comes from
 
 
 def _wave(pr: Parareal, tasks: list[_Task]) -> list[Tensor]:
@@ -62,6 +63,13 @@ def _wave(pr: Parareal, tasks: list[_Task]) -> list[Tensor]:
             shared = True
     x = torch.cat([t.x for t in tasks])
     grid = torch.cat(grids, 1)  # host [2, rows]
+    # Multistep F tasks whose history comes from another end state f: D(f) in this call.
+    moved = [k for k, t in enumerate(tasks) if t.shift_from is not None]
+    n = x.shape[0]
+    if moved:
+        x = torch.cat([x, *(tasks[k].shift_from for k in moved)])  # type: ignore[misc]
+        grid = torch.cat([grid, *(grids[k] for k in moved)], 1)
+        src = torch.cat([src, torch.arange(n, x.shape[0])])
     den = FirstCall(pr.den, x.shape[0], src if shared else None)
     if not inner.multistep:
         z = [torch.cat([d[0] for d in draws])] if pr.Z is not None else []
@@ -70,6 +78,12 @@ def _wave(pr: Parareal, tasks: list[_Task]) -> list[Tensor]:
     dev = grid.to(x.device, x.dtype, non_blocking=True)
     s, s_next = dev[0], dev[1]
     D = den(x, s)
+    if moved:
+        Df, x, s, s_next, D = D[n:].split(batch), x[:n], s[:n], s_next[:n], D[:n]
+        for k, Dfk in zip(moved, Df, strict=True):
+            t, rows = tasks[k], slice(k * batch, (k + 1) * batch)
+            t.hist = shift(t.hist, t.x - t.shift_from, D[rows] - Dfk)  # type: ignore[operator]
+            t.shift_from = None
     # G tasks carry the coarse history already cut to its order (Parareal.coarse_hist).
     caps = pr.fine_caps([(t.i, t.s) for t in tasks])
     caps = [len(t.hist) if t.kind == "G" else c for t, c in zip(tasks, caps, strict=True)]
@@ -113,7 +127,9 @@ def run_pipelined(pr: Parareal, stopper: Stopper) -> Tensor:
         if p < P:
             # x_i^p was made by F_{i-1}(x_{i-1}^{p-1}): its fine solve continues that history.
             hist = list(tail.get((i - 1, p - 1), [])) if pr.carry else []
-            tasks.append(_Task("F", i, p, x, hist=hist))
+            # Not the exact state (i > p): the history is moved by the jump from f to x.
+            moved = f[(i - 1, p - 1)] if hist and i > p else None
+            tasks.append(_Task("F", i, p, x, hist=hist, shift_from=moved))
 
     def try_make(i1: int, p: int) -> None:
         if (i1, p) in X or p > P or i1 < p:
