@@ -43,7 +43,9 @@ def find_module(obj: Any, depth: int = 0) -> torch.nn.Module | None:
 def device_of(denoiser: Any) -> torch.device:
     """The device of the first weight or buffer of the network behind ``denoiser`` (CPU for
     analytic models)."""
-    module = find_module(denoiser)
+    module = describe(denoiser).network  # declared by samplerlab's denoisers
+    if module is None:
+        module = find_module(denoiser)  # a user's plain function: its closure or attributes
     if module is not None:
         for t in [*module.parameters(), *module.buffers()]:
             return t.device
@@ -106,7 +108,9 @@ def model_fingerprint(denoiser: Any) -> str:
         return model_fingerprint(replicas[0])
     h = hashlib.sha256()
     h.update(type(denoiser).__qualname__.encode())
-    module = find_module(denoiser)
+    module = describe(denoiser).network  # declared by samplerlab's denoisers
+    if module is None:
+        module = find_module(denoiser)  # a user's plain function: its closure or attributes
     if module is not None:
         h.update(_weights_digest(module))
     else:
