@@ -29,8 +29,8 @@ from seedsets import fmt_spread, spread
 
 from samplerlab.fileio import atomic_write_text
 from samplerlab.guidance_eval import digits_reference, plan_guided_jobs, run_guided_job
+from samplerlab.trainer.checkpoints import load_checkpoint, read_checkpoint
 from samplerlab.trainer.config import load_config
-from samplerlab.trainer.module import load_checkpoint, read_checkpoint
 
 PRESET = "digits_cond"
 # Keys of the saved config that must equal the preset's for a checkpoint to be reused.

@@ -13,9 +13,9 @@ Sample ``k`` of a row has the seed ``seed_offset + k`` and the label
 whenever the number of samples is a multiple of ``num_classes``, and a sample's label depends
 only on its seed (not on the batch it is drawn in, nor on a DDP rank's share of the seeds).
 
-FID is Heusel et al. 2017, Eq. 6 (:mod:`samplerlab.callbacks.fid`) on the features of
-``samplerlab.callbacks.features``; the FID std is the bootstrap over the generated
-features (:func:`samplerlab.callbacks.fid.bootstrap_fid_std`).
+FID is Heusel et al. 2017, Eq. 6 (:mod:`samplerlab.evaluation.fid`) on the features of
+``samplerlab.evaluation.features``; the FID std is the bootstrap over the generated
+features (:func:`samplerlab.evaluation.fid.bootstrap_fid_std`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .callbacks.fid import bootstrap_fid_std, fid_from_stats, stats_of
 from .errors import ConfigError
+from .evaluation.fid import bootstrap_fid_std, fid_from_stats, stats_of
 from .samplers import get_sampler, sample
 
 __all__ = [
@@ -144,7 +144,7 @@ def digits_reference(
     """The shipped digits classifier (``samplerlab/assets``), its FID feature extractor and
     the reference statistics of all 1797 digits: ``all``, the two halves ``even`` / ``odd``
     (data-vs-data FID floor) and the classifier's accuracy on the real digits."""
-    from .callbacks.features import ClassifierFeatures, load_classifier, shipped_classifier
+    from .evaluation.features import ClassifierFeatures, load_classifier, shipped_classifier
     from .trainer.data import digits_tensor
 
     path = classifier_path or shipped_classifier("digits")

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from samplerlab.callbacks.features import RawFeatures
-from samplerlab.callbacks.fid import fid_from_stats, stats_of
 from torch import nn
 
 import samplerlab as sl
 from samplerlab.analytic import ClassConditionalMixture
 from samplerlab.cli import main
 from samplerlab.errors import ConfigError
+from samplerlab.evaluation.features import RawFeatures
+from samplerlab.evaluation.fid import fid_from_stats, stats_of
 from samplerlab.guidance_eval import (
     GuidedJob,
     balanced_labels,
@@ -23,9 +23,10 @@ from samplerlab.guidance_eval import (
     run_guided_job,
 )
 from samplerlab.samplers import SamplerError
+from samplerlab.trainer.checkpoints import load_checkpoint
 from samplerlab.trainer.config import PRESETS, load_config
 from samplerlab.trainer.data import DiffusionDataModule
-from samplerlab.trainer.module import build_module, load_checkpoint
+from samplerlab.trainer.module import build_module
 from samplerlab.trainer.run import train
 
 F64 = torch.float64
@@ -310,9 +311,8 @@ def test_digits_reference():
 
 def test_sweep_hook_conditioning_under_the_evaluators_wrapper():
     """The hook for the evaluation sweep: condition() the model per batch, then wrap it as
-    the evaluator does (ShapeCheckedDenoiser); samples and NFE (both guided rows) equal
-    sample(cond=, guidance=, uncond=) on the bare model."""
-    from samplerlab.callbacks.sampler_eval import ShapeCheckedDenoiser
+    the evaluator does (sample()'s CountingDenoiser checks the output shape); samples and NFE
+    (both guided rows) equal sample(cond=, guidance=, uncond=) on the bare model."""
     from samplerlab.guidance_eval import guided_kwargs
     from samplerlab.samplers.conditioning import condition
 
@@ -322,7 +322,7 @@ def test_sweep_hook_conditioning_under_the_evaluators_wrapper():
     assert kw["cond"].tolist() == [1, 2, 0, 1] and kw["guidance_interval"] == (0.1, 5.0)
     opts = {"steps": 6, "shape": (4, 2), "seeds": seeds, "dtype": F64}
     ref = sl.sample(mix, "pmm", **kw, **opts)
-    wrapped = ShapeCheckedDenoiser(condition(mix, 4, **kw))
+    wrapped = condition(mix, 4, **kw)
     got = sl.sample(wrapped, "pmm", **opts)
     torch.testing.assert_close(got.x, ref.x, rtol=0, atol=0)
     assert got.nfe == ref.nfe > sl.sample(mix, "pmm", cond=kw["cond"], **opts).nfe
