@@ -132,3 +132,19 @@ def test_cli_evaluate_latent_dit_from_an_image_folder(tmp_path, capsys):
     assert all(r["fid"] is not None for r in rows)
     assert "4 rows: 4 ok" in capsys.readouterr().out
     assert (out / "report.md").is_file() and (out / "fid_vs_nfe.png").is_file()
+
+
+def test_readme_latent_block_runs_as_written(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("### Latent and text-conditional models") :]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "path" / "to").mkdir(parents=True)
+    make_sd(tmp_path / "path" / "to" / "sd-folder")
+    ns: dict = {}
+    exec(compile(block, "README.md", "exec"), ns)
+    assert ns["images"].shape == (2, 3, 8, 8) and ns["got"].images.shape == (8, 3, 8, 8)
+    assert ns["res"].nfe == 20.0  # guided: two rows per evaluation
