@@ -151,3 +151,36 @@ def test_bad_folders_and_prompt_files_are_one_line(tmp_path, sd_folder):
         read_prompts(empty)
     empty.write_text("a red cube\n\nlow tower  \n")
     assert read_prompts(empty) == ["a red cube", "low tower"]
+
+
+def test_ddim_with_guidance_matches_diffusers_stable_diffusion_pipeline(sd_folder, sd):
+    """Oracle: diffusers' own StableDiffusionPipeline (prompts tokenized and encoded, CFG
+    against the empty prompt, DDIM eta=0, VAE decode) from the same folder and initial
+    latents gives the images of our ddim on its timesteps (float64; diffusers' float32
+    alphas table upcast, as in test_diffusers_parity)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from samplerlab.samplers.conditioning import condition
+
+    oracle = StableDiffusionPipeline.from_pretrained(sd_folder, torch_dtype=F64)
+    oracle.scheduler = DDIMScheduler.from_config(
+        oracle.scheduler.config, set_alpha_to_one=True, clip_sample=False
+    )
+    oracle.set_progress_bar_config(disable=True)
+    sch = oracle.scheduler
+    for key in ("alphas_cumprod", "final_alpha_cumprod"):
+        setattr(sch, key, getattr(sch, key).double())
+    z = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(5), dtype=F64)
+    ref = oracle(PROMPTS[:2], num_inference_steps=5, guidance_scale=3.0, latents=z,
+                 output_type="pt").images  # fmt: skip
+    sch.set_timesteps(5)
+    sigmas = torch.cat([sd.denoiser.vp.sigmas[sch.timesteps.long()], torch.zeros(1, dtype=F64)])
+    guided = condition(sd.denoiser, 2, cond=sd.encode_prompts(PROMPTS[:2]), guidance=3.0,
+                       uncond=sd.uncond())  # fmt: skip
+    x = SAMPLERS["ddim"](guided, z * (1 + sigmas[0] ** 2).sqrt(), sigmas)
+    lat = oracle(PROMPTS[:2], num_inference_steps=5, guidance_scale=3.0, latents=z,
+                 output_type="latent").images  # fmt: skip
+    torch.testing.assert_close(x, lat, rtol=0, atol=1e-12 * float(lat.abs().max()))
+    ours = (sd.decode(x) + 1) / 2  # our images in [-1, 1]; diffusers' in [0, 1]
+    assert ref.shape == ours.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(ours, ref.float(), rtol=0, atol=1e-6)
