@@ -309,10 +309,10 @@ def test_digits_reference():
     assert 0 < ref["fid_floor"] < 5 and feats.num_features == 64
 
 
-def test_sweep_hook_conditioning_under_the_evaluators_wrapper():
-    """The hook for the evaluation sweep: condition() the model per batch, then wrap it as
-    the evaluator does (sample()'s CountingDenoiser checks the output shape); samples and NFE
-    (both guided rows) equal sample(cond=, guidance=, uncond=) on the bare model."""
+def test_sweep_hook_guided_kwargs():
+    """The hook for the evaluation sweep: sample(den, ..., **guided_kwargs(batch seeds, ...))
+    per batch; a batch's labels depend only on its seeds (batches and DDP shards agree),
+    and the NFE counts both guided rows."""
     from samplerlab.guidance_eval import guided_kwargs
     from samplerlab.samplers.conditioning import condition
 
@@ -320,12 +320,18 @@ def test_sweep_hook_conditioning_under_the_evaluators_wrapper():
     seeds = [10, 11, 12, 13]
     kw = guided_kwargs(seeds, 3, 2.5, torch.tensor([-1]), (0.1, 5.0))
     assert kw["cond"].tolist() == [1, 2, 0, 1] and kw["guidance_interval"] == (0.1, 5.0)
-    opts = {"steps": 6, "shape": (4, 2), "seeds": seeds, "dtype": F64}
-    ref = sl.sample(mix, "pmm", **kw, **opts)
-    wrapped = condition(mix, 4, **kw)
-    got = sl.sample(wrapped, "pmm", **opts)
-    torch.testing.assert_close(got.x, ref.x, rtol=0, atol=0)
-    assert got.nfe == ref.nfe > sl.sample(mix, "pmm", cond=kw["cond"], **opts).nfe
+    opts = {"steps": 6, "dtype": F64}
+    ref = sl.sample(mix, "pmm", shape=(4, 2), seeds=seeds, **kw, **opts)
+    # The same model bound by hand (condition() is what sample() runs) gives the same run.
+    bound = sl.sample(condition(mix, 4, **kw), "pmm", shape=(4, 2), seeds=seeds, **opts)
+    torch.testing.assert_close(bound.x, ref.x, rtol=0, atol=0)
+    assert bound.nfe == ref.nfe > sl.sample(mix, "pmm", shape=(4, 2), seeds=seeds,
+                                            cond=kw["cond"], **opts).nfe  # fmt: skip
+    # Two shards of the seeds (DDP rank r: seeds[r::2]) get the same samples as one batch.
+    for r in range(2):
+        part = guided_kwargs(seeds[r::2], 3, 2.5, torch.tensor([-1]), (0.1, 5.0))
+        got = sl.sample(mix, "pmm", shape=(2, 2), seeds=seeds[r::2], **part, **opts)
+        torch.testing.assert_close(got.x, ref.x[r::2], rtol=0, atol=1e-12)
     assert set(guided_kwargs(seeds, 3, None, torch.tensor([-1]))) == {"cond"}
 
 

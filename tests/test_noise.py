@@ -9,13 +9,8 @@ import torch
 from scipy import stats
 
 import samplerlab as sl
-from samplerlab.samplers.noise import (
-    DEVICE_TOL,
-    PerSampleNoise,
-    philox4x32,
-    splitmix64_outputs,
-    stream_keys,
-)
+from samplerlab.samplers.counters import philox4x32, splitmix64_outputs, stream_keys
+from samplerlab.samplers.noise import DEVICE_TOL, PerSampleNoise
 
 F64, CPU = torch.float64, torch.device("cpu")
 KINDS = ["splitmix", "philox"]

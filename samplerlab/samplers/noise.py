@@ -7,7 +7,8 @@ batch size, of which rows share a batch, of the chunk, the DDP rank or the devic
 
 Its default generator (``kind="splitmix"``) is counter-based, as JAX's and cuRAND's are
 (Salmon, Moraes, Dror & Shaw 2011, "Parallel random numbers: as easy as 1, 2, 3"), and
-computes a whole batch's draw in a few vectorised integer kernels on the sampling device:
+computes a whole batch's draw in a few vectorised integer kernels on the sampling device
+(the primitives are in :mod:`.counters`):
 
 * each seed is keyed once by Philox4x32-10 (Salmon et al. 2011, Sec. 4.2; the counter 0 under
   the seed's two 32-bit words as key): a 64-bit stream key ``K_k``;
@@ -42,117 +43,25 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .counters import (
+    MASK32,
+    box_muller,
+    philox4x32,
+    split_seed,
+    splitmix64_mix_,
+    splitmix64_outputs,
+    stream_keys,
+    uniform_bits,
+)
 from .errors import SamplerError
 
 NOISE_KINDS = ("splitmix", "philox", "generator")
 # Largest difference between the same draw made on a CUDA device and on the CPU.
 DEVICE_TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 
-_MASK32 = 0xFFFFFFFF
-_MASK64 = (1 << 64) - 1
-# Philox4x32 multipliers and Weyl key increments (Salmon et al. 2011, Sec. 4.2).
-_PHILOX_M = (0xD2511F53, 0xCD9E8D57)
-_PHILOX_W = (0x9E3779B9, 0xBB67AE85)
-
-
-def _s64(v: int) -> int:
-    """The int64 (two's complement) holding the 64-bit pattern of ``v``."""
-    v &= _MASK64
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
-# SplitMix64: the golden-ratio increment and Stafford's Mix13 multipliers.
-_GAMMA = _s64(0x9E3779B97F4A7C15)
-_MIX = ((30, _s64(0xBF58476D1CE4E5B9)), (27, _s64(0x94D049BB133111EB)), (31, None))
 _DRAW_SEED, _ELEMENT_SEED = 0x243F6A8885A308D3, 0x13198A2E03707344  # digits of pi
 _ROW_BLOCK = 32  # row values computed per call, for this many consecutive draws
 _CPU_BLOCK = 1 << 16  # element pairs per block of rows on a CPU (a cache-sized working set)
-
-
-def _mulhilo(a: Tensor, m: int) -> tuple[Tensor, Tensor]:
-    """High and low 32-bit words of ``a * m`` (``a``: uint32 values in int64; ``m`` a
-    constant in ``(2^31, 2^32)``). ``q = a (m - 2^32)`` is exact in int64, and
-    ``a m = q + a 2^32``, so ``hi = (q >> 32) + a`` (floor shift), ``lo = q mod 2^32``."""
-    q = a * (m - (1 << 32))
-    return (q >> 32) + a, q & _MASK32
-
-
-def philox4x32(
-    counter: Sequence[Tensor | int], key: Sequence[Tensor | int], rounds: int = 10
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Philox4x32-R (Salmon et al. 2011, Sec. 4.2) on int64 tensors of 32-bit words.
-
-    ``counter``: four words, ``key``: two (tensors broadcast against each other, or ints).
-    Returns the four output words; ``rounds=10`` is Random123's ``philox4x32_10``.
-    """
-    c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64) for c in counter)
-    k0, k1 = (torch.as_tensor(k, dtype=torch.int64) for k in key)
-    for r in range(rounds):
-        if r:
-            # Key schedule: Weyl sequence increments before every round after the first.
-            k0, k1 = (k0 + _PHILOX_W[0]) & _MASK32, (k1 + _PHILOX_W[1]) & _MASK32
-        # Round: two 32x32->64 products, their halves xored with the other words and key.
-        hi0, lo0 = _mulhilo(c0, _PHILOX_M[0])
-        hi1, lo1 = _mulhilo(c2, _PHILOX_M[1])
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-    return c0, c1, c2, c3
-
-
-def splitmix64_mix_(z: Tensor, work: Tensor | None = None) -> Tensor:
-    """SplitMix64's output function on int64 ``z``, in place (``z ^= z >>> 30; z *= C1;
-    z ^= z >>> 27; z *= C2; z ^= z >>> 31``, wrapping int64 products, logical shifts).
-    ``work``: an int64 buffer of ``z``'s shape for the shifted copies (else allocated)."""
-    t = torch.empty_like(z) if work is None else work
-    for shift, mult in _MIX:
-        torch.bitwise_right_shift(z, shift, out=t)
-        t &= (1 << (64 - shift)) - 1  # arithmetic shift -> logical shift
-        z ^= t
-        if mult is not None:
-            z.mul_(mult)
-    return z
-
-
-def splitmix64_outputs(seed: int, index: Tensor) -> Tensor:
-    """The ``index``-th outputs (0-based, int64 tensor) of SplitMix64 seeded with ``seed``."""
-    return splitmix64_mix_((index + 1) * _GAMMA + _s64(seed))
-
-
-def _split_seed(seeds: Sequence[int]) -> tuple[Tensor, Tensor]:
-    lo = torch.tensor([s & _MASK32 for s in seeds], dtype=torch.int64)
-    hi = torch.tensor([(s >> 32) & _MASK32 for s in seeds], dtype=torch.int64)
-    return lo, hi
-
-
-def stream_keys(seeds: Sequence[int]) -> Tensor:
-    """The 64-bit stream key of each seed: Philox4x32-10 of counter 0 under key ``seed mod
-    2^64`` (two 32-bit words), output words 0 and 1 as one int64. Host tensor ``[n]``."""
-    k0, k1 = _split_seed(seeds)
-    w0, w1, _, _ = philox4x32((0, 0, 0, 0), (k0, k1))
-    # w1 * 2^32 + w0 as an int64 bit pattern, without overflowing: w1 as a signed word.
-    return (w1 - ((w1 >> 31) << 32)) * (1 << 32) + w0
-
-
-def _box_muller(lo: Tensor, hi: Tensor, out: Tensor, r: Tensor, theta: Tensor) -> Tensor:
-    """Normals into ``out [b, 2, h]`` from 32-bit words ``lo`` (uint32 values, for the
-    radius) and ``hi`` (any 32-bit words, for the angle), ``[b, h]`` each:
-    ``r = sqrt(-2 log u)``, ``u = (lo+1) 2^-32`` in ``(0, 1]``;
-    ``(r cos theta, r sin theta)``, ``theta = 2 pi hi 2^-32``. ``r``, ``theta``: float
-    buffers ``[b, h]`` of ``out``'s dtype."""
-    r.copy_(lo).add_(1.0).mul_(2.0**-32).log_().mul_(-2.0).sqrt_()
-    theta.copy_(hi).mul_(2 * math.pi * 2.0**-32)
-    torch.cos(theta, out=out[:, 0])
-    out[:, 0].mul_(r)
-    torch.sin(theta, out=out[:, 1])
-    out[:, 1].mul_(r)
-    return out
-
-
-def _uniform_bits(z: Tensor, dtype: torch.dtype, bits: int = 64) -> Tensor:
-    """Uniform ``[0, 1)`` from the top mantissa-many bits of ``bits``-bit words ``z``."""
-    p = min(round(-math.log2(torch.finfo(dtype).eps)) + 1, bits)  # mantissa bits
-    top = (z >> (bits - p)) & ((1 << p) - 1)
-    work = torch.float64 if p > 24 else torch.float32
-    return top.to(work).mul_(2.0**-p).to(dtype)
 
 
 class NoiseSource(Protocol):
@@ -232,7 +141,7 @@ class PerSampleNoise:
         self._counts = torch.zeros(n, dtype=torch.int64)  # draws made per row (host)
         self._rows: Tensor | None = None  # rows of self._counts this source draws for
         self._keys = stream_keys(self.seeds) if kind == "splitmix" else None
-        self._words = _split_seed(self.seeds) if kind == "philox" else None
+        self._words = split_seed(self.seeds) if kind == "philox" else None
         self._cache: dict[tuple, Tensor] = {}
 
     def __len__(self) -> int:
@@ -296,7 +205,7 @@ class PerSampleNoise:
         c1 = j[:, None].to(dev) if isinstance(j, Tensor) else torch.tensor([[j]], device=dev)
         b = torch.arange(blocks, dtype=torch.int64, device=dev)[None]
         zero = torch.zeros((1, 1), dtype=torch.int64, device=dev)
-        return philox4x32((b, c1 & _MASK32, zero, (c1 >> 32) & _MASK32), (k0, k1))
+        return philox4x32((b, c1 & MASK32, zero, (c1 >> 32) & MASK32), (k0, k1))
 
     def _workspace(self, shape: tuple[int, int], dev: torch.device, dtype: torch.dtype):
         """Reused buffers (two int64, two float) of one block of a draw: no fresh memory,
@@ -326,14 +235,14 @@ class PerSampleNoise:
                 # The high words: an int32 view on little-endian machines (no shift kernel).
                 little = sys.byteorder == "little"
                 hi = z.view(torch.int32).view(k, h, 2)[..., 1] if little else z >> 32
-                lo = torch.bitwise_and(z, _MASK32, out=t)
-                _box_muller(lo, hi, out[r0 : r0 + k], r_buf[:k], th_buf[:k])
+                lo = torch.bitwise_and(z, MASK32, out=t)
+                box_muller(lo, hi, out[r0 : r0 + k], r_buf[:k], th_buf[:k])
         else:
             w0, w1, w2, w3 = self._philox_words((m + 3) // 4, dev)
             h = 2 * w0.shape[1]
             out = torch.empty((B, 2, h), dtype=work, device=dev)
             lo, hi = torch.cat([w0, w2], 1), torch.cat([w1, w3], 1)
-            _box_muller(
+            box_muller(
                 lo, hi, out, torch.empty_like(lo, dtype=work), torch.empty_like(lo, dtype=work)
             )
         flat = out.view(B, -1)
@@ -344,10 +253,10 @@ class PerSampleNoise:
         B, m = len(self.seeds), math.prod(row)
         if self.kind == "splitmix":
             R, c = self._element_bits(m, dev)
-            u = _uniform_bits(splitmix64_mix_(R + c), dtype)
+            u = uniform_bits(splitmix64_mix_(R + c), dtype)
         else:
             w = torch.stack(self._philox_words((m + 3) // 4, dev), -1).view(B, -1)[:, :m]
-            u = _uniform_bits(w, dtype, bits=32)
+            u = uniform_bits(w, dtype, bits=32)
         return u.reshape(B, *row)
 
     # -- draws ----------------------------------------------------------------------
