@@ -297,7 +297,8 @@ def generate(
 ) -> Generated:
     """Sample ``len(seeds)`` latents, sample ``k`` with seed ``seeds[k]`` and the prompt or
     label ``values[k mod len(values)]``; guidance ``w`` against :meth:`LatentPipeline.uncond`
-    (``None`` or 1: conditional); then decode. ``kwargs`` go to ``samplerlab.sample``.
+    (``None`` or 1: conditional; ``guidance_interval=`` applies to guided runs only); then
+    decode. ``kwargs`` go to ``samplerlab.sample``.
     Each sample depends only on its seed and condition, not on its batch."""
     from .sample import sample
 
@@ -309,6 +310,7 @@ def generate(
         raise SamplerError("this text-conditional model needs prompts")
     guided = guidance is not None and float(guidance) != 1.0
     uncond = pipe.uncond() if guided else None
+    interval = kwargs.pop("guidance_interval", None)  # only meaningful when guided
     latents, rows, rounds, seconds = [], 0.0, 0, 0.0
     for start in range(0, len(seeds), batch_size):
         batch = seeds[start : start + batch_size]
@@ -318,6 +320,8 @@ def generate(
             kw["cond"] = cond_all[idx.to(cond_all.device)]
             if guided:
                 kw.update(guidance=float(guidance), uncond=uncond)
+                if interval is not None:
+                    kw["guidance_interval"] = interval
         res = sample(
             pipe.denoiser,
             sampler,

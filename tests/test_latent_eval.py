@@ -50,7 +50,16 @@ def test_cli_sample_dit_class_labels_and_bad_input(tmp_path, sd_folder, capsys):
     out = tmp_path / "dit.pt"
     rc = main(["sample", "--pipeline", str(dit), "--class-labels", "0,3", "--sampler", "ddim",
                "--steps", "2", "--guidance", "2", "--out", str(out)])  # fmt: skip
-    assert rc == 0 and torch.load(out, weights_only=True).shape == (2, 3, 8, 8)
+    full = torch.load(out, weights_only=True)
+    assert rc == 0 and full.shape == (2, 3, 8, 8)
+    rc = main(["sample", "--pipeline", str(dit), "--class-labels", "0,3", "--sampler", "ddim",
+               "--steps", "2", "--guidance", "2", "--guidance-interval", "0,5",
+               "--out", str(out)])  # fmt: skip
+    part = torch.load(out, weights_only=True)
+    want = generate(load(dit), "ddim", steps=2, seeds=[0, 1], values=[0, 3], guidance=2.0,
+                    guidance_interval=(0.0, 5.0))  # fmt: skip
+    torch.testing.assert_close(part, want.images, rtol=0, atol=0)
+    assert rc == 0 and float((part - full).abs().max()) > 1e-4  # the first step is unguided
     rc = main(["sample", "--pipeline", str(dit), "--class-labels", "0,9", "--sampler", "ddim",
                "--steps", "2", "--out", str(out)])  # fmt: skip
     assert rc == 2 and "class labels [9] are out of range" in capsys.readouterr().err

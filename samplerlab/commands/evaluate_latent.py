@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from .sample_latent import interval
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -41,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", type=_names, default=[], help="samplers to leave out")
     p.add_argument("--nfe", type=_ints, default=[10], help="NFE budgets (guided evaluations)")
     p.add_argument("--guidance", type=_floats, default=[1.0], help="guidance scales")
+    p.add_argument(
+        "--guidance-interval", type=interval, default=None, metavar="LO,HI",
+        help="guide only for sigma in (LO, HI]",
+    )  # fmt: skip
     p.add_argument("--num-samples", type=int, default=None, help="default: one per condition")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--batch-size", type=int, default=16)
@@ -76,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         exclude=args.exclude,
         nfe=args.nfe,
         guidance=args.guidance,
+        guidance_interval=args.guidance_interval,
         num_samples=args.num_samples,
         seed_offset=args.seed,
         batch_size=args.batch_size,

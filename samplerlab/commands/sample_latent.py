@@ -21,8 +21,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--guidance", type=float, default=None, help="classifier-free guidance scale (1: none)"
     )
+    g.add_argument(
+        "--guidance-interval",
+        type=interval,
+        default=None,
+        metavar="LO,HI",
+        help="guide only for sigma in (LO, HI] (Kynkaanniemi et al. 2024)",
+    )
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+
+
+def interval(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"need LO,HI (two sigmas), got '{text}'") from None
+    return lo, hi
 
 
 def parse_labels(text: str) -> list[int]:
@@ -73,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         dtype=dtype,
         schedule=args.schedule,
+        guidance_interval=args.guidance_interval,
         **dict(args.option),
     )
     if out.suffix == ".pt":

@@ -121,6 +121,7 @@ def evaluate_latent(
     exclude: Sequence[str] = (),
     nfe: Sequence[int] = (10,),
     guidance: Sequence[float] = (1.0,),
+    guidance_interval: tuple[float, float] | None = None,
     num_samples: int | None = None,
     seed_offset: int = 0,
     batch_size: int = 16,
@@ -135,7 +136,8 @@ def evaluate_latent(
 ) -> list[dict[str, Any]]:
     """Rows of ``sampler x budget x guidance`` for ``pipe`` (:func:`samplerlab.latent.load`)
     conditioned on ``values`` (prompts or class labels); ``samplers`` default: every
-    registered one but ``exclude``. ``num_samples`` defaults to ``len(values)``. With
+    registered one but ``exclude``; ``guidance_interval``: guide only for sigma in
+    ``(lo, hi]`` (Kynkäänniemi et al. 2024). ``num_samples`` defaults to ``len(values)``. With
     ``out_dir``: ``rows.jsonl`` (finished rows reused), ``report.json``/``report.md`` and a
     grid of the first ``grid_size`` decoded images per row."""
     from ..latent import generate
@@ -164,6 +166,7 @@ def evaluate_latent(
         "seed_offset": seed_offset,
         "dtype": str(dtype),
         "fid_bootstrap": fid_bootstrap,
+        "guidance_interval": guidance_interval,
     }
     rows, grids = [], {}
     for name in names:
@@ -197,7 +200,8 @@ def evaluate_latent(
                 try:
                     got = generate(
                         pipe, name, steps=job.steps, seeds=seeds, values=values,
-                        guidance=w, batch_size=batch_size, dtype=dtype, **extra,
+                        guidance=w, guidance_interval=guidance_interval,
+                        batch_size=batch_size, dtype=dtype, **extra,
                     )  # fmt: skip
                     row.update(nfe=got.nfe, rounds=got.rounds, seconds=got.seconds)
                     f = feats(got.images.to(pipe.device)).cpu()
