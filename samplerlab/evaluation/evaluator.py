@@ -149,6 +149,8 @@ class Evaluator:
             "bootstrap": [ev.fid_bootstrap, ev.seed_offset],
             "max_rows": ev.max_rows,
         }
+        if ev.get("spread_rows"):  # the parallel samplers' rows equal 1 process's
+            parts["spread_rows"] = True
         if job.guidance is not None:  # the labels, the null label and who scores them
             null = None if self.null_label is None else self.null_label.tolist()
             parts["classes"] = [self.num_classes, null, self.classifier_id]
