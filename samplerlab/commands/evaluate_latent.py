@@ -68,11 +68,11 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..evaluation.latent import evaluate_latent
     from ..latent import load, read_prompts
+    from ..samplers.api import check_device
     from .evaluate import summary
-    from .sample import check_device
     from .sample_latent import parse_labels
 
-    check_device(args.device)
+    check_device(args.device, "--device")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
     values = read_prompts(args.prompts) if args.prompts else parse_labels(args.class_labels)
