@@ -188,7 +188,13 @@ class LatentPipeline:
 
 def _transformers_class(root: Path, part: str, default: str) -> Any:
     """The transformers class that ``model_index.json`` names for ``part`` (default one)."""
-    import transformers
+    try:
+        import transformers
+    except ModuleNotFoundError:
+        raise SamplerError(
+            f"{root}: a text-conditional pipeline needs the transformers package "
+            "(pip install -e '.[latent]')"
+        ) from None
 
     name = default
     index = root / "model_index.json"
@@ -245,11 +251,19 @@ def load(
             f"but the denoiser's latents have {c} channels"
         )
     pipe = LatentPipeline(den, vae, "none", folder=root)
+    if getattr(net.config, "addition_embed_type", None) is not None:
+        raise SamplerError(
+            f"{root / 'unet'}: addition_embed_type "
+            f"{net.config.addition_embed_type!r} (SDXL-style extra conditioning) is not "
+            "supported; SD 1.x/2.x-style and DiT folders are"
+        )
     if "encoder_hidden_states" in den.model_fn.required:
         tok_cls = _transformers_class(root, "tokenizer", "CLIPTokenizer")
         enc_cls = _transformers_class(root, "text_encoder", "CLIPTextModel")
         pipe.tokenizer = _load_part(
-            root, "tokenizer", lambda: tok_cls.from_pretrained(root / "tokenizer")
+            root,
+            "tokenizer",
+            lambda: tok_cls.from_pretrained(root / "tokenizer", local_files_only=True),
         )
         enc = _load_part(
             root,

@@ -3,7 +3,8 @@
 Every registered sampler runs with guidance on both pipelines: a batch of two samples (each
 its own condition and guidance scale) equals each sample run alone (float64, 1e-8). The IIA
 samplers run with their default coefficients (which reproduce the base sampler's steps
-through IIA's code path); one test fits iia_ddim coefficients under guidance first.
+through IIA's code path); one test fits iia_ddim coefficients under guidance on (noise,
+prompt) pairs first.
 """
 
 from __future__ import annotations
@@ -114,14 +115,15 @@ def test_dit_pipeline_labels_null_class_and_errors(dit, sd):
 
 
 def test_fitted_iia_under_guidance_batch_equals_alone(sd):
-    """iia_ddim coefficients fitted on the guided model of one prompt (a one-row cond is
-    every row's) sample a batch of prompts as each alone."""
+    """iia_ddim coefficients fitted under guidance on (noise, prompt) pairs (each fitting
+    sample its own prompt, samplerlab.iia.fit_coefficients(cond=, guidance=, uncond=))
+    sample a batch of prompts as each alone."""
     from samplerlab.iia import fit_coefficients
-    from samplerlab.samplers.conditioning import condition
 
     cond, empty = sd.encode_prompts(PROMPTS[:2]), sd.uncond()
-    guided = condition(sd.denoiser, 1, cond=cond[:1], guidance=3.0, uncond=empty)
-    c = fit_coefficients(guided, "iia_ddim", steps=3, M=2, num_samples=4, shape=(4, 4, 4))
+    fit_cond = sd.encode_prompts([PROMPTS[k % 4] for k in range(4)])
+    c = fit_coefficients(sd.denoiser, "iia_ddim", steps=3, M=2, num_samples=4,
+                         cond=fit_cond, guidance=3.0, uncond=empty)  # fmt: skip
     default = type(c).defaults("iia_ddim", c.sigmas)
     assert float((c.coeffs - default.coeffs).abs().max()) > 1e-6  # really fitted
     kw = {"steps": 3, "dtype": F64, "coeffs": c, "guidance": 3.0, "uncond": empty}

@@ -157,3 +157,24 @@ def test_readme_latent_block_runs_as_written(tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), ns)
     assert ns["images"].shape == (2, 3, 8, 8) and ns["got"].images.shape == (8, 3, 8, 8)
     assert ns["res"].nfe == 20.0  # guided: two rows per evaluation
+
+
+def test_latent_evaluation_fits_iia_per_row_on_noise_condition_pairs(sd_folder):
+    from samplerlab.iia import fit_coefficients
+
+    pipe = load(sd_folder)
+    ref = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    (row,) = evaluate_latent(pipe, PROMPTS[:2], ref, samplers=["iia_ddim"], nfe=[3],
+                             guidance=[3.0], num_samples=3, iia_fit_samples=2)  # fmt: skip
+    assert row["status"] == "ok" and row["coeffs"] == "fit"
+    c = fit_coefficients(pipe.denoiser, "iia_ddim", steps=3, num_samples=2,
+                         cond=pipe.encode_prompts(PROMPTS[:2]), guidance=3.0,
+                         uncond=pipe.uncond())  # fmt: skip
+    imgs = generate(pipe, "iia_ddim", steps=3, seeds=range(3), values=PROMPTS[:2],
+                    guidance=3.0, coeffs=c).images  # fmt: skip
+    feats = RawFeatures((3, 8, 8))
+    want = fid_from_stats(stats_of(feats(ref)), stats_of(feats(imgs)))
+    assert row["fid"] == pytest.approx(want, rel=1e-12)
+    (plain,) = evaluate_latent(pipe, PROMPTS[:2], ref, samplers=["iia_ddim"], nfe=[3],
+                               guidance=[3.0], num_samples=3)  # fmt: skip
+    assert plain["coeffs"] == "default" and plain["fid"] != row["fid"]

@@ -54,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--feature", choices=("raw", "inception"), default="raw")
     p.add_argument("--inception-weights", default=None, help="local InceptionV3 weights file")
+    p.add_argument(
+        "--iia-fit-samples", type=int, default=0,
+        help="fit IIA samplers per row on N (noise, condition) pairs (0: default coefficients)",
+    )  # fmt: skip
     p.add_argument("--fid-bootstrap", type=int, default=0, help="bootstrap resamples of FID")
     p.add_argument("--out-dir", default="latent_eval", help="rows.jsonl, report.md, grids/")
 
@@ -64,11 +68,11 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..evaluation.latent import evaluate_latent
     from ..latent import load, read_prompts
+    from ..samplers.api import check_device
     from .evaluate import summary
-    from .sample import check_device
     from .sample_latent import parse_labels
 
-    check_device(args.device)
+    check_device(args.device, "--device")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
     values = read_prompts(args.prompts) if args.prompts else parse_labels(args.class_labels)
@@ -90,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         feature=args.feature,
         inception_weights=args.inception_weights,
         fid_bootstrap=args.fid_bootstrap,
+        iia_fit_samples=args.iia_fit_samples,
         out_dir=args.out_dir,
     )
     print(f"samplerlab evaluate-latent: report in {args.out_dir}/report.md")

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.report import save_samples_png
     from ..fileio import atomic_write
     from ..latent import generate, load, read_prompts
-    from .sample import check_device
+    from ..samplers.api import check_device
 
     if args.prompts is not None and args.class_labels is not None:
         raise ConfigError("--prompts and --class-labels: give one")
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out: {out} must end in .png (a grid) or .pt (a tensor of images)")
     if args.steps < 1 or args.batch_size < 1:
         raise ConfigError("--steps and --batch-size: must be >= 1")
-    check_device(args.device)
+    check_device(args.device, "--device")
     values = (
         read_prompts(args.prompts)
         if args.prompts is not None

@@ -107,6 +107,26 @@ def latent_features(
     raise ConfigError(f"--feature: '{kind}' is not one of raw, inception")
 
 
+def _fit_iia(
+    pipe: Any,
+    name: str,
+    steps: int,
+    values: Sequence[Any] | Tensor,
+    w: float,
+    interval: tuple[float, float] | None,
+    n: int,
+) -> Any:
+    """IIA coefficients for ``name`` at ``steps`` fitted on ``n`` (noise, condition) pairs
+    of the guided model (``samplerlab.iia.fit_coefficients`` with ``cond``/``guidance``)."""
+    from ..iia import fit_coefficients
+
+    cond = pipe.conditions([values[k % len(values)] for k in range(n)])
+    kw: dict[str, Any] = {"cond": cond}
+    if w != 1:
+        kw.update(guidance=w, uncond=pipe.uncond(), guidance_interval=interval)
+    return fit_coefficients(pipe.denoiser, name, steps=steps, num_samples=n, **kw)
+
+
 def _tag(values: Sequence[Any] | Tensor) -> str:
     text = "\n".join(str(v) for v in (values.tolist() if isinstance(values, Tensor) else values))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -130,6 +150,7 @@ def evaluate_latent(
     inception_weights: str | Path | None = None,
     fid_bootstrap: int = 0,
     coeffs: Mapping[str, Any] | None = None,
+    iia_fit_samples: int = 0,
     out_dir: str | Path | None = None,
     grid_size: int = 16,
     plot: bool = True,
@@ -139,7 +160,10 @@ def evaluate_latent(
     registered one but ``exclude``; ``guidance_interval``: guide only for sigma in
     ``(lo, hi]`` (Kynkäänniemi et al. 2024). ``num_samples`` defaults to ``len(values)``. With
     ``out_dir``: ``rows.jsonl`` (finished rows reused), ``report.json``/``report.md`` and a
-    grid of the first ``grid_size`` decoded images per row."""
+    grid of the first ``grid_size`` decoded images per row. IIA samplers use ``coeffs[name]``
+    if given, else coefficients fitted for each row's steps and guidance on
+    ``iia_fit_samples`` (noise, condition) pairs (conditions cycled as the samples'; fitting
+    noises are disjoint from the samples'), else (0) their defaults."""
     from ..latent import generate
     from .report import save_samples_png, write_report
 
@@ -167,6 +191,7 @@ def evaluate_latent(
         "dtype": str(dtype),
         "fid_bootstrap": fid_bootstrap,
         "guidance_interval": guidance_interval,
+        "iia_fit_samples": iia_fit_samples,
     }
     rows, grids = [], {}
     for name in names:
@@ -197,7 +222,13 @@ def evaluate_latent(
                     "status": "ok",
                 }
                 extra = {"coeffs": coeffs[name]} if coeffs and name in coeffs else {}
+                fit = SAMPLERS[name].needs_coeffs and not extra and iia_fit_samples > 0
+                if SAMPLERS[name].needs_coeffs:
+                    row["coeffs"] = "given" if extra else "fit" if fit else "default"
                 try:
+                    if fit:
+                        extra["coeffs"] = _fit_iia(pipe, name, job.steps, values, w,
+                                                   guidance_interval, iia_fit_samples)  # fmt: skip
                     got = generate(
                         pipe, name, steps=job.steps, seeds=seeds, values=values,
                         guidance=w, guidance_interval=guidance_interval,
