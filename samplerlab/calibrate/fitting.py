@@ -99,11 +99,10 @@ class GridFit:
     def dim(self) -> int:
         return math.prod(self.shape)
 
-    @property
-    def rounds(self) -> int:
-        return self.iterations + 1
-
     def start_round(self, e: int) -> None:
+        if e == 0:  # private copies: spawned DDP ranks get these tensors in shared memory
+            for key in ("theta", "candidate_loss", "trial_loss", "accepted", "best_loss"):
+                setattr(self, key, getattr(self, key).clone())
         P = self.param.size
         width = len(self.candidates) if e == 0 else P * P + P + 1
         self._rows = torch.zeros(self.num_samples, width, dtype=torch.float64)
@@ -186,7 +185,7 @@ class GridFit:
         self.trial_loss[e - 1] = loss
         if bool(loss < self.best_loss):
             # Accept: the trial becomes the current point; trust the model more.
-            self.accepted[e - 1] = True
+            self.accepted[e - 1] = True  # (each rank's own best_loss: see start_round)
             self.best_loss.copy_(loss)
             self.theta.copy_(self._trial)
             self._G, self._g = G, g
@@ -206,8 +205,7 @@ class GridFit:
 
 @dataclass
 class CalibrationPlan:
-    """A checked calibration request: the sampler, its default and starting grids, the
-    parameterisation, the fit object (all fitting samples) and what the result records."""
+    """A checked calibration request: grids, parameterisation, fit object and settings."""
 
     name: str
     spec: SamplerSpec
@@ -390,7 +388,7 @@ def fit_calibration(
     batch_size = plan.settings["batch_size"]
     batches = shard_batches(mine, batch_size, max(1, math.ceil(len(mine) / batch_size)))
     start = time.perf_counter()
-    for e in range(fit.rounds):
+    for e in range(fit.iterations + 1):
         fit.start_round(e)
         for b in batches:
             fit.add_batch(e, torch.tensor(b, dtype=torch.long), device)

@@ -136,7 +136,7 @@ def fit(
     module = CalibrationFitModule(plan.fit, batch_size)
     seconds, world_size = run_stage(
         module,
-        max_epochs=plan.fit.rounds,
+        max_epochs=plan.fit.iterations + 1,
         devices=devices,
         strategy=strategy,
         accelerator=accelerator,
