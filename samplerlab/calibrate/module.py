@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..fitstage import check_int, fit_seeds, library_version, model_fingerprint, sample_shape
+from ..fitstage.conditioning import batch_model, bind_conditioning, fit_metadata
 from ..fitstage.stage import FitStageModule, run_stage
 from ..samplers.api import build_sigmas, model_sigma_range
 from ..samplers.core import SamplerError, describe
@@ -118,23 +119,26 @@ class CalibrationFitModule(FitStageModule):
         prior = describe(self.denoiser).prior_std
         return z * math.sqrt(self.param.sigma_0**2 + prior**2)
 
-    def _teacher(self, x: Tensor) -> Tensor:
+    def _teacher(self, x: Tensor, idx: Tensor) -> Tensor:
         grid = logsnr(self.teacher_steps + 1, self.teacher_sigma_end, self.param.sigma_0)
-        return sample_dpm_solver(self.denoiser, x, grid, orders=[3] * self.teacher_steps + [1])
+        den = batch_model(self.denoiser, idx, x.device)
+        return sample_dpm_solver(den, x, grid, orders=[3] * self.teacher_steps + [1])
 
-    def _run(self, x: Tensor, grids: Tensor) -> Tensor:
-        """Endpoints ``[B, C, d]`` of the sampler from ``x [B, ...]`` on ``grids [N+1, C]``."""
+    def _run(self, x: Tensor, grids: Tensor, idx: Tensor) -> Tensor:
+        """Endpoints ``[B, C, d]`` of the sampler from ``x [B, ...]`` (fitting samples
+        ``idx``: their condition rows, with conditioning) on ``grids [N+1, C]``."""
         B, C = x.shape[0], grids.shape[1]
         rows = x.repeat_interleave(C, dim=0)  # row b * C + c: sample b on grid c
         try:
             # One batched call with one grid per row.
             per_row = grids.repeat(1, B)
-            out = self.spec(self.denoiser, rows, per_row, noise=None, **self.run_options)
+            den = batch_model(self.denoiser, idx.repeat_interleave(C), x.device)
+            out = self.spec(den, rows, per_row, noise=None, **self.run_options)
         except SamplerError:
             # Samplers that take one shared grid: one call per grid.
+            den = batch_model(self.denoiser, idx, x.device)
             parts = [
-                self.spec(self.denoiser, x, grids[:, c], noise=None, **self.run_options)
-                for c in range(C)
+                self.spec(den, x, grids[:, c], noise=None, **self.run_options) for c in range(C)
             ]
             out = torch.stack(parts, dim=1)
         return out.reshape(B, C, -1).to(torch.float64)
@@ -146,10 +150,10 @@ class CalibrationFitModule(FitStageModule):
         with torch.no_grad():
             x = self._initial(idx)
             if self.current_epoch == 0:
-                ref = self._teacher(x)
+                ref = self._teacher(x, batch)
                 for j, k in enumerate(idx):
                     self._reference[k] = ref[j].reshape(-1).to(torch.float64)
-                out = self._run(x, self.candidates.T.contiguous())
+                out = self._run(x, self.candidates.T.contiguous(), batch)
                 rows = (out - ref.reshape(len(idx), 1, -1).double()).pow(2).sum(-1)
             else:
                 ref = torch.stack([self._reference[k] for k in idx])
@@ -158,7 +162,7 @@ class CalibrationFitModule(FitStageModule):
                 thetas = torch.cat(
                     [self._trial[None], self._trial + eps * eye, self._trial - eps * eye]
                 )
-                out = self._run(x, self.param.sigmas(thetas.T))
+                out = self._run(x, self.param.sigmas(thetas.T), batch)
                 # Residual at the trial grid and its Jacobian by central differences.
                 r = out[:, 0] - ref
                 J = (out[:, 1 : P + 1] - out[:, P + 1 :]) / (2 * eps)  # [B, P, d]
@@ -226,6 +230,10 @@ def fit(
     teacher_steps: int = 100,
     teacher_sigma_end: float | None = None,
     candidates: bool = True,
+    cond: Any = None,
+    guidance: Any = None,
+    uncond: Any = None,
+    guidance_interval: tuple[float, float] | None = None,
     devices: int = 1,
     strategy: Any = "auto",
     accelerator: str | None = None,
@@ -245,6 +253,10 @@ def fit(
             down to ``teacher_sigma_end`` (default: the model's sigma_min), then 0.
         candidates: also try the library's other schedules as starting grids.
         shape: one sample's shape (default: the denoiser's ``data_shape``).
+        cond, guidance, uncond, guidance_interval: as for ``samplerlab.iia.fit``: fitting
+            sample ``k`` pairs its noise with condition row ``k`` (first dimension
+            ``num_samples``, or 1 for all), sampler and teacher run the (guided) conditional
+            ODE, so the loss averages over (noise, condition) pairs; the file records them.
         devices, strategy, accelerator: Lightning's; several devices use DDP.
     """
     name = base_sampler(sampler)
@@ -263,6 +275,11 @@ def fit(
         check_int(key, value, lo)
     if batch_size is not None:
         check_int("batch_size", batch_size, 1)
+    # (noise, condition) pairs: fitting sample k takes condition row k.
+    model, guidance_scale = bind_conditioning(
+        denoiser, num_samples, cond=cond, guidance=guidance, uncond=uncond,
+        guidance_interval=guidance_interval,
+    )  # fmt: skip
     grid_steps, planned = spec.plan(steps, options)
     default = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
     if float(default[-1]) != 0.0:
@@ -275,7 +292,7 @@ def fit(
     if not 0 < end < float(default[0]):
         raise ConfigError(f"teacher_sigma_end must be in (0, {float(default[0])}), got {end}")
     module = CalibrationFitModule(
-        denoiser,
+        model,
         spec,
         {**planned, **options},
         param,
@@ -333,4 +350,8 @@ def fit(
         "world_size": world_size,
         "default_sigmas": default.tolist(),
     }
+    if cond is not None:
+        # What the grid was fitted for: guidance, its interval, digests of the rows.
+        metadata["guidance_scale"] = guidance_scale
+        metadata.update(fit_metadata(num_samples, cond, uncond, guidance_interval))
     return Calibration(name, steps, sigmas, options, metadata)

@@ -124,6 +124,8 @@ class Evaluator:
             "bootstrap": [ev.fid_bootstrap, ev.seed_offset],
             "max_rows": ev.max_rows,
         }
+        if ev.get("spread_rows"):  # the parallel samplers' rows equal 1 process's
+            parts["spread_rows"] = True
         if job.coeffs == "fit":
             parts["iia"] = OmegaConf.to_container(ev.iia)
         elif job.coeffs not in (None, "default") and Path(job.coeffs).is_file():

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..samplers import NonFiniteError, get_sampler, sample
+from ..samplers.sharding import PARALLEL_SAMPLERS
 from .dist import Dist, gather_rows
 from .fid import bootstrap_fid_std, fid_from_stats, stats_of
 from .fits import Fitted, cost_fields, cost_note, fit_job
@@ -58,11 +59,27 @@ class JobResult:
     notes: list[str] = field(default_factory=list)
 
 
+def spread_rows(ev: Any, job: Job, d: Dist) -> bool:
+    """Whether ``job``'s network calls are split over the ranks (``eval.spread_rows`` on a
+    world of several processes, for a sampler of
+    :data:`~samplerlab.samplers.sharding.PARALLEL_SAMPLERS`): a parallel round then takes
+    the time of its share of the rows, and the samples are the one-process run's (the
+    same batches, whose host decisions such as SRDS's stop are made over the whole batch)."""
+    if not ev.get("spread_rows", False) or d.world < 2:
+        return False
+    return get_sampler(job.sampler).name in PARALLEL_SAMPLERS
+
+
 def run_job(job: Job, denoiser: Any, ctx: JobContext) -> JobResult:
     """Sample, check and score ``job`` (a collective call: every rank runs it)."""
     ev, d, device = ctx.ev, ctx.dist, ctx.device
     dtype = torch.float64 if ev.dtype == "float64" else torch.float32
-    seeds = list(range(ev.seed_offset, ev.seed_offset + ev.num_samples))[d.rank :: d.world]
+    every = list(range(ev.seed_offset, ev.seed_offset + ev.num_samples))
+    seeds = every[d.rank :: d.world]  # this rank's samples (features, grid)
+    # eval.spread_rows: a parallel sampler's calls are split over the ranks (every rank
+    # draws every batch of the one-process run and keeps its own seeds' samples).
+    spread = spread_rows(ev, job, d)
+    drawn = every if spread else seeds
     k_grid = math.ceil(min(ev.grid_size, ev.num_samples) / d.world)
     k_all = math.ceil(ev.num_samples / d.world)
     lo, hi = (float(v) for v in ctx.real["range"])
@@ -90,8 +107,8 @@ def run_job(job: Job, denoiser: Any, ctx: JobContext) -> JobResult:
             options["coeffs"] = fitted.coeffs
             if not ev.iia.check_model:  # the user's explicit override
                 options["allow_fingerprint_mismatch"] = True
-        for start in range(0, len(seeds), ev.batch_size):
-            batch = seeds[start : start + ev.batch_size]
+        for start in range(0, len(drawn), ev.batch_size):
+            batch = drawn[start : start + ev.batch_size]
             res = sample(
                 denoiser,  # sample()'s counting wrapper refuses an output of another shape
                 job.sampler,
@@ -102,18 +119,21 @@ def run_job(job: Job, denoiser: Any, ctx: JobContext) -> JobResult:
                 schedule_options=None if calibration is not None else job.schedule_options or None,
                 device=device,
                 dtype=dtype,
+                **({"devices": "distributed"} if spread else {}),
                 **options,
             )
             if tuple(res.x.shape) != (len(batch), *ctx.shape):
                 raise RuntimeError(
                     f"samples have shape {tuple(res.x.shape)}, expected {(len(batch), *ctx.shape)}"
                 )
-            rows += res.nfe * len(batch)
+            # This rank's samples: every one, or (spread) those of seeds rank, rank + world, ...
+            mine = res.x[(d.rank - start) % d.world :: d.world] if spread else res.x
+            rows += res.nfe * len(mine)
             rounds = max(rounds, res.rounds)
             seconds += res.seconds
             if sum(g.shape[0] for g in grid) < k_grid:
-                grid.append(res.x[:k_grid].detach())
-            x = res.x.to(device)
+                grid.append(mine[:k_grid].detach())
+            x = mine.to(device)
             reach = (x.double() - center).abs().flatten(1).amax(1)  # per sample
             absmax = torch.maximum(absmax, reach.max())
             beyond += (reach > limit).sum()

@@ -171,6 +171,8 @@ class EvalConfig:
     grid_size: int = 64
     dtype: str = "float32"
     max_rows: int | None = None  # cap rows per network call
+    # DDP: split the parallel samplers' calls over the ranks (their rows equal 1 process's)
+    spread_rows: bool = False
     compile: bool = False  # torch.compile the network call (CUDA graphs: mode reduce-overhead)
     fid_bootstrap: int = 50  # bootstrap resamples of the generated features (FID std); 0: none
     diverge_factor: float = 10.0  # "diverged": samples beyond this x the data's half-range
