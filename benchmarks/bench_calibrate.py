@@ -376,78 +376,20 @@ def choose(panel_json: Path) -> str | None:
     return min(full, key=full.get) if full else None
 
 
-# --digits: trained digits models (FID). Uncalibrated entries and calibrated twins; the IIA
-# twin's coefficients are fitted on the calibrated grid.
-DIGITS_PLAIN = ["dpmpp_2m", "dpm_solver_3", "dpm_solver_2", "iia_ddim", "iia_dpmpp_2m"]
-DIGITS_CALIBRATED = [
-    ("dpmpp_2m+cal", "dpmpp_2m", None),
-    ("dpm_solver_3+cal", "dpm_solver_3", None),
-    ("dpm_solver_2+cal", "dpm_solver_2", None),
-    ("iia_ddim+cal", "ddim", "iia_ddim"),
-    ("iia_dpmpp_2m+cal", "dpmpp_2m", "iia_dpmpp_2m"),
-]
-
-
 def digits(args: argparse.Namespace) -> int:
-    """FID at ``--nfe`` of calibrated vs uncalibrated samplers on the trained digits models
-    (trained into ``--work`` unless there), over ``--sets`` seed sets of 500 samples."""
-    from bench_digits_samplers import MODELS, evaluate, run
+    """``--digits``: FID at ``--nfe`` on the trained digits models, by
+    ``bench_digits_calibrate.py`` (every deterministic contender, calibrated twins and the
+    teacher's FID, per seed set; trains missing models for their fixed epoch count)."""
+    import bench_digits_calibrate
 
-    work = Path(args.work)
-    md = [f"# Calibrated samplers on the trained digits models, FID at {args.nfe} NFE", ""]
-    out_json: dict[str, Any] = {"command": " ".join(sys.argv), "models": {}}
-    for model in args.digits_models.split(","):
-        ckpt = work / model / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
-            run(["train", f"out_dir={work / model}", "eval.enabled=false", *MODELS[model][0]])
-        entries: dict[str, Any] = {name: {} for name in DIGITS_PLAIN}
-        costs: dict[str, float] = {}
-        for label, base, iia_name in DIGITS_CALIBRATED:
-            steps = SAMPLERS[base].steps_for_nfe(args.nfe)
-            cal = work / f"{model}_cal_{base}_{steps}.safetensors"
-            if not cal.is_file():
-                t = time.perf_counter()
-                run(["calibrate", "--ckpt", str(ckpt), "--sampler", base, "--steps", str(steps),
-                     "--samples", str(args.fit_samples), "--iterations", str(args.iterations),
-                     "--no-progress", "--out", str(cal)])  # fmt: skip
-                costs[base] = time.perf_counter() - t
-            entry: dict[str, Any] = {"sampler": iia_name or base, "calibration": str(cal)}
-            if iia_name is not None:
-                coeffs = work / f"{model}_iia_{iia_name}_{steps}_cal.safetensors"
-                if not coeffs.is_file():
-                    from samplerlab.trainer.checkpoints import load_denoiser
-
-                    den = load_denoiser(ckpt)
-                    co = iia.fit(den, iia_name, steps=steps, M=args.M,
-                                 num_samples=args.fit_samples, progress=False,
-                                 calibration=calibrate.load(cal, denoiser=den))  # fmt: skip
-                    iia.save(co, coeffs)
-                entry["coeffs"] = str(coeffs)
-            entries[label] = entry
-        sets = []
-        for s in range(args.sets):
-            rows = evaluate(ckpt, work / f"{model}_cal_{s}", entries, [args.nfe], 1000 * s)
-            sets.append({k[0]: r["fid"] for k, r in rows.items()})
-        out_json["models"][model] = {"sets": sets, "calibration_seconds": costs}
-        ratios = []
-        for fids in sets:
-            plain = min(v for k, v in fids.items() if "+cal" not in k and v is not None)
-            cal_best = min(v for k, v in fids.items() if "+cal" in k and v is not None)
-            ratios.append(cal_best / plain)
-        md += [f"## {model} model", "", "| entry | FID per seed set | mean |", "|---|---|---:|"]
-        for k in sets[0]:
-            vals = [f[k] for f in sets]
-            md.append(
-                f"| {k} | {' / '.join(f'{v:.2f}' for v in vals)} | {sum(vals) / len(vals):.2f} |"
-            )
-        md += ["", f"Best calibrated / best uncalibrated per set: "
-               f"{' / '.join(f'{r:.2f}' for r in ratios)}", ""]  # fmt: skip
-    text = "\n".join(md)
-    print(text)
-    out = Path(args.out) if args.out else RESULTS / "calibrate_digits.md"
-    atomic_write_text(out.with_suffix(".json"), json.dumps(out_json, indent=1))
-    atomic_write_text(out, text + "\n")
-    return 0
+    argv = [
+        "--models", args.digits_models, "--work", args.work, "--nfe", str(args.nfe),
+        "--sets", str(args.sets), "--fit-samples", str(args.fit_samples),
+        "--iterations", str(args.iterations), "--M", str(args.M), "--train",
+    ]  # fmt: skip
+    if args.out:
+        argv += ["--out", str(Path(args.out).with_suffix(""))]
+    return bench_digits_calibrate.main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -464,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=None, help="markdown output (default results/calibrate[_panel].md)"
     )
     p.add_argument("--digits", action="store_true", help="trained digits models, FID")
-    p.add_argument("--digits-models", default="edm", help="edm,vp (with --digits)")
+    p.add_argument("--digits-models", default="edm,vp", help="edm,vp (with --digits)")
     p.add_argument("--work", default="/tmp/sl_digits", help="digits checkpoints and reports")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -592,7 +592,12 @@ def render(state: dict, budgets: list[int], chosen: dict[str, dict]) -> str:
 
 
 def write_report(state: dict, path: Path, budgets: list[int]) -> None:
-    atomic_write_text(path, render(state, budgets, choose_defaults(state["rows"], budgets)))
+    text = render(state, budgets, choose_defaults(state["rows"], budgets))
+    # The trained digits models' section (``bench_panel_digits.py``), when it has been run.
+    digits = path.with_name("panel_digits.md")
+    if digits.is_file():
+        text += "\n" + digits.read_text()
+    atomic_write_text(path, text)
     print(f"wrote {path}")
 
 

@@ -14,7 +14,8 @@ serial rounds at N = 100 and <= 0.25x at N = 1024.
 in ``srds.py`` / ``paradigms.py`` were chosen from its table (the fewest rounds whose
 worst error over the panel stays below 1e-3 at both N).
 
-    PYTHONPATH=$PWD python benchmarks/bench_parallel.py --out benchmarks/results/parallel
+    PYTHONPATH=$PWD python benchmarks/bench_parallel.py --n 32 --n-panel 16 \
+        --out benchmarks/results/parallel        # < 15 min at nice -n 10 on 2 shared cores
     PYTHONPATH=$PWD python benchmarks/bench_parallel.py --sweep --n 32 --seed-sets 1 \
         --out benchmarks/results/parallel_sweep
     PYTHONPATH=$PWD python benchmarks/bench_parallel.py --sweep-tol --models vp-d32-k10 \

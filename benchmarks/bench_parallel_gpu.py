@@ -16,9 +16,12 @@ reported in the table and the run goes on.
     python benchmarks/bench_parallel_gpu.py --gpus 1 2 4 --out bench_gpu.md  # 1 vs several GPUs
 
 ``--gpus K1 K2 ...`` repeats the run with each parallel round's rows split over the first
-``K`` GPUs (``ShardedDenoiser``; ``K = 1``: one GPU, unsharded; on ``--smoke`` the
-"devices" are CPU replicas) and ends with a table of each method's wall-clock per device
-count and its speed-up over one device, measured in the same run.
+``K`` GPUs (``K = 1``: one GPU, unsharded; on ``--smoke`` the "devices" are CPU replicas)
+and ends with a table of each method's wall-clock per device count and its speed-up over
+one device, measured in the same run. Eager runs spread the rows through
+``samplerlab.sample(..., devices=[...])`` (replicas copied per call, before the timed run);
+compiled runs keep one ``ShardedDenoiser`` of replicas compiled once. Seconds are the
+sampler's run (``SampleResult.seconds``, synchronised), the median of ``--reps``.
 
     python benchmarks/bench_parallel_gpu.py --latency --noise --out bench_gpu.md
 
@@ -94,8 +97,33 @@ def build_unet(config: dict[str, Any], device: torch.device, dtype: torch.dtype,
     return UNet2DModel(**config).to(device, dtype).eval()
 
 
-def make_denoiser(unet, dtype: torch.dtype, compiled: bool, shard_devices: list[str] | None):
+class EpsNet(torch.nn.Module):
+    """The UNet as ``eps(x_vp, t)`` (a module, so ``sample(..., devices=)`` copies it with
+    its denoiser)."""
+
+    def __init__(self, net: torch.nn.Module, dtype: torch.dtype, compiled: bool) -> None:
+        super().__init__()
+        self.net, self.dtype, self.compiled = net, dtype, compiled
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        if self.compiled:
+            # Each call is a new step: CUDA-graph outputs of the last one may be reused.
+            torch.compiler.cudagraph_mark_step_begin()
+        # Timesteps stay float32 (bf16 cannot hold 0..999 exactly).
+        return self.net(x.to(self.dtype), t.float()).sample.to(x.dtype)
+
+
+def make_denoiser(
+    unet, dtype: torch.dtype, compiled: bool, shard_devices: list[str] | None
+) -> tuple[Any, list[str] | None]:
+    """The denoiser and the ``devices=`` to sample with.
+
+    Eager: rows over ``shard_devices`` through ``sample(..., devices=)`` (replicas copied
+    per call, before the timed run). Compiled: the replicas are compiled once and kept in a
+    ``ShardedDenoiser`` (a copy per call would recompile and re-record its CUDA graphs).
+    """
     alphas_cumprod = torch.cumprod(1 - betas_for("linear", 1000), 0)
+    size = unet.config.sample_size
 
     if compiled:
         # Every bucket size is its own graph: allow more than the default 8 recompiles.
@@ -105,26 +133,16 @@ def make_denoiser(unet, dtype: torch.dtype, compiled: bool, shard_devices: list[
 
     def wrap(model):
         net = torch.compile(model, mode="reduce-overhead", dynamic=False) if compiled else model
+        return from_eps(EpsNet(net, dtype, compiled), alphas_cumprod, data_shape=(3, size, size))
 
-        def eps_fn(x: Tensor, t: Tensor) -> Tensor:
-            if compiled:
-                # Each call is a new step: CUDA-graph outputs of the last one may be reused.
-                torch.compiler.cudagraph_mark_step_begin()
-            # Timesteps stay float32 (bf16 cannot hold 0..999 exactly).
-            return net(x.to(dtype), t.float()).sample.to(x.dtype)
-
-        size = unet.config.sample_size
-        return from_eps(eps_fn, alphas_cumprod, data_shape=(3, size, size))
-
-    if shard_devices:
-        replicas = [
-            wrap(copy.deepcopy(unet).to(d)) if i else wrap(unet)
-            for i, d in enumerate(shard_devices)
-        ]
-        den = ShardedDenoiser(replicas, shard_devices)
-    else:
-        den = wrap(unet)
-    return den
+    if not shard_devices:
+        return wrap(unet), None
+    if not compiled:
+        return wrap(unet), shard_devices
+    replicas = [
+        wrap(copy.deepcopy(unet).to(d)) if i else wrap(unet) for i, d in enumerate(shard_devices)
+    ]
+    return ShardedDenoiser(replicas, shard_devices), None
 
 
 def sync(device: torch.device) -> None:
@@ -144,7 +162,10 @@ def time_method(
     reps: int,
     warmup: bool,
     shape: tuple[int, ...],
+    devices: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Median wall-clock of the sampler's run (``SampleResult.seconds``: synchronised, after
+    the replicas of ``devices=`` are made) over ``reps`` runs."""
     kw = dict(
         steps=steps,
         shape=(batch, *shape),
@@ -153,15 +174,14 @@ def time_method(
         dtype=torch.float32,
         **opts,
     )
+    if devices:
+        kw["devices"] = devices
     if warmup:
         sl.sample(den, name, **kw)  # compilation, CUDA graph recording, cuDNN autotuning
     times = []
     for _ in range(reps):
-        sync(device)
-        t0 = time.perf_counter()
         res = sl.sample(den, name, **kw)
-        sync(device)
-        times.append(time.perf_counter() - t0)
+        times.append(res.seconds)
     return {"seconds": statistics.median(times), "rounds": res.rounds, "nfe": res.nfe, "x": res.x}
 
 
@@ -255,7 +275,7 @@ def run(args: argparse.Namespace) -> list[str]:
             for mode in args.modes:
                 compiled = mode == "compiled"
                 try:
-                    den = make_denoiser(unet, dtype, compiled, shard)
+                    den, devices = make_denoiser(unet, dtype, compiled, shard)
                     if compiled:
                         den = Bucketed(den, base=batch)
                 except Exception as e:  # reported in the table
@@ -275,6 +295,7 @@ def run(args: argparse.Namespace) -> list[str]:
                             reps=args.reps,
                             warmup=compiled or device.type == "cuda",
                             shape=shape,
+                            devices=devices,
                         )
                     except Exception as e:  # reported in the table
                         traceback.print_exc(file=sys.stderr)
@@ -310,7 +331,7 @@ def run(args: argparse.Namespace) -> list[str]:
                     if "seconds" not in ser:
                         continue
                     try:
-                        den = make_denoiser(unet, dtype, mode == "compiled", shard)
+                        den, _ = make_denoiser(unet, dtype, mode == "compiled", shard)
                         den = Bucketed(den, base=1) if mode == "compiled" else den
                         latency.append(
                             latency_rows(den, mode, steps, shape, device, args.reps, ser)

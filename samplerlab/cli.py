@@ -18,7 +18,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "samplerlab.commands.evaluate",
         "evaluate every sampler x NFE on a checkpoint",
     ),
-    "sample": ("samplerlab.commands.sample", "draw samples from a checkpoint with one sampler"),
+    "evaluate-latent": (
+        "samplerlab.commands.evaluate_latent",
+        "evaluate every sampler x NFE x guidance on a latent diffusers pipeline (prompts/labels)",
+    ),
+    "sample": (
+        "samplerlab.commands.sample",
+        "draw samples from a checkpoint (or a latent pipeline) with one sampler",
+    ),
     "iia-fit": ("samplerlab.commands.iia_fit", "fit IIA coefficients and write a coefficient file"),
     "calibrate": (
         "samplerlab.commands.calibrate",

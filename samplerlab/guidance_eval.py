@@ -20,7 +20,6 @@ features (:func:`samplerlab.evaluation.fid.bootstrap_fid_std`).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .evaluation.fid import bootstrap_fid_std, fid_from_stats, stats_of
+from .evaluation.guidance import balanced_labels, check_guidance, class_accuracy, guided_kwargs
 from .samplers import get_sampler, sample
 
 __all__ = [
@@ -56,46 +56,6 @@ class GuidedJob:
     guidance: float
     options: dict[str, Any] = field(default_factory=dict)
     schedule: str | None = None
-
-
-def balanced_labels(seeds: Sequence[int] | Tensor, num_classes: int) -> Tensor:
-    """The class label of each seeded sample: ``seed mod num_classes`` (``[n]`` long)."""
-    if num_classes < 1:
-        raise ConfigError(f"num_classes: a conditional evaluation needs >= 1, got {num_classes}")
-    s = seeds if isinstance(seeds, Tensor) else torch.as_tensor(list(seeds), dtype=torch.long)
-    return s.long() % int(num_classes)
-
-
-def guided_kwargs(
-    seeds: Sequence[int] | Tensor,
-    num_classes: int,
-    guidance: float | None,
-    null_label: Tensor,
-    interval: tuple[float, float] | None = None,
-) -> dict[str, Any]:
-    """The conditioning arguments of ``samplerlab.sample`` (or of
-    :func:`samplerlab.samplers.conditioning.condition`) for seeded samples of a
-    class-conditional model: balanced labels, guidance ``w`` against ``null_label``
-    (``None``: conditional, no guidance)."""
-    out: dict[str, Any] = {"cond": balanced_labels(seeds, num_classes)}
-    if guidance is not None:
-        out.update(guidance=float(guidance), uncond=null_label)
-        if interval is not None:
-            out["guidance_interval"] = (float(interval[0]), float(interval[1]))
-    return out
-
-
-def check_guidance(guidance: Sequence[float], key: str = "guidance") -> list[float]:
-    """Guidance scales as floats: finite, at least one, no repeats (one clear line)."""
-    try:
-        scales = [float(w) for w in guidance]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: need a list of numbers, got {guidance!r}") from None
-    if not scales or not all(math.isfinite(w) for w in scales):
-        raise ConfigError(f"{key}: need a non-empty list of finite scales, got {list(guidance)}")
-    if len(set(scales)) != len(scales):
-        raise ConfigError(f"{key}: repeated scales in {scales}")
-    return scales
 
 
 def plan_guided_jobs(
@@ -127,15 +87,6 @@ def plan_guided_jobs(
                     GuidedJob(label, name, int(b), steps, w, options, entry.get("schedule"))
                 )
     return jobs
-
-
-@torch.no_grad()
-def class_accuracy(classifier: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
-    """How many of ``x`` (data space, clamped to ``[-1, 1]``) ``classifier`` puts in their
-    ``labels``' class (a 0-dim count, on ``x``'s device: no host sync)."""
-    w = next(classifier.parameters())
-    pred = classifier(x.clamp(-1, 1).to(w.device, w.dtype)).argmax(1)
-    return (pred == labels.to(pred.device)).sum()
 
 
 def digits_reference(

@@ -161,7 +161,9 @@ def test_every_registered_inner_solver_srds_equals_serial(gmm, inner, pipelined)
     sig = ss.get_sigmas("karras", 12, sigma_min=gmm.sigma_min, sigma_max=gmm.sigma_max)
     x = x * float(sig[0])
     ref = serial_blockwise(gmm, x, sig, noise=PerSampleNoise([1, 2, 3]), inner=inner, blocks=3)
-    if not spec.multistep:  # the serial equivalent of a single-step solver is its serial run
+    if not spec.multistep or spec.history_step is not None:
+        # The serial equivalent of a single-step solver, and of a multistep one with a
+        # history step (its history carried across blocks), is its plain serial run.
         serial = spec(gmm, x, sig, noise=PerSampleNoise([1, 2, 3]))
         assert torch.allclose(ref, serial, atol=1e-12, rtol=0)
     out = sample_srds(
@@ -190,6 +192,31 @@ def test_every_registered_inner_solver_paradigms_equals_serial(gmm, inner):
         gmm, x, sig, noise=PerSampleNoise([4, 5, 6]), inner=inner, tol=0.0, window=5
     )
     assert torch.allclose(out, serial, atol=1e-12, rtol=0)
+
+
+def _rel(out, ref):
+    B = out.shape[0]
+    return ((out - ref).reshape(B, -1).norm(dim=1) / ref.reshape(B, -1).norm(dim=1)).max()
+
+
+@pytest.mark.parametrize(
+    "inner", [n for n in _inner_names(True) if ss.get_sampler(n).deterministic()]
+)
+def test_every_deterministic_inner_solver_within_tolerance(gmm, inner):
+    # With tol > 0 both samplers stop early, in fewer rounds than the serial solve, and end
+    # near their serial equivalent (the plain serial run: every solver here has a history
+    # step or none is needed): per-sample relative error <= 4 tol.
+    spec, N = ss.get_sampler(inner), 48
+    g = torch.Generator().manual_seed(11)
+    sig = ss.get_sigmas("karras", N, sigma_min=gmm.sigma_min, sigma_max=gmm.sigma_max)
+    x = torch.randn(8, gmm.dim, dtype=torch.float64, generator=g) * float(sig[0])
+    serial = CountingDenoiser(gmm)
+    ref = spec(serial, x, sig)
+    for sampler, opts in (("srds", {"blocks": 8}), ("paradigms", {"window": 16})):
+        c = CountingDenoiser(gmm)
+        out = ss.get_sampler(sampler)(c, x, sig, inner=inner, tol=1e-4, **opts)
+        assert _rel(out, ref) <= 4e-4, (sampler, float(_rel(out, ref)))
+        assert c.rounds < serial.rounds, (sampler, c.rounds, serial.rounds)
 
 
 def test_first_call_shares_and_serves_known_rows(gmm):

@@ -141,7 +141,8 @@ def test_parallel_only_midpoints_and_counts(gmm):
     a = rp.sample_rmm_parallel(c1, x, sig, noise=PerSampleNoise(range(4)), R=4, K=3)
     b = rp.sample_rmm_parallel(c2, x, sig, noise=PerSampleNoise(range(4)), R=4, K=3, max_rows=5)
     assert torch.equal(a, b)
-    assert c1.rounds == rp.rmm_parallel_rounds(10, 4, 3) == 1 + 3 * 3 + 1 < 2 * 10 - 1
+    # Windows of 4, 4 and 1 steps: 3, 3 and 1 rounds (a 1-step window is exact after 1).
+    assert c1.rounds == rp.rmm_parallel_rounds(10, 4, 3) == 1 + (3 + 3 + 1) + 1 < 2 * 10 - 1
     assert c1.nfe(4) == rp.rmm_parallel_nfe(10, 4, 3)
     assert c2.rows == c1.rows and c2.rounds > c1.rounds  # chunks are sequential calls
     # Grid points are never evaluated: only the start, the midpoints and the last denoise.
@@ -155,6 +156,12 @@ def test_parallel_only_midpoints_and_counts(gmm):
     res = sl.sample(gmm, "rmm_parallel", steps=10, shape=(4, gmm.dim), dtype=torch.float64)
     assert res.rounds == rp.rmm_parallel_rounds(10, dim=gmm.dim)
     assert res.nfe == rp.rmm_parallel_nfe(10, dim=gmm.dim)
+    # Rounds beyond a window's length change nothing (triangular): K = 9 on windows of 4
+    # steps is K = 4, bit for bit, at 4/9 of the rounds of an uncapped run.
+    c3, c4 = CountingDenoiser(gmm), CountingDenoiser(gmm)
+    k9 = rp.sample_rmm_parallel(c3, x, sig, noise=PerSampleNoise(range(4)), R=4, K=9)
+    k4 = rp.sample_rmm_parallel(c4, x, sig, noise=PerSampleNoise(range(4)), R=4, K=4)
+    assert torch.equal(k9, k4) and c3.rounds == c4.rounds == 1 + (4 + 4 + 1) + 1
 
 
 def test_parallel_reaches_sequential_error_in_fewer_rounds():

@@ -247,3 +247,32 @@ def test_default_blocks():
     from samplerlab.samplers.srds import default_blocks
 
     assert [default_blocks(n) for n in (4, 10, 16, 100, 1024, 7)] == DEFAULT_BLOCKS
+
+
+def _history_inners():
+    from samplerlab.samplers.registry import SAMPLERS
+
+    return [n for n, s in SAMPLERS.items() if s.can_be_inner() and s.history_step is not None]
+
+
+@pytest.mark.parametrize("inner", _history_inners())
+def test_multistep_coarse_solve_is_the_serial_run_on_the_coarse_grid(gmm, inner):
+    # G of a multistep solver continues the coarse history (the previous block starts and
+    # their D): the coarse initialisation (max_iters=0) is the solver's serial run on the
+    # B-step coarse grid, exactly, pipelined or not; and pipelining leaves the iterates, hence
+    # the stopped result and iteration counts, unchanged at tol > 0.
+    x, sig = _x(gmm, n=4, seed=3)
+    coarse = _serial(gmm, x, sig[:: N // B], inner)
+    for pipelined in (False, True):
+        out = sample_srds(gmm, x, sig, inner=inner, blocks=B, max_iters=0, pipelined=pipelined)
+        assert torch.allclose(out, coarse, atol=1e-12, rtol=0), pipelined
+    first = sample_srds(gmm, x, sig, inner="ddim", blocks=B, max_iters=0)
+    assert (first - coarse).abs().max() > 1e-6  # not a first-order coarse solve
+    runs = []
+    for pipelined in (False, True):
+        info = {}
+        out = sample_srds(
+            gmm, x, sig, inner=inner, blocks=B, tol=1e-3, pipelined=pipelined, info=info
+        )
+        runs.append((out, info["iterations"]))
+    assert runs[0][1] == runs[1][1] and torch.allclose(runs[0][0], runs[1][0], atol=1e-12, rtol=0)

@@ -71,6 +71,7 @@ class SamplerEvalCallback(Callback):
         call): every bad option, value or coefficient file fails now, before any training."""
         if not self.cfg.eval.enabled or stage in self._checked:
             return
+        use_classes(self.evaluator, pl_module)
         make = getattr(pl_module, "make_denoiser", None)
         denoiser = make(pl_module.net) if make is not None else pl_module.denoiser
         if stage != "fit":  # the weights are the evaluated ones: files must come from them
@@ -89,6 +90,7 @@ class SamplerEvalCallback(Callback):
         if not self.cfg.eval.enabled:
             return
         pl_module.to(device)
+        use_classes(self.evaluator, pl_module)
         model_id = fingerprint(pl_module.denoiser_for())
         self.evaluator.prefit(eval_denoiser(pl_module, self.cfg.eval), device, model_id)
 
@@ -116,6 +118,7 @@ class SamplerEvalCallback(Callback):
         # The weights' fingerprint as iia-fit records it (the float32 EMA network).
         model_id = fingerprint(pl_module.denoiser_for())
         denoiser = eval_denoiser(pl_module, self.cfg.eval)
+        use_classes(self.evaluator, pl_module)
         counters = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         with torch.no_grad():
             report = self.evaluator.evaluate(
@@ -131,6 +134,12 @@ class SamplerEvalCallback(Callback):
             write_report(self.out_dir, report)
             log_wandb(trainer, report, self.evaluator.last_grids, self.out_dir, metrics)
         return report
+
+
+def use_classes(evaluator: Evaluator, pl_module: Any) -> None:
+    """The module's classes and null label for the guided jobs (none: unconditional)."""
+    k = int(getattr(pl_module, "num_classes", 0) or 0)
+    evaluator.use_classes(k, pl_module.null_label if k > 0 else None)
 
 
 def eval_denoiser(pl_module: Any, ev: DictConfig) -> Any:
@@ -158,6 +167,9 @@ def log_wandb(
 
     run = loggers[0].experiment
     cols = ["sampler", "budget", "steps", "nfe", "rounds", "seconds", "fid", "fid_std", "status"]
+    if any("guidance" in r for r in report["results"]):
+        cols[1:1] = ["guidance"]
+        cols[-1:-1] = ["accuracy"]
     table = wandb.Table(columns=cols)
     for r in report["results"]:
         table.add_data(*[r["label"] if c == "sampler" else r.get(c) for c in cols])

@@ -2,22 +2,33 @@
 
 ``--model`` is as for ``samplerlab iia-fit`` (``gmm``, a diffusers folder or a training
 checkpoint). With ``--iia SAMPLER`` IIA coefficients are fitted on the calibrated grid too and
-written beside it (``--iia-out``).
+written beside it (``--iia-out``). A class-conditional model is calibrated on (noise, label)
+pairs with ``--classes`` / ``--labels`` and ``--guidance W`` (as ``samplerlab iia-fit``).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 from ..fitstage import check_minimums, stage_options
-from .iia_fit import load_model
+from ..fitstage.classes import (
+    add_class_arguments,
+    check_class_arguments,
+    class_conditioning,
+    fitted_for,
+    wants_classes,
+)
+from .iia_fit import load_model, load_model_classes
 from .sample import _option
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="gmm", help="gmm | a diffusers folder | a checkpoint file")
+    p.add_argument(
+        "--model", default="gmm", help="gmm | gmm-cond | a diffusers folder | a checkpoint file"
+    )
     p.add_argument("--ckpt", dest="model", help="alias of --model")
     p.add_argument("--sampler", default="dpmpp_2m", help="any deterministic registered sampler")
     p.add_argument("--steps", type=int, default=10, help="sampler steps (as for `sample`)")
@@ -46,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--iia-out", default=None, help="IIA output (default iia_<sampler>_<steps>_cal...)"
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_class_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,8 +88,14 @@ def run(args: argparse.Namespace) -> int:
             ("--M", args.M, 1),
         ]
     )
+    check_class_arguments(args)
     out = Path(args.out or f"calibrate_{args.sampler}_{args.steps}.safetensors")
-    denoiser = load_model(args.model)
+    conditioning: dict[str, Any] = {}
+    if wants_classes(args):
+        denoiser, num_classes, null_label = load_model_classes(args.model)
+        conditioning = class_conditioning(args, args.samples, num_classes, null_label)
+    else:
+        denoiser = load_model(args.model)
 
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -95,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         teacher_steps=args.teacher_steps,
         seed=args.seed,
+        **conditioning,
         **common,
     )
     coeffs = None
@@ -107,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             M=args.M,
             num_samples=args.samples,
             seed=args.seed,
+            **conditioning,
             **common,
         )
     if rank_zero_only.rank == 0:
@@ -116,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             f"wrote {out}: {cal.sampler} on {m['grid_steps']} steps ({m['nfe']:g} NFE), "
             f"{args.samples} fitting samples, RMS to the teacher {m['default_loss'] ** 0.5:.4g} "
             f"(default grid) -> {m['loss'] ** 0.5:.4g}; fitting cost {m['fit_nfe_per_sample']:g} "
-            f"NFE per sample, {m['fit_seconds']:.1f} s"
+            f"NFE per sample, {m['fit_seconds']:.1f} s{fitted_for(m)}"
         )
         if coeffs is not None:
             iia_out = Path(args.iia_out or f"iia_{args.iia}_{args.steps}_calibrated.safetensors")

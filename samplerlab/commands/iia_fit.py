@@ -1,8 +1,12 @@
 """``samplerlab iia-fit``: fit IIA coefficients and write a coefficient file.
 
-``--model gmm`` is the analytic Gaussian mixture (``GaussianMixture.default()``); a folder
+``--model gmm`` is the analytic Gaussian mixture (``GaussianMixture.default()``),
+``gmm-cond`` its class-conditional version (``ClassConditionalMixture.default()``); a folder
 is a local diffusers model (``samplerlab.denoisers.from_diffusers``); a file is a
 ``samplerlab train`` checkpoint, loaded by :data:`CHECKPOINT_LOADER` (its EMA denoiser).
+A class-conditional model is fitted on (noise, label) pairs with ``--classes`` /
+``--labels`` and, with ``--guidance W``, for classifier-free guidance at ``W``
+(:mod:`samplerlab.fitstage.classes`).
 """
 
 from __future__ import annotations
@@ -14,13 +18,24 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..fitstage import check_minimums, stage_options
+from ..fitstage.classes import (
+    add_class_arguments,
+    check_class_arguments,
+    class_conditioning,
+    fitted_for,
+    wants_classes,
+)
 
 # Training checkpoints: "module:function", function(path) -> denoiser.
 CHECKPOINT_LOADER = "samplerlab.trainer.checkpoints:load_denoiser"
+# With class labels: function(path) -> (module with .denoiser, .num_classes, .null_label, cfg).
+CHECKPOINT_MODULE_LOADER = "samplerlab.trainer.checkpoints:load_checkpoint"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="gmm", help="gmm | a diffusers folder | a checkpoint file")
+    p.add_argument(
+        "--model", default="gmm", help="gmm | gmm-cond | a diffusers folder | a checkpoint file"
+    )
     p.add_argument("--ckpt", dest="model", help="alias of --model")
     p.add_argument(
         "--sampler", default="iia_ddim", help="iia_ddim | iia_dpmpp_2m | iia_edm | biia_edm"
@@ -40,29 +55,65 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", default=None, help="output file (default iia_<sampler>_<steps>.safetensors)"
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_class_arguments(p)
+
+
+def _loader(name: str, spec: str) -> Any:
+    module_name, func = name.split(":")
+    try:
+        return getattr(importlib.import_module(module_name), func)
+    except (ImportError, AttributeError):
+        raise ConfigError(
+            f"--model {spec}: loading training checkpoints needs {name} "
+            "(not available in this build); pass a diffusers folder or 'gmm'"
+        ) from None
+
+
+def load_model_classes(spec: str) -> tuple[Any, int | None, int | None]:
+    """The denoiser named by ``--model``, its number of classes and its null label (``None``
+    where the model does not declare them)."""
+    if spec in ("gmm", "gmm-cond"):
+        from ..analytic import ClassConditionalMixture
+
+        if spec == "gmm":
+            raise ConfigError(
+                "--classes/--labels: --model gmm is unconditional; use --model gmm-cond"
+            )
+        m = ClassConditionalMixture.default()
+        return m, int(m.weights.numel()), ClassConditionalMixture.NULL
+    path = Path(spec)
+    if path.is_file():
+        module = _loader(CHECKPOINT_MODULE_LOADER, spec)(path)[0]
+        k = int(getattr(module, "num_classes", 0))
+        if k < 1:
+            raise ConfigError(f"--classes/--labels: --model {spec} is an unconditional model")
+        return module.denoiser, k, int(module.null_label.reshape(-1)[0])
+    denoiser = load_model(spec)
+    from ..samplers.fingerprint import find_module
+
+    config = getattr(find_module(denoiser), "config", None)
+    k = getattr(config, "num_class_embeds", None)
+    return denoiser, (int(k) if k else None), None
 
 
 def load_model(spec: str) -> Any:
-    """The denoiser named by ``--model``: ``gmm``, a diffusers folder or a checkpoint."""
+    """The denoiser named by ``--model``: ``gmm``, ``gmm-cond``, a diffusers folder or a
+    checkpoint."""
     if spec == "gmm":
         from ..analytic import GaussianMixture
 
         return GaussianMixture.default()
+    if spec == "gmm-cond":
+        from ..analytic import ClassConditionalMixture
+
+        return ClassConditionalMixture.default()
     path = Path(spec)
     if path.is_dir():
         from ..denoisers import from_diffusers
 
         return from_diffusers(path)
     if path.is_file():
-        module_name, func = CHECKPOINT_LOADER.split(":")
-        try:
-            loader = getattr(importlib.import_module(module_name), func)
-        except (ImportError, AttributeError):
-            raise ConfigError(
-                f"--model {spec}: loading training checkpoints needs {CHECKPOINT_LOADER} "
-                "(not available in this build); pass a diffusers folder or 'gmm'"
-            ) from None
-        return loader(path)
+        return _loader(CHECKPOINT_LOADER, spec)(path)
     raise ConfigError(f"--model {spec}: no such file or folder; valid: gmm, a folder, a checkpoint")
 
 
@@ -88,8 +139,14 @@ def run(args: argparse.Namespace) -> int:
         if args.accelerator not in ("cpu", "gpu", "cuda"):
             raise ConfigError(f"--accelerator: '{args.accelerator}'; valid: cpu, gpu")
         check_device("cpu" if args.accelerator == "cpu" else "cuda", "--accelerator")
+    check_class_arguments(args)
     out = Path(args.out or f"iia_{args.sampler}_{args.steps}.safetensors")
-    denoiser = load_model(args.model)
+    conditioning: dict[str, Any] = {}
+    if wants_classes(args):
+        denoiser, num_classes, null_label = load_model_classes(args.model)
+        conditioning = class_conditioning(args, args.samples, num_classes, null_label)
+    else:
+        denoiser = load_model(args.model)
 
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -107,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         form=args.form,
         seed=args.seed,
         ridge=args.ridge,
+        **conditioning,
         **stage_options(args),
     )
     if rank_zero_only.rank == 0:
@@ -115,6 +173,6 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"wrote {out}: {args.sampler} on {coeffs.steps} steps ({meta['nfe']} NFE), M={args.M}, "
             f"{args.samples} fitting samples, {int(coeffs.mask.sum())} fitted steps, "
-            f"{meta['fit_seconds']:.1f} s"
+            f"{meta['fit_seconds']:.1f} s{fitted_for(meta)}"
         )
     return 0

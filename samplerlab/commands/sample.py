@@ -1,4 +1,5 @@
-"""``samplerlab sample --ckpt PATH --sampler pmm --steps 25 --n 64 --out grid.png``."""
+"""``samplerlab sample --ckpt PATH --sampler pmm --steps 25 --n 64 --out grid.png``; with
+``--pipeline FOLDER`` (a latent diffusers pipeline) see :mod:`.sample_latent`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
+from . import sample_latent
 from .bench import _value
 
 
@@ -17,15 +19,20 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", required=True, help="a checkpoint written by samplerlab train")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="a checkpoint written by samplerlab train")
+    src.add_argument("--pipeline", help="a local latent diffusers pipeline folder (SD / DiT)")
     p.add_argument("--sampler", required=True, help="a registered sampler (samplerlab samplers)")
     p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--n", type=int, default=64, help="number of samples (seeds seed..seed+n-1)")
+    p.add_argument(
+        "--n", type=int, default=None, help="number of samples (seeds seed..seed+n-1; default 64)"
+    )
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--schedule", default=None, help="sigma schedule (default: the sampler's)")
     p.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="samples.png", help=".png grid (or scatter) or .pt tensor")
+    sample_latent.add_arguments(p)
 
 
 def check_device(spec: str, option: str = "--device") -> None:
@@ -73,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     from ..sample import sample  # loads a coeffs=FILE option
     from ..trainer.checkpoints import load_checkpoint
 
+    if args.pipeline is not None:
+        return sample_latent.run(args)
+    if args.n is None:
+        args.n = 64
     check_args(args)
     module, _ = load_checkpoint(args.ckpt)
     module.to(args.device)

@@ -19,6 +19,7 @@ from ..samplers import NonFiniteError, sample
 from ..samplers.core import append_dims
 from ..samplers.denoisers import _Wrapper
 from .fits import load_coeffs
+from .guidance import guided_kwargs
 from .plan import Job, one_line
 
 # Files an evaluation writes into its out_dir (checked to be writable before any work).
@@ -62,6 +63,14 @@ class ProbeDenoiser(_Wrapper):
         return x * (s2 / (s2 + sig**2))
 
 
+class ConditionalProbe(ProbeDenoiser):
+    """The stand-in of a class-conditional model ``D(x, sigma, cond)`` (guided jobs): the
+    same Gaussian denoiser for every label."""
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
+        return super().__call__(x, sigma)
+
+
 def check_jobs(
     jobs: list[Job],
     denoiser: Any,
@@ -70,6 +79,7 @@ def check_jobs(
     *,
     stage: str = "validate",
     model_id: str | None = None,
+    classes: tuple[int, Tensor | None] = (0, None),
 ) -> None:
     """Run every job once on an analytic stand-in of ``denoiser``; raise one
     :class:`ConfigError` listing every problem (one line each).
@@ -77,9 +87,17 @@ def check_jobs(
     ``ev``: the ``eval`` config. ``stage="fit"``: the model is about to be trained, so a
     coefficient file (bound to the weights it was fitted on) cannot match it.
     ``model_id``: the evaluated weights' fingerprint (coefficient files must match it).
+    ``classes``: a class-conditional model's number of classes and null label (guided
+    jobs sample balanced labels with guidance against it).
     """
     probe = ProbeDenoiser(denoiser)
     problems: list[str] = []
+    if any(j.guidance is not None for j in jobs) and classes[0] < 1:
+        problems.append(
+            "eval.guidance: the evaluated model is unconditional (no class labels); "
+            "guidance needs a class-conditional model"
+        )
+        jobs = [j for j in jobs if j.guidance is None]
     c = ev.iia
     if any(j.coeffs == "fit" for j in jobs):
         for key in ("M", "num_samples"):
@@ -87,7 +105,7 @@ def check_jobs(
                 problems.append(f"eval.iia.{key}: must be >= 1, got {c[key]}")
     for job in jobs:
         try:
-            _dry_run(job, probe, ev, shape, stage, model_id)
+            _dry_run(job, probe, ev, shape, stage, model_id, classes)
         except NonFiniteError:
             pass  # a result (the real model may not diverge), not a configuration error
         except Exception as e:
@@ -110,8 +128,14 @@ def _dry_run(
     shape: tuple[int, ...],
     stage: str,
     model_id: str | None,
+    classes: tuple[int, Tensor | None] = (0, None),
 ) -> None:
     options = dict(job.options)
+    if job.guidance is not None:  # one sample of label 0, guided against the null label
+        probe = ConditionalProbe(probe.inner)
+        options.update(
+            guided_kwargs([0], classes[0], job.guidance, classes[1], job.guidance_interval)
+        )
     if job.coeffs not in (None, "default", "fit"):
         if not Path(job.coeffs).is_file():
             raise ConfigError(f"eval.samplers.{job.label}.coeffs: file {job.coeffs} not found")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,9 @@ from .dist import Dist
 from .features import build_features
 from .fid import fid_from_stats
 from .fits import Fitted, fit_job, quiet_lightning
-from .job import JobContext, run_job
-from .plan import Job, plan_jobs
+from .guidance import accuracy_classifier, guidance_suffix, row_tag
+from .job import JobContext, fit_view, run_job
+from .plan import Job, job_fields, plan_jobs
 from .real import RealData, RealStatistics, dataset_id
 from .report import save_samples_png, write_report
 from .rows import RowStore, row_key
@@ -70,11 +70,36 @@ class Evaluator:
         self.progress = bool(cfg.trainer.get("enable_progress_bar", True))
         self.fitted: dict[str, Fitted] = {}  # by repr(job), for the weights fitted_for
         self.fitted_for: str | None = None
+        # A class-conditional model's classes and null label (guided jobs; use_classes).
+        self.num_classes = 0
+        self.null_label: Tensor | None = None
+        self.classifier: torch.nn.Module | None = None
+        self.classifier_id: str | None = None
+
+    def use_classes(self, num_classes: int, null_label: Tensor | None) -> None:
+        """The evaluated model's classes and "no condition" label, for guided jobs
+        (``eval.guidance``), and the classifier that scores their samples."""
+        same = int(num_classes) == self.num_classes and self.classifier_id is not None
+        self.num_classes, self.null_label = int(num_classes), null_label
+        if not same and any(j.guidance is not None for j in self.jobs) and self.num_classes > 0:
+            self.classifier, self.classifier_id, note = accuracy_classifier(
+                self.ev, self.cfg.data, self.features, self.num_classes
+            )
+            if note:
+                self._note(note)
 
     def check_jobs(self, denoiser: Any, stage: str = "validate") -> None:
         """Dry-run every job on an analytic stand-in of ``denoiser``
         (:func:`.checks.check_jobs`)."""
-        check_jobs(self.jobs, denoiser, self.ev, self.dm.shape, stage=stage, model_id=self.model_id)
+        check_jobs(
+            self.jobs,
+            denoiser,
+            self.ev,
+            self.dm.shape,
+            stage=stage,
+            model_id=self.model_id,
+            classes=(self.num_classes, self.null_label),
+        )
 
     def prefit(self, denoiser: Any, device: torch.device, model_id: str) -> None:
         """Fit now what the jobs need fitted (calibrated grids, IIA coefficients) for the
@@ -88,10 +113,10 @@ class Evaluator:
             for job in self.jobs:
                 if job.calibration is None and job.coeffs != "fit":
                     continue  # nothing to fit (a coefficient file is loaded by its job)
-                if self.job_key(job) in done:
-                    continue
-                self.fitted[repr(job)] = fit_job(
-                    job, denoiser, ev, self.dm.shape, device, model_id=model_id
+                if self.job_key(job) in done or repr(fit_view(job)) in self.fitted:
+                    continue  # read back, or fitted for another guidance scale of the job
+                self.fitted[repr(fit_view(job))] = fit_job(
+                    fit_view(job), denoiser, ev, self.dm.shape, device, model_id=model_id
                 )
 
     def cache_path(self) -> Path:
@@ -111,7 +136,7 @@ class Evaluator:
         """What determines a row's result: the job, the evaluation settings, the model."""
         ev = self.ev
         parts: dict[str, Any] = {
-            "job": asdict(job),
+            "job": job_fields(job),
             "num_samples": ev.num_samples,
             "seed_offset": ev.seed_offset,
             "dtype": ev.dtype,
@@ -124,6 +149,11 @@ class Evaluator:
             "bootstrap": [ev.fid_bootstrap, ev.seed_offset],
             "max_rows": ev.max_rows,
         }
+        if ev.get("spread_rows"):  # the parallel samplers' rows equal 1 process's
+            parts["spread_rows"] = True
+        if job.guidance is not None:  # the labels, the null label and who scores them
+            null = None if self.null_label is None else self.null_label.tolist()
+            parts["classes"] = [self.num_classes, null, self.classifier_id]
         if job.coeffs == "fit":
             parts["iia"] = OmegaConf.to_container(ev.iia)
         elif job.coeffs not in (None, "default") and Path(job.coeffs).is_file():
@@ -161,6 +191,9 @@ class Evaluator:
         shape = tuple(self.dm.shape)
         fitted = self.fitted if model_id == self.fitted_for else {}
         ctx = JobContext(ev, d, self.features, shape, real, device, model_id, fitted)
+        ctx.num_classes, ctx.null_label = self.num_classes, self.null_label
+        if self.classifier is not None:
+            ctx.classifier = self.classifier.to(device)
         store = RowStore(self.out_dir / "rows.jsonl")
         done = d.broadcast(store.load() if d.rank == 0 else None) if ev.resume else {}
         keys = [self.job_key(j) for j in self.jobs]
@@ -181,8 +214,9 @@ class Evaluator:
             dynamic_ncols=True,
         )
         for job, key in zip(self.jobs, keys, strict=True):
-            tag = f"{job.label}_{job.budget}"
-            bar.set_postfix_str(f"{job.label}@{job.budget}")
+            tag = job.tag
+            w = "" if job.guidance is None else f" w={job.guidance:g}"
+            bar.set_postfix_str(f"{job.label}@{job.budget}{w}")
             if key in reused:
                 row = dict(reused[key])
                 row["resumed"] = True
@@ -193,7 +227,7 @@ class Evaluator:
                 row = result.row
                 row["key"] = key
                 if d.rank == 0 and result.grid is not None:
-                    name = f"grids/{job.label}_nfe{job.budget}.png"
+                    name = f"grids/{job.label}_nfe{job.budget}{guidance_suffix(job.guidance)}.png"
                     save_samples_png(self.out_dir / name, result.grid)
                     row["grid"] = name
                     self.last_grids[tag] = result.grid
@@ -207,7 +241,7 @@ class Evaluator:
                 plot = time.monotonic() - last_plot > 20
                 write_report(self.out_dir, self._report(rows, grids, real, meta), plot=plot)
                 last_plot = time.monotonic() if plot else last_plot
-            line = f"samplerlab eval: {job.label} budget {job.budget} ({job.steps} steps): "
+            line = f"samplerlab eval: {job.label}{w} budget {job.budget} ({job.steps} steps): "
             line += _row_summary(row)
             if bar.disable:
                 rank_zero_info(line)
@@ -270,7 +304,7 @@ class Evaluator:
             saved = load_file(str(path))
         except Exception:
             return {}
-        tags = {f"{r['label']}_{r['budget']}" for r in reused.values() if r.get("grid")}
+        tags = {row_tag(r) for r in reused.values() if r.get("grid")}
         return {k: v for k, v in saved.items() if k in tags}
 
 
@@ -281,6 +315,8 @@ def _row_summary(row: dict[str, Any]) -> str:
         what = f"FID {row['fid']:.3f}" + (f" ± {std:.2g}" if std is not None else "")
     else:
         what = row["status"]
+    if row.get("accuracy") is not None:
+        what += f", accuracy {row['accuracy']:.3f}"
     return (
         what
         + f", NFE {row['nfe']:.2f}"

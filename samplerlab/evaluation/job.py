@@ -12,17 +12,19 @@ rank's failure never leaves the others waiting.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..samplers import NonFiniteError, get_sampler, sample
+from ..samplers.sharding import PARALLEL_SAMPLERS
 from .dist import Dist, gather_rows
 from .fid import bootstrap_fid_std, fid_from_stats, stats_of
 from .fits import Fitted, cost_fields, cost_note, fit_job
-from .plan import Job, one_line
+from .guidance import class_accuracy, guided_kwargs, rows_per_evaluation
+from .plan import Job, job_fields, one_line
 
 
 def range_ratio(x_absmax: float, lo: float, hi: float) -> float:
@@ -46,6 +48,17 @@ class JobContext:
     model_id: str | None = None  # the evaluated weights' fingerprint
     # Fitted before the evaluation started (``Evaluator.prefit``), by ``repr(job)``.
     fitted: dict[str, Fitted] = field(default_factory=dict)
+    # A class-conditional model (guided jobs): its classes, its "no condition" label and the
+    # classifier scoring the samples against their labels (None: no accuracy).
+    num_classes: int = 0
+    null_label: Tensor | None = None
+    classifier: nn.Module | None = None
+
+
+def fit_view(job: Job) -> Job:
+    """The job as its fits see it: IIA coefficients and calibrated grids are fitted on the
+    evaluated denoiser without conditioning, once for all guidance scales of a job."""
+    return job if job.guidance is None else replace(job, guidance=None, guidance_interval=None)
 
 
 @dataclass
@@ -58,11 +71,27 @@ class JobResult:
     notes: list[str] = field(default_factory=list)
 
 
+def spread_rows(ev: Any, job: Job, d: Dist) -> bool:
+    """Whether ``job``'s network calls are split over the ranks (``eval.spread_rows`` on a
+    world of several processes, for a sampler of
+    :data:`~samplerlab.samplers.sharding.PARALLEL_SAMPLERS`): a parallel round then takes
+    the time of its share of the rows, and the samples are the one-process run's (the
+    same batches, whose host decisions such as SRDS's stop are made over the whole batch)."""
+    if not ev.get("spread_rows", False) or d.world < 2:
+        return False
+    return get_sampler(job.sampler).name in PARALLEL_SAMPLERS
+
+
 def run_job(job: Job, denoiser: Any, ctx: JobContext) -> JobResult:
     """Sample, check and score ``job`` (a collective call: every rank runs it)."""
     ev, d, device = ctx.ev, ctx.dist, ctx.device
     dtype = torch.float64 if ev.dtype == "float64" else torch.float32
-    seeds = list(range(ev.seed_offset, ev.seed_offset + ev.num_samples))[d.rank :: d.world]
+    every = list(range(ev.seed_offset, ev.seed_offset + ev.num_samples))
+    seeds = every[d.rank :: d.world]  # this rank's samples (features, grid)
+    # eval.spread_rows: a parallel sampler's calls are split over the ranks (every rank
+    # draws every batch of the one-process run and keeps its own seeds' samples).
+    spread = spread_rows(ev, job, d)
+    drawn = every if spread else seeds
     k_grid = math.ceil(min(ev.grid_size, ev.num_samples) / d.world)
     k_all = math.ceil(ev.num_samples / d.world)
     lo, hi = (float(v) for v in ctx.real["range"])
@@ -77,9 +106,15 @@ def run_job(job: Job, denoiser: Any, ctx: JobContext) -> JobResult:
         spec = get_sampler(job.sampler)
         if "max_rows" in spec.option_names() and "max_rows" not in options:
             options["max_rows"] = int(ev.max_rows)
-    fitted = ctx.fitted.get(repr(job)) or fit_job(
-        job, denoiser, ev, ctx.shape, device, model_id=ctx.model_id, dist=d
-    )
+    fjob = fit_view(job)
+    fitted = ctx.fitted.get(repr(fjob))
+    if fitted is None:
+        fitted = fit_job(fjob, denoiser, ev, ctx.shape, device, model_id=ctx.model_id, dist=d)
+        if job.guidance is not None:  # the job's other guidance scales reuse it
+            ctx.fitted[repr(fjob)] = fitted
+    guided = job.guidance is not None
+    classifier = ctx.classifier if guided else None
+    correct = torch.zeros((), dtype=torch.float64, device=device)  # classified as labelled
     calibration = fitted.calibration
     try:
         if calibration is not None:  # the calibrated grid replaces the schedule
@@ -90,8 +125,13 @@ def run_job(job: Job, denoiser: Any, ctx: JobContext) -> JobResult:
             options["coeffs"] = fitted.coeffs
             if not ev.iia.check_model:  # the user's explicit override
                 options["allow_fingerprint_mismatch"] = True
-        for start in range(0, len(seeds), ev.batch_size):
-            batch = seeds[start : start + ev.batch_size]
+        for start in range(0, len(drawn), ev.batch_size):
+            batch = drawn[start : start + ev.batch_size]
+            kw = {}
+            if guided:  # balanced labels by seed, guided against the null label
+                kw = guided_kwargs(
+                    batch, ctx.num_classes, job.guidance, ctx.null_label, job.guidance_interval
+                )
             res = sample(
                 denoiser,  # sample()'s counting wrapper refuses an output of another shape
                 job.sampler,
@@ -102,22 +142,29 @@ def run_job(job: Job, denoiser: Any, ctx: JobContext) -> JobResult:
                 schedule_options=None if calibration is not None else job.schedule_options or None,
                 device=device,
                 dtype=dtype,
+                **kw,
+                **({"devices": "distributed"} if spread else {}),
                 **options,
             )
             if tuple(res.x.shape) != (len(batch), *ctx.shape):
                 raise RuntimeError(
                     f"samples have shape {tuple(res.x.shape)}, expected {(len(batch), *ctx.shape)}"
                 )
-            rows += res.nfe * len(batch)
+            # This rank's samples: every one, or (spread) those of seeds rank, rank + world, ...
+            mine = res.x[(d.rank - start) % d.world :: d.world] if spread else res.x
+            rows += res.nfe * len(mine)
             rounds = max(rounds, res.rounds)
             seconds += res.seconds
             if sum(g.shape[0] for g in grid) < k_grid:
-                grid.append(res.x[:k_grid].detach())
-            x = res.x.to(device)
+                grid.append(mine[:k_grid].detach())
+            x = mine.to(device)
             reach = (x.double() - center).abs().flatten(1).amax(1)  # per sample
             absmax = torch.maximum(absmax, reach.max())
             beyond += (reach > limit).sum()
             feats.append(ctx.features(x).double())
+            if classifier is not None:  # the labels of this rank's samples
+                labels = kw["cond"][(d.rank - start) % d.world :: d.world] if spread else kw["cond"]
+                correct += class_accuracy(classifier, x, labels).to(correct.device)
     except Exception as e:  # of any type: this job's error row, the others go on
         exc = e
         error = one_line(e)
@@ -129,11 +176,12 @@ def run_job(job: Job, denoiser: Any, ctx: JobContext) -> JobResult:
     seconds_all = float(d.max(torch.tensor(seconds, dtype=torch.float64, device=device)))
     nfe = float(stats[0] / max(float(stats[1]), 1.0))
     row: dict[str, Any] = {
-        **{k: v for k, v in asdict(job).items() if k not in ("options", "schedule_options")},
+        **{k: v for k, v in job_fields(job).items() if k not in ("options", "schedule_options")},
         "options": {k: v for k, v in job.options.items()},
         "schedule_options": dict(job.schedule_options),
         "nfe": nfe,
-        "over_budget": bool(nfe > job.budget + 1e-9),
+        # A guided evaluation costs both rows: the budget counts guided evaluations.
+        "over_budget": bool(nfe > job.budget * rows_per_evaluation(job.guidance) + 1e-9),
         "rounds": rounds_all,
         "seconds": seconds_all,
         "fid": None,
@@ -141,6 +189,8 @@ def run_job(job: Job, denoiser: Any, ctx: JobContext) -> JobResult:
         "range_ratio": None,
         "status": "ok",
     }
+    if guided:
+        row["accuracy"] = None
     out = JobResult(row)
     if calibration is not None:
         row.update(cost_fields(calibration))
@@ -149,6 +199,8 @@ def run_job(job: Job, denoiser: Any, ctx: JobContext) -> JobResult:
         row["status"] = "non-finite" if failed == 1 else "error"
         row["error"] = error or "on another rank"
         return out
+    if classifier is not None:  # labels depend only on seeds: the shards' counts add up
+        row["accuracy"] = float(d.sum(correct)) / max(float(stats[1]), 1.0)
     ratio = range_ratio(float(d.max(absmax)), lo, hi)
     row["range_ratio"] = ratio
     # Diverged: more than eval.diverge_fraction of the samples reach past the limit (one

@@ -11,7 +11,7 @@ Explicit ``steps`` instead of budgets give each job the budget of its own NFE.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import ConfigError
 from ..samplers import SAMPLERS, get_sampler
 from ..samplers.registry import SamplerSpec
+from .guidance import guidance_suffix
 
 
 def one_line(e: BaseException) -> str:
@@ -40,6 +41,22 @@ class Job:
     options: dict[str, Any] = field(default_factory=dict)
     coeffs: str | None = None  # IIA: fit | default | a path
     calibration: str | None = None  # calibrated grid: fit | a path (samplerlab.calibrate)
+    guidance: float | None = None  # classifier-free guidance scale (None: unguided)
+    guidance_interval: tuple[float, float] | None = None  # guide only for sigma in (lo, hi]
+
+    @property
+    def tag(self) -> str:
+        """The row's metric / grid key: ``ddim_10``, ``ddim_10_w2`` for a guided job."""
+        return f"{self.label}_{self.budget}{guidance_suffix(self.guidance)}"
+
+
+def job_fields(job: Job) -> dict[str, Any]:
+    """The job as a dict; an unguided job without the guidance fields (its rows and row
+    keys are those of an evaluation without guidance)."""
+    out = asdict(job)
+    if job.guidance is None:
+        del out["guidance"], out["guidance_interval"]
+    return out
 
 
 def steps_for_budget(
@@ -102,7 +119,18 @@ def plan_jobs(ev: DictConfig) -> list[Job]:
             )
         except Exception as err:  # an option the NFE rule reads has a bad value
             raise ConfigError(f"eval.samplers.{label}: {one_line(err)}") from None
-    return calibrated_jobs(ev, jobs)  # "+cal" twins (eval.calibrate)
+    return guided_jobs(ev, calibrated_jobs(ev, jobs))  # "+cal" twins, then guidance scales
+
+
+def guided_jobs(ev: Any, jobs: list[Job]) -> list[Job]:
+    """Each job once per guidance scale of ``eval.guidance`` (scale-major within a job's
+    sampler and budget); ``jobs`` unchanged when it is empty."""
+    scales = [float(w) for w in ev.get("guidance") or []]
+    if not scales:
+        return jobs
+    iv = ev.get("guidance_interval")
+    interval = (float(iv[0]), float(iv[1])) if iv is not None else None
+    return [replace(j, guidance=w, guidance_interval=interval) for j in jobs for w in scales]
 
 
 def calibrated_jobs(ev: Any, jobs: list[Job]) -> list[Job]:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ..fileio import atomic_write, atomic_write_text
+from .guidance import row_series, row_tag
 
 
 def grid_image(x: Tensor, nrow: int | None = None) -> Tensor:
@@ -62,7 +63,7 @@ def plot_fid_vs_nfe(path: str | Path, rows: Sequence[dict[str, Any]], floor: flo
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    labels = sorted({r["label"] for r in rows})
+    labels = sorted({row_series(r) for r in rows})
     # Every registered sampler is plotted: 20 colours, and a marker and line style per
     # cycle of them, so that no two curves look alike.
     colors = plt.get_cmap("tab20").colors
@@ -72,7 +73,7 @@ def plot_fid_vs_nfe(path: str | Path, rows: Sequence[dict[str, Any]], floor: flo
         pts = sorted(
             (r["nfe"], r["fid"], r.get("fid_std") or 0.0, bool(r.get("over_budget")))
             for r in rows
-            if r["label"] == label and r["status"] == "ok" and r["fid"] is not None
+            if row_series(r) == label and r["status"] == "ok" and r["fid"] is not None
         )
         if not pts:
             continue
@@ -147,10 +148,10 @@ def pick_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
         close = sorted(
             (r for r in cands if r is not best and within_noise(best, r)), key=lambda r: r["fid"]
         )
-        line = f"- **Pick at {budget} NFE:** `{best['label']}` (FID {_fid_text(best)})"
+        line = f"- **Pick at {budget} NFE:** `{row_series(best)}` (FID {_fid_text(best)})"
         if close:
             line += "; within its noise: " + ", ".join(
-                f"`{r['label']}` ({_fid_text(r)})" for r in close
+                f"`{row_series(r)}` ({_fid_text(r)})" for r in close
             )
         else:
             line += "; no other sampler within its noise"
@@ -159,6 +160,9 @@ def pick_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    guided = any("guidance" in r for r in rows)
+    if guided:  # guidance and accuracy columns after the sampler's and the FID
+        return _guided_table(rows)
     head = "| sampler | NFE budget | steps | NFE | rounds | seconds | FID | status |\n"
     head += "|---|---:|---:|---:|---:|---:|---:|---|\n"
     lines = []
@@ -170,6 +174,24 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['label']} | {r['budget']} | {r['steps']} | {nfe} | {r['rounds']} "
             f"| {r['seconds']:.2f} | {_fid_text(r)} | {status} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def _guided_table(rows: Sequence[dict[str, Any]]) -> str:
+    head = "| sampler | guidance | NFE budget | steps | NFE | rounds | seconds | FID | accuracy "
+    head += "| status |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+    lines = []
+    for r in rows:
+        status = r["status"]
+        if status != "ok":
+            status += f": {str(r.get('error', '')).replace('|', '/')}"
+        nfe = f"{r['nfe']:.2f}" + (" (over budget)" if r.get("over_budget") else "")
+        w = "—" if r.get("guidance") is None else f"{r['guidance']:g}"
+        acc = "—" if r.get("accuracy") is None else f"{r['accuracy']:.3f}"
+        lines.append(
+            f"| {r['label']} | {w} | {r['budget']} | {r['steps']} | {nfe} | {r['rounds']} "
+            f"| {r['seconds']:.2f} | {_fid_text(r)} | {acc} | {status} |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -211,6 +233,13 @@ def write_report(out_dir: str | Path, report: dict[str, Any], plot: bool = True)
         f"{report.get('diverge_fraction', 0.01):.0%} of the samples reach more than "
         f"{report.get('diverge_factor', 10):g} x the data's half-range from its midpoint.\n"
     )
+    if any("guidance" in r for r in rows):
+        md.append(
+            "Guided rows: classifier-free guidance at scale `w` on balanced labels (sample k's "
+            "label: its seed mod the number of classes); the budget counts guided "
+            "evaluations, the NFE both network rows of each (conditional and unconditional; "
+            "one at w = 1); accuracy: the dataset classifier's agreement with the labels.\n"
+        )
     if floor is not None:
         md.append(
             f"Data-vs-data FID floor (two halves of the real set, {report['floor_n']} each): "
@@ -229,7 +258,9 @@ def write_report(out_dir: str | Path, report: dict[str, Any], plot: bool = True)
 def flat_metrics(report: dict[str, Any], prefix: str) -> dict[str, float]:
     out = {}
     for r in report["results"]:
-        tag = f"{r['label']}_{r['budget']}"
+        tag = row_tag(r)
+        if r.get("accuracy") is not None:
+            out[f"{prefix}/accuracy/{tag}"] = r["accuracy"]
         if r["fid"] is not None:
             out[f"{prefix}/fid/{tag}"] = r["fid"]
         if r.get("fid_std") is not None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,12 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..fitstage import check_fit_inputs, check_int, device_of, fit_seeds, sample_shape
+from ..fitstage.conditioning import (
+    bind_conditioning,
+    fit_metadata,
+    probe_model,
+    warn_if_other_guidance,
+)
 from ..samplers.api import MAX_GRID_STEPS, build_sigmas
 from ..samplers.core import SamplerError, check_grid
 from ..samplers.iia import (
@@ -35,12 +42,15 @@ from .files import fingerprint
 
 @dataclass
 class FitPlan:
-    """A checked fit request: the grid, one sample's shape and the settings."""
+    """A checked fit request: the grid, one sample's shape, the settings, the denoiser the
+    fit runs (conditioning bound to the fitting samples) and what it records of that."""
 
     spec: SamplerSpec
     sigmas: Tensor
     shape: tuple[int, ...]
     settings: dict[str, Any]
+    model: Any = None
+    fitted_for: dict[str, Any] = field(default_factory=dict)
 
 
 def plan_fit(
@@ -65,6 +75,10 @@ def plan_fit(
     warm_start: bool = True,
     guidance_scale: float | None = None,
     devices: int = 1,
+    cond: Any = None,
+    guidance: Any = None,
+    uncond: Any = None,
+    guidance_interval: tuple[float, float] | None = None,
 ) -> FitPlan:
     """Check a fit request (one line for the first bad input) and build its grid."""
     iia_form = get_form(sampler)
@@ -86,15 +100,28 @@ def plan_fit(
         )
     if not ridge >= 0:
         raise ConfigError(f"ridge must be >= 0, got {ridge!r}")
+    # (noise, condition) pairs: fitting sample k takes condition row k.
+    model, guidance_scale = bind_conditioning(
+        denoiser, num_samples, cond=cond, guidance=guidance, uncond=uncond,
+        guidance_interval=guidance_interval, guidance_scale=guidance_scale, form=form,
+    )  # fmt: skip
     spec = get_sampler(sampler)
     if calibration is not None:
         # A calibrated grid of the base sampler (samplerlab.calibrate), checked for sampler,
         # steps and model.
-        from ..calibrate.files import resolve
+        from ..calibrate.files import load, resolve
 
         if sigmas is not None or schedule is not None or steps is None:
             raise ConfigError("calibration= needs steps= and no sigmas= or schedule=")
+        what = "calibration"
+        if isinstance(calibration, (str, Path)):
+            what, calibration = f"calibration {calibration}", load(calibration, denoiser=denoiser)
         sigmas = resolve(calibration, sampler, steps, None, denoiser)
+        # A grid calibrated for another guidance than this fit's: say so.
+        warn_if_other_guidance(
+            getattr(calibration, "metadata", {}), what, denoiser=denoiser, cond=cond,
+            guidance=guidance, guidance_interval=guidance_interval, stacklevel=4,
+        )  # fmt: skip
     if sigmas is None:
         if steps is None:
             raise ConfigError("give steps or sigmas")
@@ -109,14 +136,16 @@ def plan_fit(
             f"{sampler} on a grid of {host.shape[0] - 1} steps has no step to fit "
             "(EDM forms fit steps 1..N-2); use more steps"
         )
-    shape = check_fit_inputs(denoiser, sample_shape(denoiser, shape), dtype, float(host[0]))
+    shape = sample_shape(denoiser, shape)
+    shape = check_fit_inputs(probe_model(model), shape, dtype, float(host[0]))
     settings = {
         "M": M, "num_samples": num_samples, "batch_size": batch_size or num_samples, "r": r,
         "seed": seed, "ridge": ridge, "form": form, "spacing": spacing, "dtype": dtype,
         "warm_start": warm_start, "guidance_scale": guidance_scale,
         "calibrated": calibration is not None,
     }  # fmt: skip
-    return FitPlan(spec, host, shape, settings)
+    fitted_for = fit_metadata(num_samples, cond, uncond, guidance_interval)
+    return FitPlan(spec, host, shape, settings, model, fitted_for)
 
 
 def greedy_fit(denoiser: Any, sampler: str, plan: FitPlan) -> GreedyFit:
@@ -125,7 +154,7 @@ def greedy_fit(denoiser: Any, sampler: str, plan: FitPlan) -> GreedyFit:
     if plan.sigmas.ndim != 1:
         raise SamplerError("IIA fits need one grid shared by all samples ([N+1] sigmas)")
     return GreedyFit(
-        denoiser,
+        denoiser if plan.model is None else plan.model,
         sampler,
         plan.sigmas,
         fit_seeds(s["seed"], range(s["num_samples"])),
@@ -173,6 +202,8 @@ def finish_fit(
         "world_size": world_size,
         "local_error": fit.local_error.detach().cpu().tolist(),
         "calibrated": s["calibrated"],
+        # With cond=: the guidance interval and the digests of the condition rows.
+        **plan.fitted_for,
     }
     # What this fit produced: loading checks it (a file edited after the fit is refused).
     metadata["coeffs_digest"] = coefficients_digest(fit.coefficients, fit.fitted, plan.sigmas)
@@ -192,7 +223,8 @@ def fit_coefficients(
 
     Takes the keyword arguments of :func:`samplerlab.iia.fit` (``steps``, ``sigmas``,
     ``calibration``, ``M``, ``num_samples``, ``batch_size``, ``r``, ``seed``, ``ridge``,
-    ``form``, ``spacing``, ``shape``, ``dtype``, ``warm_start``, ``guidance_scale``;
+    ``form``, ``spacing``, ``shape``, ``dtype``, ``warm_start``, ``guidance_scale``,
+    ``cond``, ``guidance``, ``uncond``, ``guidance_interval``;
     ``devices``, ``strategy``, ``accelerator``, ``progress`` and ``trainer_kwargs`` are
     Lightning's and are ignored) and:
 

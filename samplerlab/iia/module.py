@@ -72,6 +72,10 @@ def fit(
     dtype: torch.dtype = torch.float64,
     warm_start: bool = True,
     guidance_scale: float | None = None,
+    cond: Any = None,
+    guidance: Any = None,
+    uncond: Any = None,
+    guidance_interval: tuple[float, float] | None = None,
     devices: int = 1,
     strategy: Any = "auto",
     accelerator: str | None = None,
@@ -94,6 +98,15 @@ def fit(
             data prediction (second order) instead of a first-order start (except on the
             step to sigma = 0, whose coarse step is first order; see ``fine_reference``).
         shape: one sample's shape (default: the denoiser's ``data_shape``).
+        cond: per-sample conditioning of a conditional ``D(x, sigma, cond)`` (a tensor or a
+            dict of tensors, first dimension ``num_samples``, or 1 for all): fitting sample
+            ``k`` pairs its noise with row ``k``, so the fit averages over (noise,
+            condition) pairs (Zhang et al. 2024, Sec. 5.2, text-to-image) and each DDP
+            shard carries its own rows. ``guidance`` (one number) with ``uncond`` fits the
+            classifier-free-guided sampler at that scale, only on ``guidance_interval`` if
+            given (as ``samplerlab.sample``); the file records them and a digest of the rows.
+        guidance_scale: only for a denoiser that is already a guided wrapper (no ``cond``):
+            the scale to record; with ``cond`` pass ``guidance`` (equal if both are given).
         devices, strategy, accelerator: Lightning's; several devices use DDP
             (``ddp_spawn`` by default, ``ddp`` for scripts/CLI and cluster launchers).
 
@@ -104,7 +117,8 @@ def fit(
         sigmas=sigmas, calibration=calibration, M=M, num_samples=num_samples,
         batch_size=batch_size, r=r, seed=seed, ridge=ridge, form=form, spacing=spacing,
         shape=shape, dtype=dtype, warm_start=warm_start, guidance_scale=guidance_scale,
-        devices=devices,
+        devices=devices, cond=cond, guidance=guidance, uncond=uncond,
+        guidance_interval=guidance_interval,
     )  # fmt: skip
     module = IIAFitModule(greedy_fit(denoiser, sampler, plan), num_samples, batch_size)
     seconds, world_size = run_stage(

@@ -21,6 +21,7 @@ from .denoisers import CountingDenoiser, FiniteCheckDenoiser, NonFiniteError
 from .noise import PerSampleNoise
 from .registry import SamplerSpec, get_sampler, resolve
 from .schedules import get_sigmas
+from .sharding import ProcessGroupRows, spread_rows
 
 
 @dataclass
@@ -130,6 +131,42 @@ def check_device(device: torch.device | str, key: str = "device") -> torch.devic
     return dev
 
 
+def check_devices(devices: Any) -> list[torch.device] | ProcessGroupRows:
+    """``devices=`` of :func:`sample`: a list of devices, ``n`` (the first ``n`` CUDA
+    devices), ``"distributed"`` or a ``torch.distributed`` process group (one line naming
+    the key if not)."""
+    import torch.distributed as dist
+
+    group_type = getattr(dist, "ProcessGroup", None) if dist.is_available() else None
+    if isinstance(devices, str) and devices != "distributed":
+        devices = [devices]  # one device, e.g. "cuda:1"
+    if devices == "distributed" or (group_type is not None and isinstance(devices, group_type)):
+        if not (dist.is_available() and dist.is_initialized()):
+            raise SamplerError(
+                "devices='distributed' needs torch.distributed initialised "
+                "(torch.distributed.init_process_group, or a DDP world)"
+            )
+        return ProcessGroupRows(None if isinstance(devices, str) else devices)
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        if devices < 1:
+            raise SamplerError(f"devices={devices}: need at least one device")
+        if not torch.cuda.is_available():
+            raise SamplerError(f"devices={devices}: CUDA is not available on this machine")
+        if devices > torch.cuda.device_count():
+            raise SamplerError(
+                f"devices={devices}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+        return [torch.device("cuda", i) for i in range(devices)]
+    if isinstance(devices, (torch.device, bytes)) or not isinstance(devices, Sequence):
+        raise SamplerError(
+            "devices must be a list of devices (e.g. ['cuda:0', 'cuda:1']), a number of "
+            f"CUDA devices or 'distributed', got {devices!r}"
+        )
+    if len(devices) == 0:
+        raise SamplerError("devices must not be empty")
+    return [check_device(d, "devices") for d in devices]
+
+
 def sample(
     denoiser: Denoiser,
     name: str,
@@ -150,6 +187,7 @@ def sample(
     guidance: float | Tensor | None = None,
     uncond: Cond | None = None,
     guidance_interval: tuple[float, float] | None = None,
+    devices: Sequence[torch.device | str] | int | str | Any = None,
     **options: Any,
 ) -> SampleResult:
     """Draw ``shape[0]`` samples with the registered sampler ``name`` (or an alias such as
@@ -171,6 +209,17 @@ def sample(
     with ``uncond`` (the "no condition" value, one row or ``n``) applies classifier-free
     guidance, only for sigma in ``guidance_interval = (lo, hi]`` if given (see
     :mod:`samplerlab.samplers.conditioning`); ``nfe`` counts both guided rows.
+
+    ``devices`` spreads the rows of each network call (a parallel sampler's whole round)
+    over several devices; the samples are those of one device. A list (``["cuda:0",
+    "cuda:1"]``; ``["cpu", "cpu"]`` works) or ``n`` (the first ``n`` CUDA devices) runs a
+    :class:`~.sharding.ShardedDenoiser` over replicas of ``denoiser``
+    (:func:`~.sharding.replicate`: the denoiser itself on its network's device, deep copies
+    made for this call elsewhere; to keep replicas across calls, pass your own
+    ``ShardedDenoiser`` as the denoiser); ``device`` defaults to the first of them.
+    ``"distributed"`` (or a ``torch.distributed`` process group) runs a
+    :class:`~.sharding.DistributedDenoiser`: every process calls ``sample`` with the same
+    arguments and each network call computes its share of the rows on this process.
     """
     if not callable(denoiser):
         raise SamplerError(f"the denoiser must be a callable D(x, sigma), got {type(denoiser)}")
@@ -194,6 +243,7 @@ def sample(
     )  # fmt: skip
     spec.check_options(options)
     seeds = _check_seeds(seeds, n)
+    spread = None if devices is None else check_devices(devices)
     if noise is not None and (not isinstance(noise, Tensor) or tuple(noise.shape) != shape):
         got = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
         raise SamplerError(f"noise must be a tensor of shape {shape}, got {got}")
@@ -201,6 +251,8 @@ def sample(
         raise SamplerError(
             f"dtype must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}"
         )
+    if device is None and isinstance(spread, list):
+        device = noise.device if noise is not None else spread[0]
     if device is None:
         device = noise.device if noise is not None else "cpu"
     device = check_device(device)
@@ -250,18 +302,30 @@ def sample(
         x = z * append_dims(scale, z.ndim)
         return spec(den, x, sigmas, noise=source, **run_options)
 
-    counter = CountingDenoiser(model)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    x = run(counter)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    if not bool(torch.isfinite(x).all()):
-        # Re-run with a checking wrapper (same seeds, same result) to name the round.
-        run(FiniteCheckDenoiser(model, label=f"sampler '{name}'"))
-        raise NonFiniteError(f"sampler '{name}': the final samples are not finite")
+    release = None
+    if spread is not None:
+        # Each call's rows over the devices / processes, conditioning bound on top.
+        spread_den, release = spread_rows(denoiser, spread)
+        model = condition(
+            spread_den, n, cond=cond, guidance=guidance, uncond=uncond,
+            guidance_interval=guidance_interval,
+        )  # fmt: skip
+    try:
+        counter = CountingDenoiser(model)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        x = run(counter)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        if not bool(torch.isfinite(x).all()):
+            # Re-run with a checking wrapper (same seeds, same result) to name the round.
+            run(FiniteCheckDenoiser(model, label=f"sampler '{name}'"))
+            raise NonFiniteError(f"sampler '{name}': the final samples are not finite")
+    finally:
+        if release is not None:
+            release()
     return SampleResult(
         x=x,
         nfe=counter.nfe(n),

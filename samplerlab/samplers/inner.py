@@ -22,21 +22,22 @@ DEFAULT_INNER = "ddim"  # the inner solver of SRDS and ParaDiGMS when ``inner`` 
 
 # A multistep solver's step with its history given explicitly (the step convention of
 # samplerlab.samplers.spec): ``step(x, sigma, sigma_next, denoised, history) -> x_next``
-# with ``denoised = D(x, sigma)`` and ``history`` the ``(D, sigma)`` pairs of the previous
-# states, most recent first (fewer than the solver uses: its lower-order start).
-History = Sequence[tuple[Tensor, Tensor]]
+# with ``denoised = D(x, sigma)`` and ``history`` the ``(x, D, sigma)`` triples of the
+# previous states, most recent first; the step's order is set by how many it is given
+# (:meth:`Inner.history_len`: fewer at the solver's lower-order start).
+History = Sequence[tuple[Tensor, Tensor, Tensor]]
 HistoryStep = Callable[[Tensor, Tensor, Tensor, Tensor, History], Tensor]
 
 
 def dpmpp_2m_history_step(
     x: Tensor, sigma: Tensor, sigma_next: Tensor, denoised: Tensor, history: History
 ) -> Tensor:
-    """One DPM-Solver++(2M) step (Lu et al. 2022b, Alg. 2) with the previous ``(D, sigma)``
-    given: first order without history; ``h_prev = log(sigma_prev / sigma)`` otherwise
-    (what :func:`sample_dpmpp_2m` carries from step to step)."""
+    """One DPM-Solver++(2M) step (Lu et al. 2022b, Alg. 2) with the previous state's
+    ``(x, D, sigma)`` given: first order without history; ``h_prev = log(sigma_prev / sigma)``
+    otherwise (what :func:`sample_dpmpp_2m` carries from step to step)."""
     if not history:
         return step_dpmpp_2m(x, sigma, sigma_next, denoised)[0]
-    d_prev, s_prev = history[0]
+    _, d_prev, s_prev = history[0]
     return step_dpmpp_2m(x, sigma, sigma_next, denoised, d_prev, torch.log(s_prev / sigma))[0]
 
 
@@ -56,7 +57,17 @@ class Inner:
     stochastic: bool
     multistep: bool
     history_step: HistoryStep | None = None
-    history: int = 0  # previous (D, sigma) pairs a step uses
+    history: int = 0  # previous (x, D, sigma) triples a step uses
+    lowers_final_order: bool = False  # step j of N uses at most N - 1 - j of them
+
+    def history_len(self, j: Tensor, steps: int) -> Tensor:
+        """How many previous states step ``j`` (host long tensor) of a ``steps``-step grid
+        is given: the serial solver's order there minus one (its warm-up ``min(history,
+        j)``; ``N - 1 - j`` too where it lowers the order at the grid's end)."""
+        n = j.clamp_max(self.history)
+        if self.lowers_final_order:
+            n = torch.minimum(n, (steps - 1 - j).clamp_min(0))
+        return n
 
     def run(self, den: Denoiser, x: Tensor, grid: Tensor, draws: Sequence[Tensor] = ()) -> Tensor:
         noise = ReplayNoise(draws) if self.stochastic else None
@@ -75,6 +86,7 @@ class Inner:
     def step(
         self, x: Tensor, sigma: Tensor, sigma_next: Tensor, denoised: Tensor, history: History
     ) -> Tensor:
-        """One multistep step from ``x`` with ``denoised = D(x, sigma)`` and ``history``."""
+        """One multistep step from ``x`` with ``denoised = D(x, sigma)`` and ``history``
+        (the caller passes :meth:`history_len` triples; more are cut to :attr:`history`)."""
         assert self.history_step is not None
         return self.history_step(x, sigma, sigma_next, denoised, history[: self.history])

@@ -17,13 +17,15 @@ DDPM posterior variance of the step instead; that scale vanishes near sigma = 0 
 large at high noise, where it accepted states that left the final sample ~1e-1 from the
 serial one on the analytic mixtures.) The relative change is the same measure SRDS uses.
 
-Multistep inner solvers (DPM-Solver++(2M)): as in the reference's multistep DPM-Solver,
-the history of a step comes from its neighbours inside the window (the ``D`` of the
-previous states, evaluated in the same batched call); the window's first state takes the
-``D`` of the state before it from the iteration that last evaluated it (the reference
+Multistep inner solvers (those whose registry entry has a ``history_step``: DPM-Solver++(2M)
+and (3M), UniPC, DEIS, iPNDM, LMS): as in the reference's multistep DPM-Solver, the history
+of a step comes from its neighbours inside the window (the previous states and their
+``D``, evaluated in the same batched call); the window's first state takes the states
+before it and their ``D`` from the iteration that last evaluated them (the reference
 uses a first-order step there), so the fixed point is the serial multistep solve itself
-and ``tol = 0`` reproduces it. The very first step of the grid is first order, as in the
-serial solver.
+(with the solver's default options: its warm-up and, for DPM-Solver++(3M) and DEIS, its
+lower orders at the grid's end) and ``tol = 0`` reproduces it. For UniPC the state is the
+predicted one, whose output the serial solver's corrector and next predictor use.
 """
 
 from __future__ import annotations
@@ -58,31 +60,31 @@ def _drifts(
     jj: Tensor,
     kk: Tensor,
     S: Tensor,
-    Dbuf: Tensor | None,
+    bufs: tuple[Tensor, Tensor] | None,
 ) -> Tensor:
-    """``step(x_j) - x_j`` for the window rows ``(jj, kk)`` in ONE batched network call."""
+    """``step(x_j) - x_j`` for the window rows ``(jj, kk)`` in ONE batched network call;
+    multistep: ``bufs`` = (states, their D) as last evaluated, the steps' histories."""
     if not inner.multistep:
         return inner.run(den, rows, grid, draws) - rows
-    assert Dbuf is not None
+    assert bufs is not None
+    Xe, Dbuf = bufs
     dev = rows.device
     g = grid.to(dev, rows.dtype, non_blocking=True)
     s, s_next = g[0], g[1]
     D = den(rows, s)
     jd, kd = jj.to(dev, non_blocking=True), kk.to(dev, non_blocking=True)
     # The D of every window state first: the history of a state is its predecessors'.
-    Dbuf[jd, kd] = D
+    Xe[jd, kd], Dbuf[jd, kd] = rows, D
     out = torch.empty_like(rows)
-    n_hist = jj.clamp_max(inner.history)  # host: states j < history have fewer
+    n_hist = inner.history_len(jj, S.shape[0] - 1)  # host: the serial solver's order - 1
     for n in n_hist.unique().tolist():
         sel = (n_hist == n).nonzero().flatten()
         r, js, ks = sel.to(dev, non_blocking=True), jj[sel], kk[sel]
-        hist = [
-            (
-                Dbuf[(js - h).to(dev, non_blocking=True), ks.to(dev, non_blocking=True)],
-                S[js - h, ks].to(dev, rows.dtype, non_blocking=True),
-            )
-            for h in range(1, n + 1)
-        ]
+        hist = []
+        for h in range(1, n + 1):
+            jh, kh = (js - h).to(dev, non_blocking=True), ks.to(dev, non_blocking=True)
+            sh = S[js - h, ks].to(dev, rows.dtype, non_blocking=True)
+            hist.append((Xe[jh, kh], Dbuf[jh, kh], sh))
         out[r] = inner.step(rows[r], s[r], s_next[r], D[r], hist)
     return out - rows
 
@@ -134,7 +136,7 @@ def sample_paradigms(
     Z = predraw_noise(noise, x, N) if inner.stochastic else None
     # Buffer of all N+1 states, initialised to x_0 (x_T in the paper); multistep: their D.
     X = x[None].repeat(N + 1, *([1] * x.ndim))
-    Dbuf = torch.zeros_like(X) if inner.multistep else None
+    bufs = (torch.zeros_like(X), torch.zeros_like(X)) if inner.multistep else None
     b = torch.zeros(batch, dtype=torch.long)  # host window starts
     e = torch.full((batch,), min(window, N), dtype=torch.long)
     iterations = torch.zeros(batch, dtype=torch.long)
@@ -159,7 +161,7 @@ def sample_paradigms(
         draws = [Z[jj_d, kk_d]] if Z is not None else []
         # Drifts of the whole window in ONE batched call (step(x_j) - x_j).
         delta = torch.zeros((W, batch, *x.shape[1:]), device=dev, dtype=x.dtype)
-        delta[wi_d, kk_d] = _drifts(inner, take_rows(den, kk_d), rows, grid, draws, jj, kk, S, Dbuf)
+        delta[wi_d, kk_d] = _drifts(inner, take_rows(den, kk_d), rows, grid, draws, jj, kk, S, bufs)
         # Picard update by cumulative sums from the window start.
         X_new = X[b_d, cols_d][None] + delta.cumsum(0)
         # Relative change of each refined state against the previous iterate.

@@ -29,8 +29,9 @@ from . import (
 )
 from .aliases import ALIAS_KEYS, ALIASES, Alias, alias_key
 from .core import SamplerError
+from .history_steps import HISTORY
 from .iia import sample_biia_edm, sample_iia_ddim, sample_iia_dpmpp_2m, sample_iia_edm
-from .inner import Inner, dpmpp_2m_history_step
+from .inner import Inner
 from .spec import DEFAULT_INNER, Options, SamplerSpec, dpm_solver_rules, resolve_inner, two_stage
 
 __all__ = ["ALIASES", "SAMPLERS", "Alias", "SamplerSpec", "get_sampler", "resolve"]
@@ -148,9 +149,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         dpm_solver.sample_dpmpp_2m,
         "DPM-Solver++(2M) multistep on the data prediction (Lu et al. 2022b)",
         order=2,
-        multistep=True,
-        history_step=dpmpp_2m_history_step,
-        history=1,
+        **HISTORY["dpmpp_2m"],
         **LOGSNR_TQ,
     ),
     # --- Poisson midpoint, randomized midpoints ---
@@ -199,8 +198,9 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "srds",
         srds.sample_srds,
         "SRDS parareal over an inner solver (Selvam et al. 2024), pipelined; converges to the "
-        "serial solve (multistep solvers without a history_step: restarted at each block); "
-        "nfe/rounds are realised",
+        "plain serial run of the inner solver (multistep ones carry their history across "
+        "blocks; with inner_options or no history_step: restarted at each block, not "
+        "pipelined); nfe/rounds are realised",
         resolve_inner=_srds_inner,
         **PARALLEL,
     ),
@@ -209,7 +209,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         paradigms.sample_paradigms,
         "ParaDiGMS Picard iteration with a sliding window over an inner solver (Shih et al. "
         "2023; multistep ones take their history from neighbouring states); converges to the "
-        "serial solve; nfe/rounds are realised",
+        "plain serial run of the inner solver; nfe/rounds are realised",
         resolve_inner=_paradigms_inner,
         **PARALLEL,
     ),
@@ -252,7 +252,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "UniPC (Zhao et al. 2023): UniP predictor + UniC corrector on the data prediction; "
         "order=1|2|3 (default 2), variant=bh1|bh2 (bh2)",
         order=3,
-        multistep=True,
+        **HISTORY["unipc"],
         **LOGSNR_TQ,
     ),
     "deis": SamplerSpec(
@@ -260,7 +260,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         multistep.sample_deis,
         "DEIS (Zhang & Chen 2023): multistep exponential integrator, log-rho Lagrange "
         "polynomial of the noise history; order=1|2|3",
-        multistep=True,
+        **HISTORY["deis"],
         **KARRAS_TQ,
     ),
     "ipndm": SamplerSpec(
@@ -269,14 +269,14 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "improved PNDM (Zhang & Chen 2023; Zhou et al. 2024): fixed Adams-Bashforth-4 on the "
         "PF-ODE slope with lower-order warm-up",
         order=2,
-        multistep=True,
+        **HISTORY["ipndm"],
         **LOGSNR_TQ,
     ),
     "lms": SamplerSpec(
         "lms",
         multistep.sample_lms,
         "linear multistep (Adams-Bashforth in sigma, order 4; k-diffusion / diffusers LMS)",
-        multistep=True,
+        **HISTORY["lms"],
         **KARRAS_TQ,
     ),
     "dpmpp_3m": SamplerSpec(
@@ -284,7 +284,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         multistep.sample_dpmpp_3m,
         "DPM-Solver++(3M) multistep on the data prediction (Lu et al. 2022b); "
         "form=library (the reference code's weights, default) | taylor (third order)",
-        multistep=True,
+        **HISTORY["dpmpp_3m"],
         **LOGSNR,
     ),
     "dpmpp_2m_sde": SamplerSpec(

@@ -21,12 +21,13 @@ times sigma_mid there: on the analytic panel's cosine-table model the iterates r
 ``k`` rounds the first ``k`` midpoints are exact, so ``K >= R`` is the serial method.
 
 ``K`` rounds per window (default ``ceil(log2 d) + 1``, the O(log d) of the theory; window
-``R = floor(3K/2)`` steps by default); the initial guess ``g(y^{(0)})`` is the last midpoint
-evaluation of the previous window (the first window: one call at the start state), frozen
-over the window. The fixed point is a randomized midpoint method with ONE call per step
-(:func:`rmm_parallel_fixed_point`, the serial computation it converges to, tested); grid
-points are never evaluated. A final step to sigma = 0 is the denoise step
-``x <- D(x, sigma)`` (one more call).
+``R = floor(3K/2)`` steps by default; a window of ``P < K`` steps takes ``P`` rounds, after
+which further rounds reproduce the same values bit for bit); the initial guess
+``g(y^{(0)})`` is the last midpoint evaluation of the previous window (the first window: one
+call at the start state), frozen over the window. The fixed point is a randomized midpoint
+method with ONE call per step (:func:`rmm_parallel_fixed_point`, the serial computation it
+converges to, tested); grid points are never evaluated. A final step to sigma = 0 is the
+denoise step ``x <- D(x, sigma)`` (one more call).
 
 ``corrector_steps > 0`` adds, at every window end with sigma > 0, the parallel
 underdamped-Langevin corrector (:func:`samplerlab.samplers.langevin.parallel_uld`:
@@ -107,15 +108,21 @@ def _defaults(R: int | None, K: int | None, dim: int) -> tuple[int, int]:
     return ((3 * K) // 2 if R is None else R), K
 
 
+def _windows(steps: int, R: int) -> list[int]:
+    """The window lengths ``P`` of a grid of ``steps`` (the last step is not windowed)."""
+    return [min(R, steps - 1 - start) for start in range(0, steps - 1, R)]
+
+
 def rmm_parallel_rounds(
     steps: int, R: int | None = None, K: int | None = None, final: bool = True, dim: int = 64
 ) -> int:
     """Sequential network calls of :func:`sample_rmm_parallel` without corrector on a grid
     of ``steps`` (``final``: ending in 0): one start call, K per window, one denoise
-    (two calls for a last step that does not end at 0).
+    (two calls for a last step that does not end at 0); a window of ``P < K`` steps takes
+    ``P`` rounds (exact after ``P``: the rounds are triangular).
     ``R``/``K`` unset: the defaults for dimension ``dim``."""
     R, K = _defaults(R, K, dim)
-    return 1 + K * math.ceil((steps - 1) / R) + (1 if final else 2)
+    return 1 + sum(min(K, P) for P in _windows(steps, R)) + (1 if final else 2)
 
 
 def rmm_parallel_nfe(
@@ -124,7 +131,7 @@ def rmm_parallel_nfe(
     """NFE per sample (no corrector): 1 + K per window step + 1 for the denoise step
     (``R``/``K`` unset: the defaults for dimension ``dim``)."""
     R, K = _defaults(R, K, dim)
-    return 1 + K * (steps - 1) + (1 if final else 2)
+    return 1 + sum(min(K, P) * P for P in _windows(steps, R)) + (1 if final else 2)
 
 
 @torch.no_grad()
@@ -179,7 +186,7 @@ def sample_rmm_parallel(
             G_prev = _g(x, s[0], den(x, s[0]), form)
         # Initial guess: the last evaluation, frozen over the window.
         G = G_prev.expand(P, *x.shape)
-        for _ in range(K):
+        for _ in range(min(K, P)):
             # Grid points and midpoints from the lagged slopes (no network calls).
             zj = z0 + torch.cat([torch.zeros_like(G[:1]), (du * G).cumsum(0)[:-1]])
             y = _to_x(zj + dm * torch.cat([G_prev[None], G[:-1]]), s_mid, form)

@@ -13,6 +13,11 @@ time points into one call; either wrapper splits those rows, which is how a para
 is spread over several accelerators. Each is a :class:`~.core.WrapperBase`: it declares
 the :class:`~.core.ModelInfo` of its (first) replica and forwards its ``extra_rows``;
 per-sample state reaches each shard through :func:`~.core.take_rows`.
+
+:func:`spread_rows` builds either wrapper for ``sample(..., devices=)``: a list of devices
+gets a :class:`ShardedDenoiser` over replicas made by :func:`replicate` (the denoiser
+itself on the device its network is on, deep copies with their network moved elsewhere),
+``devices="distributed"`` (or a process group) a :class:`DistributedDenoiser`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,6 +43,13 @@ from .core import (
     has_row_state,
     take_rows,
 )
+from .fingerprint import device_of, find_module
+
+#: The registered samplers whose network calls batch several time points (more rows than
+#: samples: SRDS, ParaDiGMS, parallel randomized midpoints, Poisson midpoints), the calls
+#: that spreading rows over devices shortens (tests/test_parallel_ddp.py checks the list
+#: against every registered sampler's widest call).
+PARALLEL_SAMPLERS = ("srds", "paradigms", "rmm_parallel", "pmm")
 
 
 def _rows(cond: Any, lo: int, hi: int, device: torch.device) -> Any:
@@ -213,3 +226,78 @@ class DistributedDenoiser(WrapperBase):
         parts = [torch.empty_like(out) for _ in range(self.world)]
         dist.all_gather(parts, out, group=self.group)
         return torch.cat(parts)[:rows]
+
+
+@dataclass(frozen=True)
+class ProcessGroupRows:
+    """``sample(..., devices="distributed")``: rows over a process group (None: the world)."""
+
+    group: Any = None
+
+
+def _network(denoiser: Any) -> torch.nn.Module | None:
+    """The module that holds the denoiser's weights: the declared one, else the one found
+    behind the wrapper (:func:`~.fingerprint.find_module`)."""
+    net = describe(denoiser).network
+    return net if isinstance(net, torch.nn.Module) else find_module(denoiser)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type == "cuda":
+        current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        return (a.index if a.index is not None else current) == (
+            b.index if b.index is not None else current
+        )
+    return a.index == b.index or None in (a.index, b.index)
+
+
+def replicate(denoiser: Denoiser, devices: Sequence[torch.device]) -> list[Denoiser]:
+    """One replica of ``denoiser`` per device, in order.
+
+    The first device the denoiser's network is on (the CPU for an analytic model) runs the
+    denoiser itself; every other device gets a ``copy.deepcopy`` whose network (the
+    declared :attr:`ModelInfo.network`, else the module found behind the wrapper) is moved
+    there with ``.to(device)``. A model without a network (an analytic model) computes on
+    its input's device. Raises :class:`SamplerError` (one line) when the denoiser cannot be
+    deep-copied, or when its copy does not copy the network (a network reached through a
+    function's closure): then build :class:`ShardedDenoiser` from your own replicas or a
+    factory and pass it as the denoiser.
+    """
+    net = _network(denoiser)
+    home = device_of(denoiser)
+    out: list[Denoiser] = []
+    for d in devices:
+        if not any(r is denoiser for r in out) and _same_device(d, home):
+            out.append(denoiser)
+            continue
+        hint = "build ShardedDenoiser(replicas or factory, devices) and pass it as the denoiser"
+        try:
+            rep = copy.deepcopy(denoiser)
+        except Exception as e:
+            why = (str(e).splitlines() or [""])[0][:80]
+            raise SamplerError(
+                f"devices: the denoiser cannot be copied to {d} ({type(e).__name__}: {why}); {hint}"
+            ) from None
+        if net is not None:
+            moved = _network(rep)
+            if moved is None or moved is net or find_module(rep) is net:
+                raise SamplerError(
+                    f"devices: copying the denoiser does not copy its network (reached "
+                    f"through a function?), so no replica can run on {d}; {hint}"
+                )
+            moved.to(d)
+        out.append(rep)
+    return out
+
+
+def spread_rows(
+    denoiser: Denoiser, devices: Sequence[torch.device] | ProcessGroupRows
+) -> tuple[Denoiser, Callable[[], None]]:
+    """``denoiser`` with each call's rows spread over ``devices`` (checked devices, or
+    :class:`ProcessGroupRows`), and the function that releases what was made for it."""
+    if isinstance(devices, ProcessGroupRows):
+        return DistributedDenoiser(denoiser, devices.group), lambda: None
+    sharded = ShardedDenoiser(replicate(denoiser, devices), devices)
+    return sharded, sharded.close

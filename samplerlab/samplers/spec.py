@@ -23,8 +23,9 @@ single-step solver's step calls the network itself and takes it first,
 ``step_<method>(denoiser, x, sigma, sigma_next, *, options)``; a multistep solver's step
 takes the network output at ``x`` and the history instead (it is evaluated once and shared),
 ``step(x, sigma, sigma_next, denoised, history) -> x_next`` with ``denoised = D(x, sigma)``
-and ``history`` the ``(D, sigma)`` pairs of the previous states, most recent first
-(:data:`~samplerlab.samplers.inner.HistoryStep`; :attr:`SamplerSpec.history_step`). A
+and ``history`` the ``(x, D, sigma)`` triples of the previous states, most recent first, as
+many as the step's order uses (:meth:`~samplerlab.samplers.inner.Inner.history_len`;
+:data:`~samplerlab.samplers.inner.HistoryStep`; :attr:`SamplerSpec.history_step`). A
 coarse step over sub-steps takes the sub-step grid ``sigmas`` ``[K+1, B]`` in place of
 ``(sigma, sigma_next)`` (:func:`~samplerlab.samplers.pmm.step_pmm`).
 """
@@ -96,7 +97,9 @@ class SamplerSpec:
             restartable per block or step).
         history_step: for a multistep solver, its step with the history given (module
             docstring); lets ParaDiGMS and pipelined SRDS take the history from neighbouring
-            states; ``history``: how many previous pairs it uses.
+            states (with the solver's default options); ``history``: how many previous
+            states it uses; ``lowers_final_order``: its serial solver lowers the order at
+            the grid's end (``lower_order_final``: step j of N uses <= N-1-j of them).
         resolve_inner: for a sampler over an inner solver, the registry's resolution of the
             options' ``inner`` / ``inner_options`` into the :class:`Inner` it runs.
     """
@@ -122,6 +125,7 @@ class SamplerSpec:
     grid_dependent_options: tuple[str, ...] = ()
     history_step: HistoryStep | None = None
     history: int = 0
+    lowers_final_order: bool = False
     resolve_inner: Callable[[Options], Inner] | None = None
 
     def with_defaults(self, options: Options | None = None) -> dict[str, Any]:
@@ -225,6 +229,19 @@ def dpm_solver_rules(order: int) -> dict[str, Any]:
     return {"plan_rule": plan, "nfe_rule": nfe}
 
 
+def multistep_entry(
+    step: HistoryStep, history: int, lowers_final_order: bool = False
+) -> dict[str, Any]:
+    """The fields of a multistep entry with its history step (ParaDiGMS, pipelined SRDS):
+    ``history`` previous states, ``lowers_final_order`` (:class:`SamplerSpec`)."""
+    return {
+        "multistep": True,
+        "history_step": step,
+        "history": history,
+        "lowers_final_order": lowers_final_order,
+    }
+
+
 def resolve_inner(
     samplers: Mapping[str, SamplerSpec],
     sampler: str,
@@ -290,4 +307,5 @@ def resolve_inner(
         multistep=spec.multistep,
         history_step=stepper,
         history=spec.history if stepper is not None else 0,
+        lowers_final_order=spec.lowers_final_order and stepper is not None,
     )

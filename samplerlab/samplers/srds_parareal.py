@@ -9,6 +9,7 @@ propagator ``F_i`` the ``L`` inner steps of the block (see :mod:`samplerlab.samp
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,30 +19,47 @@ from .inner import Inner
 from .noise import NoiseSource
 from .parallel import FirstCall, predraw_noise, relative_change
 
-Hist = list[tuple[Tensor, Tensor]]
+Hist = list[tuple[Tensor, Tensor, Tensor]]
 
 
-def push(inner: Inner, hist: Hist, D: Tensor, s: Tensor) -> Hist:
-    """The history after a step from a state at ``s`` with ``D``: most recent first."""
-    return [(D, s), *hist][: max(inner.history, 1)]
+def push(inner: Inner, hist: Hist, x: Tensor, D: Tensor, s: Tensor) -> Hist:
+    """The history after a step from the state ``x`` at ``s`` with ``D``: most recent first."""
+    return [(x, D, s), *hist][: max(inner.history, 1)]
+
+
+def shift(hist: Hist, dx: Tensor, dD: Tensor) -> Hist:
+    """``hist`` moved by the jump from the end state ``f`` of the fine solve it comes from
+    to the new start state ``x`` (``dx = x - f``, ``dD = D(x) - D(f)``): the history keeps
+    the fine trajectory's differences but starts from ``x``, so a fine solve from ``x``
+    depends on the previous iterate only through those differences (zero at the fixed
+    point, where ``x = f``)."""
+    return [(xh + dx, Dh + dD, sh) for xh, Dh, sh in hist]
 
 
 def step_with_histories(
-    x: Tensor, s: Tensor, s_next: Tensor, D: Tensor, hists: list[Hist], *, inner: Inner, batch: int
+    x: Tensor,
+    s: Tensor,
+    s_next: Tensor,
+    D: Tensor,
+    hists: list[Hist],
+    *,
+    inner: Inner,
+    batch: int,
+    caps: list[int],
 ) -> Tensor:
     """One multistep step (the step convention, :mod:`samplerlab.samplers.spec`) of several
-    tasks stacked (task ``k``: rows ``k*batch..``), each with its own history ``hists[k]``;
-    tasks with equally long histories share one elementwise step."""
+    tasks stacked (task ``k``: rows ``k*batch..``), each with its own history ``hists[k]``,
+    cut to ``caps[k]`` (:meth:`Inner.history_len` of its step); tasks with equally long
+    histories share one elementwise step."""
     out = torch.empty_like(x)
     by_len: dict[int, list[int]] = {}
     for k, h in enumerate(hists):
-        by_len.setdefault(min(len(h), inner.history), []).append(k)
+        by_len.setdefault(min(len(h), caps[k]), []).append(k)
     for n_hist, ks in by_len.items():
         rows = torch.cat([torch.arange(k * batch, (k + 1) * batch) for k in ks])
         r = rows.to(x.device, non_blocking=True)
         hist = [
-            (torch.cat([hists[k][h][0] for k in ks]), torch.cat([hists[k][h][1] for k in ks]))
-            for h in range(n_hist)
+            tuple(torch.cat([hists[k][h][c] for k in ks]) for c in range(3)) for h in range(n_hist)
         ]
         out[r] = inner.step(x[r], s[r], s_next[r], D[r], hist)
     return out
@@ -91,9 +109,30 @@ class Parareal:
     def fine_draws(self, i: int) -> list[Tensor]:
         return [self.Z[i * self.L + j] for j in range(self.L)] if self.Z is not None else []
 
-    def G(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``G_i``: one inner step from the block start to the block end. Also returns the
-        step's first network output ``D(x, sigma_{k_i})`` (reused by ``F_i(x)``)."""
+    def fine_caps(self, steps: list[tuple[int, int]]) -> list[int]:
+        """History lengths of the fine sub-steps ``(block, sub-step)`` (global step index)."""
+        j = torch.tensor([i * self.L + s for i, s in steps], dtype=torch.long)
+        return self.inner.history_len(j, self.N).tolist()
+
+    def coarse_hist(self, i: int, xs: Any, ds: Any) -> Hist:
+        """The history of ``G_i`` (when :attr:`carry`): the previous block starts ``xs[i-m]``
+        with their ``D`` ``ds[i-m]`` (most recent first), cut to the order of step ``i`` of
+        the B-step coarse grid (:meth:`Inner.history_len`): G is the multistep solver on the
+        coarse grid, as its serial run there. ``xs``, ``ds``: indexable by block."""
+        n = int(self.inner.history_len(torch.tensor(i), self.B))
+        return [
+            (xs[j], ds[j], self.S[j * self.L].to(xs[j].device, xs[j].dtype, non_blocking=True))
+            for j in range(i - 1, i - 1 - n, -1)
+        ]
+
+    def G(self, i: int, x: Tensor, hist: Hist | None = None) -> tuple[Tensor, Tensor]:
+        """``G_i``: one inner step from the block start to the block end (multistep with
+        :attr:`carry`: with the coarse history ``hist``, :meth:`coarse_hist`). Also returns
+        the step's first network output ``D(x, sigma_{k_i})`` (reused by ``F_i(x)``)."""
+        if self.carry:
+            g = self.coarse_grid(i).to(x.device, x.dtype, non_blocking=True)
+            D = self.den(x, g[0])
+            return self.inner.step(x, g[0], g[1], D, hist or []), D
         den = FirstCall(self.den, x.shape[0])
         out = self.inner.run(den, x, self.coarse_grid(i), self.coarse_draw(i))
         assert den.first is not None
@@ -115,15 +154,19 @@ class Parareal:
             dev = grid.to(x.device, x.dtype, non_blocking=True)
             for j in range(L):
                 D = torch.cat(d0) if j == 0 else self.den(x, dev[j])
-                x = step_with_histories(
-                    x, dev[j], dev[j + 1], D, hists, inner=self.inner, batch=self.batch
+                caps = self.fine_caps([(i, j) for i in blocks])
+                x_new = step_with_histories(
+                    x, dev[j], dev[j + 1], D, hists, inner=self.inner, batch=self.batch, caps=caps
                 )
-                hists = [
-                    push(self.inner, h, Dk, sk)
-                    for h, Dk, sk in zip(
-                        hists, D.split(self.batch), dev[j].split(self.batch), strict=True
-                    )
-                ]
+                parts = zip(
+                    hists,
+                    x.split(self.batch),
+                    D.split(self.batch),
+                    dev[j].split(self.batch),
+                    strict=True,
+                )
+                hists = [push(self.inner, h, xk, Dk, sk) for h, xk, Dk, sk in parts]
+                x = x_new
             states = dict(zip(blocks, x.split(self.batch), strict=True))
             return states, dict(zip(blocks, hists, strict=True))
         draws = []
@@ -177,7 +220,7 @@ def run_plain(pr: Parareal, stopper: Stopper, record: list[Tensor] | None) -> Te
     d0: list[Tensor] = []  # D(x_i, sigma_{k_i}) of the current x_i, from G_i's first call
     hist: list[Hist] = [[] for _ in range(B)]  # multistep: history at the current x_i
     for i in range(B):
-        gi, di = pr.G(i, X[i])
+        gi, di = pr.G(i, X[i], pr.coarse_hist(i, X, d0) if pr.carry else None)
         g.append(gi)
         d0.append(di)
         X.append(g[i])
@@ -198,9 +241,18 @@ def run_plain(pr: Parareal, stopper: Stopper, record: list[Tensor] | None) -> Te
         Xn = [*X[:p], f[p - 1]]
         # Sequential coarse sweep with the parareal correction (lines 9-11).
         for i in range(p, B):
-            g_new, d0[i] = pr.G(i, Xn[i])
+            g_new, d0[i] = pr.G(i, Xn[i], pr.coarse_hist(i, Xn, d0) if pr.carry else None)
             Xn.append(g_new + f[i] - g[i])
             g[i] = g_new
+        moved = [i for i in range(p + 1, B) if pr.carry and hist[i]]
+        if moved:
+            # x_i^p (i > p) is not the end f of the fine solve its history comes from:
+            # move that history by the jump (D(f) in one batched call).
+            fs = torch.cat([f[i - 1] for i in moved])
+            sig = torch.cat([pr.S[i * pr.L] for i in moved]).to(fs.device, fs.dtype)
+            Df = pr.den(fs, sig).split(pr.batch)
+            for i, Dfi in zip(moved, Df, strict=True):
+                hist[i] = shift(hist[i], Xn[i] - f[i - 1], d0[i] - Dfi)
         X = Xn
         if record is not None:
             record.append(torch.stack(X))

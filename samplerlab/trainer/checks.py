@@ -89,6 +89,7 @@ def validate(cfg: DictConfig) -> None:
             f"model.p_uncond: the label dropout probability must be in [0, 1), got "
             f"{cfg.model.p_uncond}"
         )
+    validate_guidance(cfg)
     for name in cfg.eval.exclude:
         if name not in SAMPLERS:
             raise ConfigError(
@@ -113,6 +114,24 @@ def validate(cfg: DictConfig) -> None:
             vals = entry[k]
             if vals is not None and (not vals or any(int(v) < 1 for v in vals)):
                 raise ConfigError(f"eval.samplers.{label}.{k}: need a list of integers >= 1")
+
+
+def validate_guidance(cfg: DictConfig) -> None:
+    """``eval.guidance`` / ``eval.guidance_interval`` (a conditional model only)."""
+    from ..evaluation.guidance import check_guidance, check_interval
+
+    ev = cfg.eval
+    if not ev.guidance:
+        if ev.guidance_interval is not None:
+            raise ConfigError("eval.guidance_interval: needs eval.guidance (a list of scales)")
+        return
+    check_guidance(ev.guidance, "eval.guidance")
+    check_interval(ev.guidance_interval, "eval.guidance_interval")
+    if cfg.model.num_classes == 0 and not cfg.data.conditional:
+        raise ConfigError(
+            "eval.guidance: the model is unconditional (model.num_classes=0); guidance needs "
+            "a class-conditional model (data.conditional=true, model.num_classes=K)"
+        )
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")

@@ -171,11 +171,18 @@ class EvalConfig:
     grid_size: int = 64
     dtype: str = "float32"
     max_rows: int | None = None  # cap rows per network call
+    # DDP: split the parallel samplers' calls over the ranks (their rows equal 1 process's)
+    spread_rows: bool = False
     compile: bool = False  # torch.compile the network call (CUDA graphs: mode reduce-overhead)
     fid_bootstrap: int = 50  # bootstrap resamples of the generated features (FID std); 0: none
     diverge_factor: float = 10.0  # "diverged": samples beyond this x the data's half-range
     diverge_fraction: float = 0.01  # ... for more than this fraction of the samples
     resume: bool = True  # reuse the finished rows of the same evaluation (rows.jsonl)
+    # Classifier-free guidance scales of a class-conditional model: every sampler x budget
+    # once per scale, on balanced labels (empty: unguided, the null label).
+    guidance: list[float] = field(default_factory=list)
+    guidance_interval: list[float] | None = None  # guide only for sigma in (lo, hi]
+    class_accuracy: bool = True  # guided rows: the dataset classifier's accuracy on the labels
     iia: IIAConfig = field(default_factory=IIAConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
 

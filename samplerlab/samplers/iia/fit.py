@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core import Denoiser, SamplerError, describe
+from ..core import Denoiser, SamplerError, describe, has_row_state, take_rows
 from ..noise import PerSampleNoise
 from .coefficients import IIACoefficients
 from .form import IIAForm, StepTerms
@@ -139,8 +139,10 @@ class GreedyFit:
     """One shard's part of the greedy IIA fit of ``sampler`` on the grid ``sigmas``.
 
     ``seeds[k]`` seeds fitting sample ``k``'s initial noise (:class:`PerSampleNoise`), so a
-    sample is the same on any shard. Per step ``i``: :meth:`start_step`, then
-    :meth:`add_batch` for each batch of this shard's sample indices, then
+    sample is the same on any shard; a conditioned ``denoiser`` (per-sample state, e.g.
+    :class:`~samplerlab.samplers.conditioning.Guided` bound to ``len(seeds)`` condition rows)
+    pairs sample ``k`` with its condition row ``k`` (:meth:`denoiser_for`). Per step ``i``:
+    :meth:`start_step`, then :meth:`add_batch` for each batch of this shard's sample indices, then
     :meth:`finish_step` with the all-reduce that sums the Gram rows over shards.
 
     States are kept per sample (not recomputed): the current state and step history of
@@ -200,6 +202,14 @@ class GreedyFit:
         z = noise.randn((len(idx), *self.shape), device=device, dtype=self.dtype)
         return z * math.sqrt(float(self.host[0]) ** 2 + self.prior_std**2)
 
+    def denoiser_for(self, idx: list[int], device: torch.device | str) -> Denoiser:
+        """The denoiser for a batch of fitting samples ``idx``: with per-sample conditioning
+        (a (noise, condition) pair per fitting sample) row ``j`` gets sample ``idx[j]``'s
+        condition row; a denoiser without per-sample state is used as it is."""
+        if not has_row_state(self.denoiser):
+            return self.denoiser
+        return take_rows(self.denoiser, torch.tensor(idx, dtype=torch.long, device=device))
+
     @torch.no_grad()
     def add_batch(self, i: int, idx: list[int], device: torch.device | str = "cpu") -> None:
         """Coarse step ``i`` of samples ``idx`` and, on a fitted step, their Gram rows."""
@@ -211,16 +221,15 @@ class GreedyFit:
             x = torch.stack([self._state[k] for k in idx])
             history = _stack([self._history[k] for k in idx])
         B, host, f = len(idx), self.host, self.iia_form
+        den = self.denoiser_for(idx, x.device)
         sigma = torch.full((B,), float(host[i]), device=x.device, dtype=x.dtype)
         sigma_next = torch.full((B,), float(host[i + 1]), device=x.device, dtype=x.dtype)
         final = bool(host[i + 1] == 0)
-        terms = f.step(
-            self.denoiser, x, sigma, sigma_next, history, final=final, form=self.form, r=self.r
-        )
+        terms = f.step(den, x, sigma, sigma_next, history, final=final, form=self.form, r=self.r)
         if bool(self.fitted[i]):
             # Fine reference: M steps of the same solver from the same state.
             sub = fine_grid(float(host[i]), float(host[i + 1]), self.M, self.spacing, self.vp)
-            ref = f.fine_reference(self.denoiser, x, sub, history, warm_start=self.warm_start)
+            ref = f.fine_reference(den, x, sub, history, warm_start=self.warm_start)
             # Target: what the coefficients must add on top of the default update.
             target = ref - terms.combine(self.c0[i].tolist())
             rows = gram_rows(terms.quantities, target).to(self._rows.device)
