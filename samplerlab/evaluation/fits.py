@@ -41,20 +41,6 @@ def quiet_lightning() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def quiet_trainer_kwargs(device: torch.device) -> dict[str, Any]:
-    """A fit stage's Trainer on this rank's ``device`` only, quietly (no logger, progress
-    bar, checkpoints or model summary): every rank fits the same result from the same
-    seeds, without communication."""
-    return {
-        "accelerator": "gpu" if device.type == "cuda" else "cpu",
-        "devices": [device.index or 0] if device.type == "cuda" else 1,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_checkpointing": False,
-        "enable_model_summary": False,
-    }
-
-
 @dataclass
 class Fitted:
     """What :func:`fit_job` fitted or loaded for a job: its calibrated grid and IIA
@@ -185,7 +171,9 @@ def job_calibration(
             job.calibration, denoiser=denoiser, sampler=job.sampler, steps=job.steps
         )
     c = ev.calibrate
-    return calibrate.fit(
+    # The pure-torch fit in this process (no Lightning Trainer inside the running one);
+    # equal to calibrate.fit on one device.
+    return calibrate.fit_calibration(
         denoiser,
         job.sampler,
         steps=job.steps,
@@ -197,7 +185,6 @@ def job_calibration(
         teacher_steps=c.teacher_steps,
         seed=c.seed,
         shape=tuple(shape),
-        trainer_kwargs=quiet_trainer_kwargs(device),
     )
 
 
