@@ -1238,6 +1238,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE)
     p.add_argument("--verbose", action="store_true", help="print each case's time")
     p.add_argument("--list", action="store_true", help="list the case keys and exit")
+    p.add_argument(
+        "--keep-fixtures",
+        action="store_true",
+        help="with --write: keep the files written by an earlier library (file/legacy/ cases "
+        "then record how this library reads them)",
+    )
     args = p.parse_args(argv)
 
     import samplerlab
@@ -1267,7 +1273,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--write writes the whole baseline; drop --only/--quick")
         chosen = select(cases, args.only, args.quick)
         t0 = time.perf_counter()
-        if args.write:
+        if args.write and not args.keep_fixtures:
             with _quiet():
                 write_fixtures()
         results = compute(chosen, args.verbose)
