@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
@@ -87,7 +88,7 @@ def describe(denoiser: Any) -> ModelInfo:
     return ModelInfo(**{f.name: getattr(denoiser, f.name, f.default) for f in _PROBED})
 
 
-class DenoiserBase:
+class DenoiserBase(ABC):
     """The typed base of every samplerlab denoiser and wrapper: ``D(x, sigma) -> x0_hat``
     with its contract declared instead of probed.
 
@@ -103,12 +104,13 @@ class DenoiserBase:
     extra_rows: Any = None
 
     @property
+    @abstractmethod
     def info(self) -> ModelInfo:
         """The declared :class:`ModelInfo` (read through :func:`describe`)."""
-        raise NotImplementedError(f"{type(self).__name__} does not declare its ModelInfo")
 
+    @abstractmethod
     def __call__(self, x: Tensor, sigma: Tensor, /) -> Tensor:
-        raise NotImplementedError
+        """``D(x, sigma)``: the denoised estimate of ``x0``, of ``x``'s shape."""
 
     def take(self, rows: Tensor) -> DenoiserBase:
         """This denoiser for a call whose row ``j`` belongs to sample ``rows[j]`` of the batch

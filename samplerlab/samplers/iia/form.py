@@ -8,6 +8,7 @@ coarse step matches ``M`` fine steps of the same solver (eq. 7; :mod:`.fit`).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,7 @@ def host(sigmas: Tensor) -> Tensor:
     return torch.as_tensor(sigmas, dtype=torch.float64).cpu()
 
 
-class IIAForm:
+class IIAForm(ABC):
     """One IIA sampler: its base solver, step terms, default and fitted coefficients.
 
     Subclasses set ``name`` (the registry name), ``base`` (the base sampler's name),
@@ -64,23 +65,24 @@ class IIAForm:
     def __repr__(self) -> str:
         return f"<IIA form {self.name} on {self.base}>"
 
+    @abstractmethod
     def num_coefficients(self, form: str = "default", r: int = 1) -> int:
         """Scalars per step ``p``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def fitted_steps(self, sigmas: Tensor, form: str = "default") -> Tensor:
         """Host bool mask ``[N]``: which coarse steps carry coefficients."""
-        raise NotImplementedError
 
+    @abstractmethod
     def available_columns(self, i: int, form: str = "default", r: int = 1) -> list[bool]:
         """Which of the ``p`` quantities exist at step ``i`` (history needs earlier steps)."""
-        raise NotImplementedError
 
     def default_coefficients(self, sigmas: Tensor, form: str = "default", r: int = 1) -> Tensor:
         """``[N, p]`` float64 coefficients that reproduce the base sampler exactly."""
         s = host(sigmas)
         return torch.zeros(s.shape[0] - 1, self.num_coefficients(form, r), dtype=torch.float64)
 
+    @abstractmethod
     def step(
         self,
         denoiser: Denoiser,
@@ -97,8 +99,8 @@ class IIAForm:
 
         ``final`` (host) says that every row ends at sigma = 0 (EDM's plain Euler step).
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def fine_reference(
         self,
         denoiser: Denoiser,
@@ -109,7 +111,6 @@ class IIAForm:
         warm_start: bool = False,
     ) -> Tensor:
         """``M`` steps of the SAME base solver from ``x`` over ``sub_grid`` (eq. 7, 14, 24)."""
-        raise NotImplementedError
 
     def fine_nfe(self, M: int) -> int:
         """Extra network evaluations per fitting sample and fitted step."""
