@@ -265,7 +265,7 @@ def plan_calibration(
         guidance_interval=guidance_interval,
     )  # fmt: skip
     grid_steps, planned = spec.plan(steps, options)
-    default = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
+    default = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options, options)
     if float(default[-1]) != 0.0:
         raise ConfigError(f"schedule {schedule!r} does not end at sigma = 0; cannot calibrate")
     lo, _ = model_sigma_range(denoiser)
@@ -316,7 +316,7 @@ def finish_calibration(
         "steps": steps,
         "grid_steps": plan.grid_steps,
         "nfe": nfe,
-        "schedule": s["schedule"] or plan.spec.schedule_for(vp),
+        "schedule": s["schedule"] or plan.spec.grid_owner(plan.options).schedule_for(vp),
         "num_samples": s["num_samples"],
         "iterations": iterations,
         "seed": s["seed"],

@@ -94,7 +94,9 @@ def load_coeffs(job: Job, denoiser: Any, ev: Any, model_id: str | None = None) -
         raise ConfigError(f"eval.samplers.{job.label}.coeffs: file {path} not found")
     spec = get_sampler(job.sampler)
     grid_steps, _ = spec.plan(job.steps, job.options)
-    sigmas = build_sigmas(denoiser, spec, grid_steps, job.schedule, job.schedule_options or None)
+    sigmas = build_sigmas(
+        denoiser, spec, grid_steps, job.schedule, job.schedule_options or None, job.options
+    )
     try:
         coeffs = iia.load(path, sigmas=sigmas)
     except Exception as e:

@@ -49,8 +49,12 @@ def build_sigmas(
     grid_steps: int,
     schedule: str | None = None,
     schedule_options: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Tensor:
-    """The sigma grid of ``spec`` for this denoiser (its own default schedule if none given)."""
+    """The sigma grid of ``spec`` for this denoiser: ``schedule`` or the default schedule of
+    :meth:`SamplerSpec.grid_owner` (the sampler's own; SRDS / ParaDiGMS: their inner solver's
+    with these ``options``)."""
+    spec = spec.grid_owner(options)
     vp = describe(denoiser).vp
     name = schedule or spec.schedule_for(vp is not None)
     sigma_min, sigma_max = model_sigma_range(denoiser)
@@ -280,7 +284,7 @@ def sample(
             )
         sigmas = grid_for(name, steps, options, denoiser)
     if sigmas is None:
-        sigmas = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options)
+        sigmas = build_sigmas(denoiser, spec, grid_steps, schedule, schedule_options, options)
     else:
         sigmas = check_grid(sigmas)
         if sigmas.shape[0] - 1 != grid_steps:

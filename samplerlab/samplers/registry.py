@@ -69,8 +69,7 @@ DPM_SOLVER_PP = (
 
 def _inner_deterministic(options: Options) -> bool:
     """A parallel sampler is deterministic iff its inner solver is."""
-    inner = get_sampler(options.get("inner", DEFAULT_INNER))
-    return inner.deterministic(options.get("inner_options") or {})
+    return _inner_spec(options).deterministic(options.get("inner_options") or {})
 
 
 def _srds_inner(options: Options) -> Inner:
@@ -84,12 +83,13 @@ def _paradigms_inner(options: Options) -> Inner:
     return resolve_inner(SAMPLERS, "paradigms", options, need_history=True, history_reason=reason)
 
 
-# The parallel-in-time samplers: realised NFE; determinism and inner solver from ``inner``.
-PARALLEL: dict[str, Any] = {
-    "nfe_exact": False,
-    "deterministic_rule": _inner_deterministic,
-    **VP_UNIFORM,
-}
+def _inner_spec(options: Options) -> SamplerSpec:
+    return get_sampler(options.get("inner", DEFAULT_INNER))
+
+
+# The parallel-in-time samplers: realised NFE; determinism, grid and inner solver from
+# ``inner`` (the default grid is the checked inner solver's: ``grid_from``).
+PARALLEL: dict[str, Any] = {"nfe_exact": False, "deterministic_rule": _inner_deterministic}
 
 SAMPLERS: dict[str, SamplerSpec] = {
     "euler": SamplerSpec(
@@ -202,6 +202,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "blocks; with inner_options or no history_step: restarted at each block, not "
         "pipelined); nfe/rounds are realised",
         resolve_inner=_srds_inner,
+        grid_from=lambda o: SAMPLERS[_srds_inner(o).name],
         **PARALLEL,
     ),
     "paradigms": SamplerSpec(
@@ -211,6 +212,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "2023; multistep ones take their history from neighbouring states); converges to the "
         "plain serial run of the inner solver; nfe/rounds are realised",
         resolve_inner=_paradigms_inner,
+        grid_from=lambda o: SAMPLERS[_paradigms_inner(o).name],
         **PARALLEL,
     ),
     # --- IIA samplers ---

@@ -102,6 +102,9 @@ class SamplerSpec:
             the grid's end (``lower_order_final``: step j of N uses <= N-1-j of them).
         resolve_inner: for a sampler over an inner solver, the registry's resolution of the
             options' ``inner`` / ``inner_options`` into the :class:`Inner` it runs.
+        grid_from: for a sampler over an inner solver, the entry whose default grid it uses
+            (``options -> SamplerSpec``: SRDS / ParaDiGMS take their inner solver's, so that
+            with no options they converge to the inner solver's own default run).
     """
 
     name: str
@@ -127,6 +130,7 @@ class SamplerSpec:
     history: int = 0
     lowers_final_order: bool = False
     resolve_inner: Callable[[Options], Inner] | None = None
+    grid_from: Callable[[Options], SamplerSpec] | None = None
 
     def with_defaults(self, options: Options | None = None) -> dict[str, Any]:
         """The user's options over the entry's defaults."""
@@ -192,6 +196,13 @@ class SamplerSpec:
             if nfe <= budget + 1e-9 and (best is None or (nfe, steps) >= best):
                 best = (nfe, steps)
         return None if best is None else best[1]
+
+    def grid_owner(self, options: Options | None = None) -> SamplerSpec:
+        """The entry whose default grid this sampler uses with ``options`` (itself, or for
+        SRDS / ParaDiGMS the inner solver's entry: :attr:`grid_from`)."""
+        if self.grid_from is None:
+            return self
+        return self.grid_from(self.with_defaults(options)).grid_owner()
 
     def schedule_for(self, has_vp: bool) -> str:
         return self.vp_schedule if (has_vp and self.vp_schedule) else self.default_schedule
