@@ -1,8 +1,9 @@
 """Parallel-in-time samplers vs their serial solver on the analytic panel (CPU, float64).
 
 Default mode: every panel and holdout model (``samplerlab.analytic.panel``), N = 100 and
-1024, ``srds`` and ``paradigms`` with DEFAULT options over each inner solver (ddim,
-dpmpp_2m, edm_heun; each on its own default grid for the model), and ``rmm_parallel``
+1024, ``srds`` and ``paradigms`` with DEFAULT options and grid over each inner solver (ddim,
+dpmpp_2m, edm_heun; with no schedule given they run on the inner solver's default grid for
+the model, as the serial run does; checked), and ``rmm_parallel``
 with default options against the sequential ``rmm``, over several independent seed sets.
 Reports sequential rounds (one batched denoiser call = one round: the latency measure),
 realised NFE per sample, the relative RMS distance to the serial result from the same
@@ -61,16 +62,12 @@ def _noise(model: Any, n: int, seed_set: int) -> torch.Tensor:
 
 
 def _run(model, name, sigmas, z, seeds, **opts) -> sl.SampleResult:
+    """``name`` on ``sigmas``; an int: that many steps on the sampler's DEFAULT grid."""
+    grid = {"steps": sigmas} if isinstance(sigmas, int) else {"steps": sigmas.shape[0] - 1}
+    if not isinstance(sigmas, int):
+        grid["sigmas"] = sigmas
     return sl.sample(
-        model,
-        name,
-        steps=sigmas.shape[0] - 1,
-        shape=z.shape,
-        noise=z,
-        seeds=seeds,
-        sigmas=sigmas,
-        dtype=torch.float64,
-        **opts,
+        model, name, shape=z.shape, noise=z, seeds=seeds, dtype=torch.float64, **grid, **opts
     )
 
 
@@ -83,15 +80,17 @@ def measure(models, steps, seed_sets, n, configs, with_rmm, inners=INNERS) -> li
                 z = _noise(model, n, s)
                 seeds = range(s * 100_000, s * 100_000 + n)
                 for inner in inners:
-                    sig = build_sigmas(model, get_sampler(inner), N)
-                    serial = _run(model, inner, sig, z, seeds)
+                    # Both on their DEFAULT grids (the parallel samplers take the inner's).
+                    serial = _run(model, inner, N, z, seeds)
+                    sig = serial.sigmas
                     for name, opts in configs:
                         t0 = time.perf_counter()
                         run_opts = dict(opts)
                         if isinstance(opts.get("blocks"), str):  # "<f>sqrtN": f sqrt(N) blocks
                             factor = float(opts["blocks"].removesuffix("sqrtN"))
                             run_opts["blocks"] = default_blocks(N, factor)
-                        res = _run(model, name, sig, z, seeds, inner=inner, **run_opts)
+                        res = _run(model, name, N, z, seeds, inner=inner, **run_opts)
+                        assert torch.equal(res.sigmas, sig), "the default grid is the inner's"
                         ref, extra = serial.x, {}
                         spec = get_sampler(inner)
                         if name == "srds" and spec.multistep and spec.history_step is None:
