@@ -73,17 +73,18 @@ def main(argv: list[str] | None = None) -> int:
             z = PerSampleNoise(seeds).randn(shape, device="cpu", dtype=torch.float64) * scale
             for B in BLOCKS:
                 fin = finals(m, z, sig, inner, B)
+                P = fin.shape[0] - 1  # min(MAX_ITERS, B): exact after B iterations
                 # Rounds of the pipelined schedule after p iterations (independent of the batch).
                 two = {"shape": (2, *m.data_shape), "seeds": [0, 1]}
                 rounds = [
                     sl.sample(m, "srds", inner=inner, blocks=B, max_iters=q, tol=0.0, **two, **kw)
                     .rounds
-                    for q in range(MAX_ITERS + 1)
+                    for q in range(P + 1)
                 ]  # fmt: skip
-                change = torch.stack([rel(fin[q], fin[q - 1]) for q in range(1, MAX_ITERS + 1)])
+                change = torch.stack([rel(fin[q], fin[q - 1]) for q in range(1, P + 1)])
                 for rule, tol in rules().items():
                     hit = change < tol  # [P, n]
-                    stop = torch.where(hit.any(0), hit.float().argmax(0) + 1, MAX_ITERS)
+                    stop = torch.where(hit.any(0), hit.float().argmax(0) + 1, P)
                     out = fin[stop, torch.arange(args.n)]
                     e = rel(out, ser.x)
                     agg = float(((out - ser.x).pow(2).sum() / ser.x.pow(2).sum()).sqrt())
