@@ -69,7 +69,7 @@ def default_blocks(steps: int, factor: float = 2.5) -> int:
     the first sub-step of ``F_i`` share a call), least at ``B = sqrt(p N)``; a batch takes
     as many iterations as its slowest sample. Default 2.5, chosen on the analytic panel at
     a batch of 1024 samples and N = 100 (six models, three inner solvers), where the slowest
-    of 1024 samples needs ~6 iterations: 25 blocks took 0.42x the serial rounds on average
+    of 1024 samples needs 5-11 iterations: 25 blocks took 0.42x the serial rounds on average
     (worst 0.58x), 20 blocks (``2 sqrt(N)``, the choice at 32 samples) 0.45x (worst 0.64x),
     10 blocks 0.69x (README, "SRDS, ParaDiGMS and parallel randomized midpoints")."""
     choices = [b for b in block_choices(steps) if steps // b >= 2] or block_choices(steps)
@@ -147,8 +147,8 @@ def sample_srds(
     relative error <= tol on the analytic mixture); it is not a bound, as the iterates need
     not change monotonically: on the 64-D VP holdout mixture at N = 100, 1 sample of 1024
     stopped 2.4e-3 from serial after a change of 8.6e-4 (the next change was 1.9e-3); the
-    batch's relative RMS distance was 7.6e-5. At most ``max_iters`` iterations (default and at most
-    B, where the result is exact); the stop is one host decision per iteration.
+    batch's relative RMS distance was 7.6e-5. At most ``max_iters`` iterations (default
+    and at most B, where the result is exact); the stop is one host decision per iteration.
     ``pipelined`` (default) runs the pipelined schedule (:mod:`srds_pipeline`): the same
     iterates in fewer sequential rounds. Defaults (``tol``, ``blocks``, ``pipelined``)
     were chosen on the analytic panel models (README, "SRDS and ParaDiGMS").
