@@ -23,10 +23,10 @@ the history keeps the fine trajectory's differences, so ``F_i`` depends on the p
 iterate only through them; on the panel this cut the iterations by about a fifth and the
 error 3-5x); the coarse step ``G_i`` continues the coarse history (the previous block
 starts and their ``D``: at ``p = 0`` the solver's serial run on the coarse grid). Both
-moves vanish at the fixed point. The exactness induction still holds (``x_p^p`` comes from the exact
-``x_{p-1}^{p-1}`` with the exact history), so SRDS over any of them converges to its plain
-serial run (for UniPC the boundary state is the predicted state, where the serial solver
-evaluates). A multistep solver without a ``history_step`` (or given ``inner_options``:
+moves vanish at the fixed point. The exactness induction still holds (``x_p^p`` comes from
+the exact ``x_{p-1}^{p-1}`` with the exact history), so SRDS over any of them converges to
+its plain serial run (for UniPC the boundary state is the predicted state, where the serial
+solver evaluates). A multistep solver without a ``history_step`` (or given ``inner_options``:
 plain schedule only) restarts its history at every block start (the parareal state is the
 boundary state only): it converges to "the solver restarted at each of the B block starts"
 and cannot be pipelined.
