@@ -159,6 +159,17 @@ def pick_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _status_text(r: dict[str, Any]) -> str:
+    """The row's status, with its error (``|`` escaped) when it is not ``ok``."""
+    if r["status"] == "ok":
+        return "ok"
+    return f"{r['status']}: {str(r.get('error', '')).replace('|', '/')}"
+
+
+def _nfe_text(r: dict[str, Any]) -> str:
+    return f"{r['nfe']:.2f}" + (" (over budget)" if r.get("over_budget") else "")
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     guided = any("guidance" in r for r in rows)
     if guided:  # guidance and accuracy columns after the sampler's and the FID
@@ -167,10 +178,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     head += "|---|---:|---:|---:|---:|---:|---:|---|\n"
     lines = []
     for r in rows:
-        status = r["status"]
-        if status != "ok":
-            status += f": {str(r.get('error', '')).replace('|', '/')}"
-        nfe = f"{r['nfe']:.2f}" + (" (over budget)" if r.get("over_budget") else "")
+        status, nfe = _status_text(r), _nfe_text(r)
         lines.append(
             f"| {r['label']} | {r['budget']} | {r['steps']} | {nfe} | {r['rounds']} "
             f"| {r['seconds']:.2f} | {_fid_text(r)} | {status} |"
@@ -183,10 +191,7 @@ def _guided_table(rows: Sequence[dict[str, Any]]) -> str:
     head += "| status |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
     lines = []
     for r in rows:
-        status = r["status"]
-        if status != "ok":
-            status += f": {str(r.get('error', '')).replace('|', '/')}"
-        nfe = f"{r['nfe']:.2f}" + (" (over budget)" if r.get("over_budget") else "")
+        status, nfe = _status_text(r), _nfe_text(r)
         w = "—" if r.get("guidance") is None else f"{r['guidance']:g}"
         acc = "—" if r.get("accuracy") is None else f"{r['accuracy']:.3f}"
         lines.append(
