@@ -145,9 +145,9 @@ def sample_srds(
     is then frozen. Parareal converges superlinearly, so the error of the stopped iterate
     against the serial solve is typically below the last change (tested: per-sample
     relative error <= tol on the analytic mixture); it is not a bound, as the iterates need
-    not change monotonically: on the 64-D VP holdout mixture at N = 100, 1 sample of 1024
-    stopped 2.4e-3 from serial after a change of 8.6e-4 (the next change was 1.9e-3); the
-    batch's relative RMS distance was 7.6e-5. At most ``max_iters`` iterations (default
+    not change monotonically: on the analytic panel at N = 100 (25 blocks, 1024 samples per
+    model; ``benchmarks/probe_srds_blocks.py``) the worst sample stopped 3.7e-3 from serial,
+    every batch's relative RMS distance below 2.4e-4. At most ``max_iters`` iterations (default
     and at most B, where the result is exact); the stop is one host decision per iteration.
     ``pipelined`` (default) runs the pipelined schedule (:mod:`srds_pipeline`): the same
     iterates in fewer sequential rounds. Defaults (``tol``, ``blocks``, ``pipelined``)
