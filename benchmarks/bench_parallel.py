@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=256, help="samples per seed set (holdout)")
     p.add_argument("--n-panel", type=int, default=64, help="samples per seed set (panel)")
     p.add_argument("--seed-sets", type=int, default=4)
+    p.add_argument(
+        "--first-seed-set", type=int, default=0, help="first seed set index (to extend a run)"
+    )
     p.add_argument("--steps", type=int, nargs="+", default=[100, 1024])
     p.add_argument("--models", default=None, help="panel | holdout | all (default: all)")
     p.add_argument("--sweep", action="store_true", help="candidate options on the panel")
@@ -298,7 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, model in models.items():
         n = args.n if (name in HOLDOUT or args.sweep) else args.n_panel
         rows += measure(
-            {name: model}, args.steps, range(args.seed_sets), n, configs, with_rmm, args.inners
+            {name: model},
+            args.steps,
+            range(args.first_seed_set, args.first_seed_set + args.seed_sets),
+            n,
+            configs,
+            with_rmm,
+            args.inners,
         )
     lines, ok = table(rows)
     head = (

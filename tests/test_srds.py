@@ -264,9 +264,11 @@ def test_multistep_coarse_solve_is_the_serial_run_on_the_coarse_grid(gmm, inner)
     x, sig = _x(gmm, n=4, seed=3)
     coarse = _serial(gmm, x, sig[:: N // B], inner)
     for pipelined in (False, True):
-        out = sample_srds(gmm, x, sig, inner=inner, blocks=B, max_iters=0, pipelined=pipelined)
+        out = sample_srds(
+            gmm, x, sig, inner=inner, blocks=B, tol=0.0, max_iters=0, pipelined=pipelined
+        )
         assert torch.allclose(out, coarse, atol=1e-12, rtol=0), pipelined
-    first = sample_srds(gmm, x, sig, inner="ddim", blocks=B, max_iters=0)
+    first = sample_srds(gmm, x, sig, inner="ddim", blocks=B, tol=0.0, max_iters=0)
     assert (first - coarse).abs().max() > 1e-6  # not a first-order coarse solve
     runs = []
     for pipelined in (False, True):
@@ -276,3 +278,30 @@ def test_multistep_coarse_solve_is_the_serial_run_on_the_coarse_grid(gmm, inner)
         )
         runs.append((out, info["iterations"]))
     assert runs[0][1] == runs[1][1] and torch.allclose(runs[0][0], runs[1][0], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_max_iters_below_blocks_warns_about_unconverged_samples(gmm, pipelined, recwarn):
+    # A cap below B returns the samples it stops unconverged: counted in info and warned
+    # about (never silently); at the default cap (B: exact) and with tol=0 (a fixed
+    # iteration count asked for) nothing is said.
+    sig = ss.get_sigmas("karras", 64, sigma_min=gmm.sigma_min, sigma_max=gmm.sigma_max)
+    x = torch.randn(16, gmm.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x = x * float(sig[0])
+    kw = {"inner": "ddim", "blocks": 8, "pipelined": pipelined}
+    full: dict = {}
+    ref = sample_srds(gmm, x, sig, tol=1e-3, info=full, **kw)
+    assert full["unconverged"] == 0 and len(recwarn) == 0
+    cap = 3
+    slow = torch.tensor(full["iterations"]) > cap  # these have not converged by the cap
+    assert 0 < int(slow.sum()) < 16  # the test can fail both ways
+    info: dict = {}
+    with pytest.warns(UserWarning, match=rf"srds: {int(slow.sum())} of 16 samples .*max_iters=3"):
+        out = sample_srds(gmm, x, sig, tol=1e-3, max_iters=cap, info=info, **kw)
+    assert info["unconverged"] == int(slow.sum())
+    # The samples that converged by the cap are the same; the others are earlier iterates.
+    assert torch.equal(out[~slow], ref[~slow])
+    assert (out[slow] - ref[slow]).abs().max() > 0
+    recwarn.clear()
+    sample_srds(gmm, x, sig, tol=0.0, max_iters=cap, **kw)
+    assert len(recwarn) == 0

@@ -37,6 +37,7 @@ sigma and share that network call.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -149,6 +150,14 @@ def sample_srds(
     model; ``benchmarks/probe_srds_blocks.py``) the worst sample stopped 3.7e-3 from serial,
     every batch's relative RMS distance below 2.4e-4. At most ``max_iters`` iterations (default
     and at most B, where the result is exact); the stop is one host decision per iteration.
+    A batch takes as many iterations as its slowest sample, and the slowest are samples near
+    a mode boundary, which sit in another mode until parareal's exact front (one block per
+    iteration) has nearly crossed the noise band where their trajectories part; so the
+    rounds grow with the batch (panel, N = 100, 25 blocks: the slowest of 32 samples needs
+    2-11 iterations, of 4096 3-11, i.e. up to 0.58x the serial rounds;
+    ``benchmarks/probe_srds_tail.py``). ``max_iters`` below B bounds the rounds at
+    ``B + max_iters (L - 1)`` (pipelined, one-call steps) but returns the samples it stops
+    unconverged: ``info["unconverged"]`` counts them and a warning says so.
     ``pipelined`` (default) runs the pipelined schedule (:mod:`srds_pipeline`): the same
     iterates in fewer sequential rounds. Defaults (``tol``, ``blocks``, ``pipelined``)
     were chosen on the analytic panel models (README, "SRDS and ParaDiGMS").
@@ -159,11 +168,26 @@ def sample_srds(
     blocks and converge to their serial run (module docstring; without a ``history_step``
     they restart at each block).
     ``max_rows`` caps the rows per network call (results unchanged). ``info``, if given,
-    receives ``iterations`` (per sample) and ``blocks``.
+    receives ``iterations`` (per sample), ``blocks`` and ``unconverged`` (samples stopped by a
+    ``max_iters`` below B with their change still >= ``tol``: warned about, as their result
+    is not the serial solve).
     """
     config = SRDS(Inner.check("srds", inner), blocks, tol, max_iters, pipelined, max_rows)
     pr, stopper = config.prepare(denoiser, x, sigmas, noise)
     out = run_pipelined(pr, stopper) if pipelined else run_plain(pr, stopper, None)
+    # Below B iterations a sample stopped by the cap is not the serial solve: say so.
+    short = ~stopper.converged if stopper.tol > 0 and stopper.cap < pr.B else None
+    if short is not None and bool(short.any()):
+        warnings.warn(
+            f"srds: {int(short.sum())} of {pr.batch} samples reached max_iters={stopper.cap} "
+            f"(< blocks={pr.B}) with a change of the final state still >= tol={stopper.tol:g}; "
+            "they are returned unconverged (not the serial solve)",
+            stacklevel=3,
+        )
     if info is not None:
-        info.update(iterations=stopper.iterations.tolist(), blocks=pr.B)
+        info.update(
+            iterations=stopper.iterations.tolist(),
+            blocks=pr.B,
+            unconverged=0 if short is None else int(short.sum()),
+        )
     return out

@@ -192,6 +192,7 @@ class Stopper:
         self.out: Tensor | None = None
         self.last: Tensor | None = None
         self.stopped = torch.zeros(batch, dtype=torch.bool)
+        self.converged = torch.zeros(batch, dtype=torch.bool)  # stopped by the test
         self.iterations = torch.full((batch,), cap, dtype=torch.long)
 
     def update(self, p: int, x_final: Tensor) -> bool:
@@ -199,10 +200,11 @@ class Stopper:
         if self.out is None:
             self.out = x_final
         newly = torch.zeros_like(self.stopped)
+        if self.tol > 0 and self.last is not None:
+            newly = (relative_change(x_final, self.last) < self.tol).cpu() & ~self.stopped
+            self.converged |= newly
         if p >= self.cap:
             newly = ~self.stopped
-        elif self.tol > 0 and self.last is not None:
-            newly = (relative_change(x_final, self.last) < self.tol).cpu() & ~self.stopped
         if bool(newly.any()):
             self.iterations[newly] = p
             self.out = where_rows(newly.to(x_final.device), x_final, self.out)
