@@ -72,6 +72,21 @@ def finals(
     return torch.stack([r[-1] for r in record])
 
 
+def pipelined_rounds(model: Any, inner: str, B: int, P: int, **kw: Any) -> list[int]:
+    """Rounds of the pipelined schedule after p = 0..P iterations (independent of the batch:
+    measured on 2 samples)."""
+    two = {"shape": (2, *model.data_shape), "seeds": [0, 1]}
+    return [
+        sl.sample(model, "srds", inner=inner, blocks=B, max_iters=q, tol=0.0, **two, **kw).rounds
+        for q in range(P + 1)
+    ]
+
+
+def changes(fin: torch.Tensor) -> torch.Tensor:
+    """``[P, n]``: each sample's relative change of the final state at iterations 1..P."""
+    return torch.stack([rel(fin[q], fin[q - 1]) for q in range(1, fin.shape[0])])
+
+
 def rules() -> dict[str, float]:
     return {f"change < {t:g}": t for t in (1e-3, 2e-3, 3e-3, 5e-3)}
 
@@ -100,14 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             for B, coarse_2m in variants:
                 fin = finals(m, z, sig, inner, B, coarse_2m)
                 P = fin.shape[0] - 1  # min(MAX_ITERS, B): exact after B iterations
-                # Rounds of the pipelined schedule after p iterations (independent of the batch).
-                two = {"shape": (2, *m.data_shape), "seeds": [0, 1]}
-                rounds = [
-                    sl.sample(m, "srds", inner=inner, blocks=B, max_iters=q, tol=0.0, **two, **kw)
-                    .rounds
-                    for q in range(P + 1)
-                ]  # fmt: skip
-                change = torch.stack([rel(fin[q], fin[q - 1]) for q in range(1, P + 1)])
+                rounds = pipelined_rounds(m, inner, B, P, **kw)
+                change = changes(fin)
                 for rule, tol in rules().items():
                     if coarse_2m and tol != 1e-3:
                         continue

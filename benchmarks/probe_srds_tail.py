@@ -39,7 +39,7 @@ from typing import Any
 
 import probe_srds_blocks as blocks_probe
 import torch
-from probe_srds_blocks import finals, rel
+from probe_srds_blocks import changes, finals, pipelined_rounds, rel
 
 import samplerlab as sl
 from samplerlab.analytic import panel
@@ -154,13 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             for B, coarse_2m in variants:
                 fin = finals(m, z, sig, inner, B, coarse_2m)
                 P = fin.shape[0] - 1
-                two = {"shape": (2, *m.data_shape), "seeds": [0, 1]}
-                rounds = [
-                    sl.sample(m, "srds", inner=inner, blocks=B, max_iters=q, tol=0.0, **two, **kw)
-                    .rounds
-                    for q in range(P + 1)
-                ]  # fmt: skip
-                change = torch.stack([rel(fin[q], fin[q - 1]) for q in range(1, P + 1)])
+                rounds = pipelined_rounds(m, inner, B, P, **kw)
+                change = changes(fin)
                 err = torch.stack([rel(fin[q], ser.x) for q in range(P + 1)])  # [P+1, n]
                 rules = stop_rules(change, xs, rounds, ser.rounds)
                 if B != B0 or coarse_2m:
