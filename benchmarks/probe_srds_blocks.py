@@ -87,6 +87,16 @@ def changes(fin: torch.Tensor) -> torch.Tensor:
     return torch.stack([rel(fin[q], fin[q - 1]) for q in range(1, fin.shape[0])])
 
 
+def first_hit(crit: torch.Tensor, tol: float, cap: int) -> torch.Tensor:
+    """Per sample, the first iteration ``p`` (1-based row of ``crit [P, n]``) with
+    ``crit < tol``, at most ``cap`` (and ``min(cap, P)`` when never)."""
+    cap = min(cap, crit.shape[0])
+    if cap == 0:
+        return torch.zeros(crit.shape[1], dtype=torch.long)
+    hit = crit[:cap] < tol
+    return torch.where(hit.any(0), hit.float().argmax(0) + 1, cap)
+
+
 def rules() -> dict[str, float]:
     return {f"change < {t:g}": t for t in (1e-3, 2e-3, 3e-3, 5e-3)}
 
@@ -120,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 for rule, tol in rules().items():
                     if coarse_2m and tol != 1e-3:
                         continue
-                    hit = change < tol  # [P, n]
-                    stop = torch.where(hit.any(0), hit.float().argmax(0) + 1, P)
+                    stop = first_hit(change, tol, P)  # [n]
                     out = fin[stop, torch.arange(args.n)]
                     e = rel(out, ser.x)
                     agg = float(((out - ser.x).pow(2).sum() / ser.x.pow(2).sum()).sqrt())

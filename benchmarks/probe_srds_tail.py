@@ -39,7 +39,7 @@ from typing import Any
 
 import probe_srds_blocks as blocks_probe
 import torch
-from probe_srds_blocks import changes, finals, pipelined_rounds, rel
+from probe_srds_blocks import changes, finals, first_hit, pipelined_rounds, rel
 
 import samplerlab as sl
 from samplerlab.analytic import panel
@@ -54,15 +54,14 @@ TOL = 1e-3
 WRONG = 0.1  # a sample this far (relative) from serial ended in another mode
 
 
-def first_hit(crit: torch.Tensor, tol: float, cap: int) -> torch.Tensor:
-    """Per sample, the first iteration ``p`` (1-based row of ``crit``) with ``crit < tol``,
-    at most ``cap`` (and the last row's iteration when never)."""
-    P = crit.shape[0]
-    cap = min(cap, P)
-    if cap == 0:
-        return torch.zeros(crit.shape[1], dtype=torch.long)
-    hit = crit[:cap] < tol
-    return torch.where(hit.any(0), hit.float().argmax(0) + 1, cap)
+def half_budget(rounds: list[int], serial: int) -> int:
+    """The most iterations whose pipelined rounds fit in half the serial rounds."""
+    return max(q for q, r in enumerate(rounds) if r <= serial / 2 or q == 0)
+
+
+def batch_sizes(n: int) -> list[int]:
+    """The batch sizes the slowest sample is reported for (disjoint batches of ``n``)."""
+    return sorted({b for b in (32, 256, SET, 4096) if b < n} | {n})
 
 
 def stop_rules(change: torch.Tensor, xs: torch.Tensor, rounds: list[int], serial: int) -> dict:
@@ -70,7 +69,7 @@ def stop_rules(change: torch.Tensor, xs: torch.Tensor, rounds: list[int], serial
     P, n = change.shape
     prev = torch.cat([torch.full((1, n), float("inf"), dtype=change.dtype), change[:-1]])
     ratio = torch.where(prev.isinf(), torch.ones_like(change), (change / prev).clamp(max=1.0))
-    cap = max(q for q, r in enumerate(rounds) if r <= serial / 2 or q == 0)
+    cap = half_budget(rounds, serial)
     batch = torch.empty(n, dtype=torch.long)
     for k in range(n // SET):
         rows = slice(k * SET, (k + 1) * SET)
@@ -95,12 +94,12 @@ def summarise(
     sets = [slice(k * SET, (k + 1) * SET) for k in range(n // SET)]
     set_err = [float(((e[s] ** 2 * xs[s]).sum() / xs[s].sum()).sqrt()) for s in sets]
     slowest = {}
-    for b in (32, 256, SET, n):
+    for b in batch_sizes(n):
         m = stop[: (n // b) * b].reshape(-1, b).max(1).values
         slowest[b] = [float(m.float().mean()), int(m.min()), int(m.max())]
     # At the half-serial budget (the last iteration within serial / 2 rounds): samples
     # not yet stopped are still in another mode?
-    q = max(k for k, r in enumerate(rounds) if r <= serial / 2 or k == 0)
+    q = half_budget(rounds, serial)
     e_q = err[stop.clamp(max=q), torch.arange(n)]
     return dict(
         budget_iters=q,
@@ -204,13 +203,13 @@ def report(
         f"**The slowest sample's iterations grow with the batch** ({B0} blocks, default test; "
         "mean (min–max) over disjoint batches), and the rounds with it:",
         "",
-        f"| model | inner | 32 | 256 | {SET} | {n} | rounds / serial: {SET} ({sets} sets) | {n} "
-        "| in another mode at serial / 2 rounds |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| model | inner | {' | '.join(map(str, batch_sizes(n)))} | rounds / serial: {SET} "
+        f"({sets} sets) | {n} | in another mode at serial / 2 rounds |",
+        "|---|---|" + "---:|" * (len(batch_sizes(n)) + 3),
     ]
     for r in default:
         s = r["slowest"]
-        cells = [f"{s[b][0]:.1f} ({s[b][1]}–{s[b][2]})" for b in (32, 256, SET, n)]
+        cells = [f"{s[b][0]:.1f} ({s[b][1]}–{s[b][2]})" for b in batch_sizes(n)]
         lines.append(
             f"| {r['model']} | {r['inner']} | {' | '.join(cells)} | {_mm(r['ratio_sets'])} "
             f"| {r['ratio_batch']:.2f} | {r['wrong_at_budget']} (at {r['budget_iters']} "

@@ -70,7 +70,7 @@ def default_blocks(steps: int, factor: float = 2.5) -> int:
     the first sub-step of ``F_i`` share a call), least at ``B = sqrt(p N)``; a batch takes
     as many iterations as its slowest sample. Default 2.5, chosen on the analytic panel at
     a batch of 1024 samples and N = 100 (six models, three inner solvers), where the slowest
-    of 1024 samples needs 5-11 iterations: 25 blocks took 0.42x the serial rounds on average
+    of 1024 samples needs 3-11 iterations: 25 blocks took 0.42x the serial rounds on average
     (worst 0.58x), 20 blocks (``2 sqrt(N)``, the choice at 32 samples) 0.45x (worst 0.64x),
     10 blocks 0.69x (README, "SRDS, ParaDiGMS and parallel randomized midpoints")."""
     choices = [b for b in block_choices(steps) if steps // b >= 2] or block_choices(steps)
@@ -154,11 +154,11 @@ def sample_srds(
     a mode boundary, which sit in another mode until parareal's exact front (one block per
     iteration) has nearly crossed the noise band where their trajectories part; so the
     rounds grow with the batch (panel, N = 100, 25 blocks, ddim inside, vp-d8-k6-cos: the
-    slowest of 32 samples needs 4.0 iterations on average, of 1024 7.8, of 4096 11, i.e.
-    0.58x the serial rounds; ``benchmarks/probe_srds_tail.py``). ``max_iters`` below B
-    bounds the rounds at ``B + max_iters (L - 1)`` (pipelined, one-call steps) but returns
-    the samples it stops unconverged: ``info["unconverged"]`` counts them and a warning says
-    so.
+    slowest of 32 samples needs 4.0 iterations on average, of 1024 7.8, of 4096 8-11 over
+    four batches, i.e. up to 0.58x the serial rounds; ``benchmarks/probe_srds_tail.py``).
+    ``max_iters`` below B bounds the rounds at ``B + max_iters (L - 1)`` (pipelined,
+    one-call steps) but returns the samples it stops unconverged: ``info["unconverged"]``
+    counts them and a warning says so.
     ``pipelined`` (default) runs the pipelined schedule (:mod:`srds_pipeline`): the same
     iterates in fewer sequential rounds. Defaults (``tol``, ``blocks``, ``pipelined``)
     were chosen on the analytic panel models (README, "SRDS and ParaDiGMS").
